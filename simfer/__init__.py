@@ -1,0 +1,33 @@
+"""simfer: simulation-based inference with gold mining, set embeddings and experiment design."""
+
+__version__ = "0.1.0"
+
+from .data import SimulationData
+from .errors import (
+    GoldNotAvailableError,
+    InvalidSimulationWarning,
+    LikelihoodNotAvailableError,
+    ShapeError,
+    SimferError,
+    SimulatorError,
+    StoreError,
+    SupportError,
+)
+from .prior import BoxUniform, as_prior
+from .simulator import Simulator
+
+__all__ = [
+    "__version__",
+    "BoxUniform",
+    "GoldNotAvailableError",
+    "InvalidSimulationWarning",
+    "LikelihoodNotAvailableError",
+    "ShapeError",
+    "SimferError",
+    "SimulationData",
+    "Simulator",
+    "SimulatorError",
+    "StoreError",
+    "SupportError",
+    "as_prior",
+]

@@ -1,0 +1,140 @@
+"""Priors over the parameters θ: `BoxUniform` and any torch or Pyro distribution.
+
+A prior is any ``torch.distributions.Distribution`` whose samples have shape
+``[n, theta_dim]`` (``event_shape == (theta_dim,)``).  `as_prior` turns the
+common near-misses into that form: a scalar distribution becomes a 1-d prior,
+and a distribution with ``batch_shape == (d,)`` (independent components, e.g.
+``Normal(torch.zeros(3), 1.0)``) becomes a ``d``-dimensional one.  Pyro
+distributions are torch distributions, so they work unchanged.
+
+`BoxUniform(low, high)` is the product of uniforms on ``[low_i, high_i)``, with
+density ``∏_i 1/(high_i − low_i)`` inside the box and ``log_prob = −inf``
+outside (never an exception: samplers probe outside the box on purpose).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.distributions import Distribution, Independent, Uniform
+
+from .errors import ShapeError, SupportError
+
+__all__ = ["BoxUniform", "as_prior", "describe_prior", "check_in_support"]
+
+
+class BoxUniform(Independent):
+    """Uniform prior on the box ``[low, high)`` in ``theta_dim`` dimensions.
+
+    Args:
+        low: lower corner, ``[theta_dim]``.
+        high: upper corner, ``[theta_dim]``; every ``high_i > low_i``.
+        device: where samples and log-densities live.
+    """
+
+    def __init__(
+        self,
+        low: Sequence[float] | Tensor,
+        high: Sequence[float] | Tensor,
+        device: str | torch.device | None = None,
+    ):
+        low_t = torch.as_tensor(low, dtype=torch.get_default_dtype(), device=device)
+        high_t = torch.as_tensor(high, dtype=torch.get_default_dtype(), device=device)
+        if low_t.ndim != 1 or high_t.shape != low_t.shape:
+            raise ShapeError(
+                f"BoxUniform needs low and high as two 1-d sequences of equal length "
+                f"[theta_dim]; got shapes {list(low_t.shape)} and {list(high_t.shape)}."
+            )
+        if not (torch.isfinite(low_t).all() and torch.isfinite(high_t).all()):
+            raise ValueError("BoxUniform bounds must be finite; use a Normal prior for R^d.")
+        if not (high_t > low_t).all():
+            bad = torch.nonzero(high_t <= low_t).flatten().tolist()
+            raise ValueError(f"BoxUniform needs high > low in every dimension; not in {bad}.")
+        super().__init__(Uniform(low_t, high_t, validate_args=False), 1, validate_args=False)
+
+    @property
+    def low(self) -> Tensor:
+        return self.base_dist.low
+
+    @property
+    def high(self) -> Tensor:
+        return self.base_dist.high
+
+    def to(self, device: str | torch.device) -> BoxUniform:
+        return BoxUniform(self.low, self.high, device=device)
+
+    def __repr__(self) -> str:
+        return f"BoxUniform(low={self.low.tolist()}, high={self.high.tolist()})"
+
+
+def as_prior(prior: Distribution, theta_dim: int | None = None) -> Distribution:
+    """Return ``prior`` with ``event_shape == (theta_dim,)``, or raise a `ShapeError`."""
+    if not isinstance(prior, Distribution):
+        raise TypeError(
+            f"a prior must be a torch.distributions.Distribution (Pyro's work too), "
+            f"got {type(prior).__name__}; for a box use simfer.BoxUniform(low, high)."
+        )
+    event, batch = tuple(prior.event_shape), tuple(prior.batch_shape)
+    if event == () and batch == ():
+        prior = Independent(prior.expand((1,)), 1)
+    elif event == () and len(batch) == 1:
+        prior = Independent(prior, 1)
+    elif len(event) != 1 or batch != ():
+        raise ShapeError(
+            f"a prior must describe one vector θ: event_shape (theta_dim,) and no batch "
+            f"shape; got event_shape {event} and batch_shape {batch}."
+        )
+    if theta_dim is not None and prior.event_shape[0] != theta_dim:
+        raise ShapeError(
+            f"the prior is over {prior.event_shape[0]} parameters but the simulator "
+            f"expects theta_dim={theta_dim}."
+        )
+    return prior
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Tensor):
+        return value.detach().cpu().tolist()
+    if isinstance(value, int | float | str | bool) or value is None:
+        return value
+    return repr(value)
+
+
+def describe_prior(prior: Distribution) -> dict[str, Any]:
+    """A JSON-able description of a prior (its type and parameters), for fingerprints."""
+    if isinstance(prior, BoxUniform):
+        return {"type": "BoxUniform", "low": _jsonable(prior.low), "high": _jsonable(prior.high)}
+    description: dict[str, Any] = {"type": type(prior).__name__}
+    if isinstance(prior, Independent):
+        description["reinterpreted_batch_ndims"] = prior.reinterpreted_batch_ndims
+        description["base"] = describe_prior(prior.base_dist)
+        return description
+    for name in sorted(getattr(prior, "arg_constraints", {})):
+        if name in prior.__dict__ or hasattr(type(prior), name):
+            try:
+                description[name] = _jsonable(getattr(prior, name))
+            except Exception:  # lazy properties of exotic distributions
+                continue
+    json.dumps(description)
+    return description
+
+
+def check_in_support(prior: Distribution, theta: Tensor, what: str = "theta") -> None:
+    """Raise a `SupportError` naming the rows of ``theta`` outside the prior's support."""
+    try:
+        inside = prior.support.check(theta)
+    except NotImplementedError:  # distributions without a checkable support
+        inside = torch.isfinite(prior.log_prob(theta))
+    while inside.ndim > 1:
+        inside = inside.all(-1)
+    if not bool(inside.all()):
+        rows = torch.nonzero(~inside).flatten()
+        first = theta[rows[0]].tolist()
+        raise SupportError(
+            f"{int(rows.numel())} of {theta.shape[0]} rows of {what} lie outside the prior's "
+            f"support (first: row {int(rows[0])} = {first}). Draw θ from the prior, or widen it."
+        )

@@ -1,0 +1,449 @@
+"""`Simulator`: the one interface every other part of simfer consumes.
+
+A simulator draws an observation x from p(x|θ, d) by running a latent path z
+(the branchings of a shower, the bounces of a Galton board, the jumps of an
+epidemic).  p(x|θ) = ∫ p(x,z|θ) dz is intractable, but along the path that was
+actually run the *joint* density p(x,z|θ) is a product of known factors, and it
+yields the "gold" of Brehmer, Louppe, Pavez & Cranmer (PNAS 2020):
+
+    joint log ratio   log r(x,z|θ,θ_ref) = log p(x,z|θ) − log p(x,z|θ_ref)
+    joint score       t(x,z|θ)           = ∇_θ log p(x,z|θ)
+
+They are unbiased targets for the quantities we want, because p(z|x,θ_ref)
+r(x,z|θ,θ_ref) = p(z|x,θ) r(x|θ,θ_ref) gives E_{z~p(z|x,θ_ref)}[r(x,z|θ,θ_ref)] =
+r(x|θ,θ_ref), and ∫ ∇_θ p(z|x,θ) dz = 0 gives E_{z~p(z|x,θ)}[t(x,z|θ)] = t(x|θ).
+(E[log r(x,z)] ≠ log r(x): the log of the gold ratio is *not* unbiased.)
+
+How a simulator provides gold is a choice of three levels, from least to most work:
+
+1. ``sample(theta, design, generator) -> x``: a black box, no gold
+   (`Simulator.from_function` wraps a plain function like this).
+2. ``sample_with_latent(...) -> (x, latent)`` and ``joint_log_prob(x, latent,
+   theta, design) -> log p(x,z|θ)``: simfer evaluates the recorded path at any
+   θ, takes differences for the ratio and autograd for the score.
+   `Simulator.from_pyro` is this level with the Pyro trace as the latent: trace
+   once, replay the same latent values at every other θ.
+3. also override ``joint_score``: for backends torch cannot differentiate (a
+   Fortran generator that reweights its events, say).
+
+Everything batched: θ is ``[batch, theta_dim]``, x is ``[batch, *x_shape]``, the
+design ``[batch, design_dim]`` (one ``[design_dim]`` design is broadcast).  A
+scalar observation per event is returned as ``[batch, 1]``.  Results live on θ's
+device and are reproducible from ``seed`` (an int or a ``torch.Generator``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.distributions import constraints
+
+from .data import SimulationData
+from .errors import (
+    GoldNotAvailableError,
+    LikelihoodNotAvailableError,
+    ShapeError,
+    SimulatorError,
+    SupportError,
+)
+
+__all__ = ["Simulator", "Seed", "make_generator"]
+
+Seed = int | torch.Generator | None
+
+
+def make_generator(seed: Seed, device: torch.device | str = "cpu") -> torch.Generator:
+    """A ``torch.Generator`` on ``device`` from an int seed, a generator, or None (fresh entropy)."""
+    device = torch.device(device)
+    if isinstance(seed, torch.Generator):
+        if seed.device.type == device.type:
+            return seed
+        derived = int(torch.randint(0, 2**62, (1,), generator=seed))
+        return torch.Generator(device).manual_seed(derived)
+    generator = torch.Generator(device)
+    if seed is None:
+        generator.seed()
+    elif isinstance(seed, int | np.integer) and not isinstance(seed, bool):
+        generator.manual_seed(int(seed))
+    else:
+        raise TypeError(
+            f"seed must be an int, a torch.Generator or None, got {type(seed).__name__}"
+        )
+    return generator
+
+
+def _as_float_tensor(value: Any, what: str, device=None, dtype=None) -> Tensor:
+    try:
+        tensor = torch.as_tensor(value, device=device)
+    except (TypeError, ValueError, RuntimeError) as error:
+        raise ShapeError(
+            f"{what} must be array-like numbers, got {type(value).__name__}"
+        ) from error
+    if tensor.is_complex() or tensor.dtype == torch.bool:
+        raise ShapeError(f"{what} must be real numbers, got dtype {tensor.dtype}")
+    if not tensor.is_floating_point():
+        tensor = tensor.to(torch.get_default_dtype())
+    if dtype is not None:
+        tensor = tensor.to(dtype)
+    return tensor
+
+
+class Simulator:
+    """Base class of every simulator; subclass it or use `from_function` / `from_pyro`.
+
+    Args:
+        theta_dim: number of parameters.
+        x_shape: shape of one observation; None to learn it from the first call.
+        design_dim: number of design variables (0: the simulator takes no design).
+        default_design: ``[design_dim]`` design used when none is given.
+        theta_support: a ``torch.distributions.constraints`` constraint that every
+            θ must satisfy (default: all of R^theta_dim).
+        name: a name used in messages and store fingerprints.
+    """
+
+    def __init__(
+        self,
+        theta_dim: int,
+        x_shape: Sequence[int] | None = None,
+        *,
+        design_dim: int = 0,
+        default_design: Sequence[float] | Tensor | None = None,
+        theta_support: constraints.Constraint | None = None,
+        name: str | None = None,
+    ):
+        if not isinstance(theta_dim, int) or theta_dim < 1:
+            raise ValueError(f"theta_dim must be a positive int, got {theta_dim!r}")
+        self.theta_dim = theta_dim
+        self.x_shape = None if x_shape is None else tuple(int(s) for s in x_shape)
+        self.design_dim = int(design_dim)
+        self.default_design = (
+            None if default_design is None else torch.as_tensor(default_design, dtype=torch.float32)
+        )
+        self.theta_support = theta_support or constraints.real
+        self.name = name or type(self).__name__
+
+    # -- the hooks a subclass implements ---------------------------------------------
+    def sample(self, theta: Tensor, design: Tensor | None, generator: torch.Generator) -> Tensor:
+        """Draw x ``[batch, *x_shape]`` at θ ``[batch, theta_dim]`` (override this or
+        `sample_with_latent`)."""
+        if type(self).sample_with_latent is Simulator.sample_with_latent:
+            raise TypeError(f"{type(self).__name__} must override sample() or sample_with_latent()")
+        return self.sample_with_latent(theta, design, generator)[0]
+
+    def sample_with_latent(
+        self, theta: Tensor, design: Tensor | None, generator: torch.Generator
+    ) -> tuple[Tensor, Any]:
+        """Draw x and record the latent path z needed by `joint_log_prob`."""
+        raise GoldNotAvailableError(self._no_gold_message())
+
+    def joint_log_prob(
+        self, x: Tensor, latent: Any, theta: Tensor, design: Tensor | None
+    ) -> Tensor:
+        """log p(x,z|θ) ``[batch]`` of a recorded path, at any θ; differentiable in θ
+        unless `joint_score` is overridden."""
+        raise GoldNotAvailableError(self._no_gold_message())
+
+    def joint_score(self, x: Tensor, latent: Any, theta: Tensor, design: Tensor | None) -> Tensor:
+        """t(x,z|θ) = ∇_θ log p(x,z|θ) ``[batch, theta_dim]``; autograd by default."""
+        return self._log_prob_and_score(x, latent, theta, design)[1]
+
+    def log_likelihood(self, x: Tensor, theta: Tensor, design: Tensor | None = None) -> Tensor:
+        """The exact log p(x|θ) ``[batch]``, for simulators that have one (tests, benchmarks)."""
+        raise LikelihoodNotAvailableError(
+            f"simulator '{self.name}' has no tractable likelihood p(x|θ); that is what the "
+            f"estimators are for."
+        )
+
+    # -- capabilities -------------------------------------------------------------------
+    @property
+    def has_gold(self) -> bool:
+        """Whether this simulator provides the joint log ratio and joint score."""
+        return type(self).joint_log_prob is not Simulator.joint_log_prob
+
+    @property
+    def has_likelihood(self) -> bool:
+        return type(self).log_likelihood is not Simulator.log_likelihood
+
+    def _no_gold_message(self) -> str:
+        return (
+            f"simulator '{self.name}' provides no gold (joint log ratio / joint score). "
+            f"Wrap a Pyro program with Simulator.from_pyro, or subclass Simulator and implement "
+            f"sample_with_latent() and joint_log_prob(); or simulate with gold=False."
+        )
+
+    # -- the public entry point ---------------------------------------------------------------
+    def simulate(
+        self,
+        theta: Tensor | Sequence,
+        design: Tensor | Sequence | None = None,
+        *,
+        gold: bool = False,
+        theta_ref: Tensor | Sequence | None = None,
+        seed: Seed = None,
+        at_reference: Tensor | bool | None = None,
+    ) -> Tensor | SimulationData:
+        """Simulate one x per row of θ.
+
+        Args:
+            theta: ``[batch, theta_dim]``.
+            design: ``[batch, design_dim]`` or one ``[design_dim]`` design for all rows.
+            gold: also return the joint log ratio and joint score (a `SimulationData`).
+            theta_ref: the reference point θ_ref of the joint log ratio, ``[theta_dim]`` or
+                ``[batch, theta_dim]``.
+            seed: an int or ``torch.Generator``; the same seed gives the same result.
+            at_reference: bool ``[batch]`` (or one bool): draw these rows' x at θ_ref
+                instead of θ.  Gold stays evaluated at (θ, θ_ref), as the reference class
+                of the gold-mining losses needs.
+
+        Returns:
+            x ``[batch, *x_shape]`` when ``gold`` is False and no θ_ref is given, else a
+            `SimulationData` with the gold columns (when ``gold``) and ``valid`` flags.
+        """
+        theta = self.check_theta(theta)
+        batch, device = theta.shape[0], theta.device
+        design = self.check_design(design, batch, device)
+        if theta_ref is not None:
+            theta_ref = self.check_theta(theta_ref, batch=batch, what="theta_ref", device=device)
+            theta_ref = theta_ref.to(theta.dtype)
+        if at_reference is not None:
+            if theta_ref is None:
+                raise ValueError("at_reference needs theta_ref: the point to draw those rows at")
+            at_reference = torch.as_tensor(at_reference, dtype=torch.bool, device=device)
+            at_reference = at_reference.expand(batch).clone()
+            simulated_at = torch.where(at_reference[:, None], theta_ref, theta)
+        else:
+            simulated_at = theta
+        if gold and not self.has_gold:
+            raise GoldNotAvailableError(self._no_gold_message())
+        generator = make_generator(seed, device)
+
+        if not gold:
+            x = self._checked_x(self._call(self.sample, simulated_at, design, generator), theta)
+            if theta_ref is None:
+                return x
+            return SimulationData(
+                theta=theta, x=x, design=design, theta_ref=theta_ref, from_reference=at_reference
+            )
+
+        x, latent = self._call(self.sample_with_latent, simulated_at, design, generator)
+        x = self._checked_x(x, theta)
+        log_p, score = self._log_prob_and_score(x, latent, theta, design)
+        columns: dict[str, Tensor | None] = {"joint_score": score}
+        if theta_ref is not None:
+            log_p_ref, score_ref = self._log_prob_and_score(x, latent, theta_ref, design)
+            columns["joint_log_ratio"] = (log_p - log_p_ref).detach()
+            columns["joint_score_ref"] = score_ref
+        return SimulationData(
+            theta=theta,
+            x=x,
+            design=design,
+            theta_ref=theta_ref,
+            from_reference=at_reference,
+            **columns,
+        )
+
+    __call__ = simulate
+
+    # -- validation -------------------------------------------------------------------------------
+    def check_theta(
+        self, theta: Any, batch: int | None = None, what: str = "theta", device=None
+    ) -> Tensor:
+        """θ as a float tensor ``[batch, theta_dim]``, or a `ShapeError`/`SupportError`.
+
+        With ``batch`` given, one ``[theta_dim]`` point is broadcast to all rows."""
+        theta = _as_float_tensor(theta, what, device=device)
+        if batch is not None and theta.ndim == 1 and theta.shape[0] == self.theta_dim:
+            theta = theta.expand(batch, self.theta_dim)
+        if theta.ndim != 2 or theta.shape[1] != self.theta_dim:
+            hint = f" For one point use {what}[None]." if theta.ndim == 1 else ""
+            raise ShapeError(
+                f"{what} must have shape [batch, theta_dim] = [batch, {self.theta_dim}] for "
+                f"simulator '{self.name}', got {list(theta.shape)}.{hint}"
+            )
+        if batch is not None and theta.shape[0] != batch:
+            raise ShapeError(f"{what} has {theta.shape[0]} rows, theta has {batch}")
+        if not torch.isfinite(theta).all():
+            raise SupportError(f"{what} contains NaN or inf values (rows {self._bad_rows(theta)})")
+        inside = self.theta_support.check(theta)
+        if inside.ndim > 1:
+            inside = inside.all(-1)
+        if not bool(inside.all()):
+            rows = torch.nonzero(~inside).flatten()
+            raise SupportError(
+                f"{rows.numel()} rows of {what} lie outside the support of simulator "
+                f"'{self.name}' ({self.theta_support}); first: row {int(rows[0])} = "
+                f"{theta[rows[0]].tolist()}."
+            )
+        return theta
+
+    @staticmethod
+    def _bad_rows(values: Tensor) -> list[int]:
+        return (
+            torch.nonzero(~torch.isfinite(values.reshape(values.shape[0], -1)).all(1))[:5]
+            .flatten()
+            .tolist()
+        )
+
+    def check_design(self, design: Any, batch: int, device=None) -> Tensor | None:
+        """The design as ``[batch, design_dim]``, broadcasting one design to all rows."""
+        if self.design_dim == 0:
+            if design is not None:
+                raise ShapeError(f"simulator '{self.name}' takes no design, but one was given")
+            return None
+        if design is None:
+            if self.default_design is None:
+                raise ShapeError(
+                    f"simulator '{self.name}' needs a design [batch, {self.design_dim}] "
+                    f"(it has no default design)"
+                )
+            design = self.default_design
+        design = _as_float_tensor(design, "design", device=device)
+        if design.ndim == 0 and self.design_dim == 1:
+            design = design.reshape(1)
+        if design.ndim == 1 and design.shape[0] == self.design_dim:
+            design = design.expand(batch, self.design_dim)
+        if design.ndim != 2 or design.shape != (batch, self.design_dim):
+            raise ShapeError(
+                f"design must have shape [batch, design_dim] = [{batch}, {self.design_dim}] "
+                f"or [{self.design_dim}], got {list(design.shape)}"
+            )
+        if not torch.isfinite(design).all():
+            raise SupportError(f"design contains NaN or inf (rows {self._bad_rows(design)})")
+        return design
+
+    def _call(self, method: Callable, theta: Tensor, design, generator):
+        try:
+            return method(theta, design, generator)
+        except (GoldNotAvailableError, SimulatorError, ShapeError):
+            raise
+        except Exception as error:
+            raise SimulatorError(
+                f"simulator '{self.name}' raised {type(error).__name__}: {error} "
+                f"(batch of {theta.shape[0]}, theta rows like {theta[0].tolist()})"
+            ) from error
+
+    def _checked_x(self, x: Any, theta: Tensor) -> Tensor:
+        if isinstance(x, tuple | list) and len(x) and not isinstance(x[0], int | float):
+            raise SimulatorError(
+                f"simulator '{self.name}' returned a {type(x).__name__} of arrays; "
+                f"return one array [batch, *x_shape]."
+            )
+        try:
+            x = _as_float_tensor(x, f"the output of simulator '{self.name}'", device=theta.device)
+        except ShapeError as error:
+            raise SimulatorError(str(error)) from error
+        batch = theta.shape[0]
+        if x.ndim == 0 or x.shape[0] != batch:
+            raise SimulatorError(
+                f"simulator '{self.name}' returned shape {list(x.shape)} for {batch} parameter "
+                f"rows; it must return [batch, *x_shape] with batch={batch} first."
+            )
+        if x.ndim == 1:
+            x = x[:, None]
+        if self.x_shape is None:
+            self.x_shape = tuple(x.shape[1:])
+        elif tuple(x.shape[1:]) != self.x_shape:
+            raise SimulatorError(
+                f"simulator '{self.name}' returned observations of shape {list(x.shape[1:])}, "
+                f"declared x_shape is {list(self.x_shape)}"
+            )
+        return x.detach()
+
+    def _log_prob_and_score(
+        self, x: Tensor, latent: Any, theta: Tensor, design: Tensor | None
+    ) -> tuple[Tensor, Tensor]:
+        """log p(x,z|θ) ``[batch]`` and its θ-gradient ``[batch, theta_dim]`` in one pass."""
+        if type(self).joint_score is not Simulator.joint_score:
+            log_p = self.joint_log_prob(x, latent, theta, design).detach()
+            return log_p, self.joint_score(x, latent, theta, design).detach()
+        with torch.enable_grad():
+            theta_leaf = theta.detach().clone().requires_grad_(True)
+            log_p = self.joint_log_prob(x, latent, theta_leaf, design)
+            if log_p.shape != (theta.shape[0],):
+                raise SimulatorError(
+                    f"joint_log_prob of '{self.name}' returned shape {list(log_p.shape)}, "
+                    f"expected [batch] = [{theta.shape[0]}]"
+                )
+            if not log_p.requires_grad:
+                raise SimulatorError(
+                    f"joint_log_prob of '{self.name}' is not differentiable in θ (or does not "
+                    f"depend on it); compute it with torch operations on theta, or override "
+                    f"joint_score()."
+                )
+            # Rows are independent events, so the gradient of the sum is the per-row score.
+            (score,) = torch.autograd.grad(log_p.sum(), theta_leaf)
+        return log_p.detach(), score.detach()
+
+    # -- constructors --------------------------------------------------------------------------------
+    @staticmethod
+    def from_function(
+        fn: Callable,
+        theta_dim: int,
+        x_shape: Sequence[int] | None = None,
+        *,
+        vectorized: bool = True,
+        design_dim: int = 0,
+        default_design: Sequence[float] | Tensor | None = None,
+        theta_support: constraints.Constraint | None = None,
+        numpy: bool = False,
+        name: str | None = None,
+    ) -> Simulator:
+        """Wrap a black-box function (no gold); see `simfer.wrappers.FunctionSimulator`."""
+        from .wrappers import FunctionSimulator
+
+        return FunctionSimulator(
+            fn,
+            theta_dim,
+            x_shape,
+            vectorized=vectorized,
+            design_dim=design_dim,
+            default_design=default_design,
+            theta_support=theta_support,
+            numpy=numpy,
+            name=name,
+        )
+
+    @staticmethod
+    def from_pyro(
+        model: Callable,
+        theta_dim: int,
+        *,
+        observation: str | None = None,
+        design_dim: int = 0,
+        default_design: Sequence[float] | Tensor | None = None,
+        theta_support: constraints.Constraint | None = None,
+        name: str | None = None,
+    ) -> Simulator:
+        """Wrap a Pyro program ``model(theta[, design])``; gold by trace and replay
+        (see `simfer.wrappers.PyroSimulator`)."""
+        from .wrappers import PyroSimulator
+
+        return PyroSimulator(
+            model,
+            theta_dim,
+            observation=observation,
+            design_dim=design_dim,
+            default_design=default_design,
+            theta_support=theta_support,
+            name=name,
+        )
+
+    def describe(self) -> dict[str, Any]:
+        """A JSON-able fingerprint: what a store made by this simulator must match."""
+        return {
+            "name": self.name,
+            "class": f"{type(self).__module__}.{type(self).__qualname__}",
+            "theta_dim": self.theta_dim,
+            "x_shape": None if self.x_shape is None else list(self.x_shape),
+            "design_dim": self.design_dim,
+        }
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(name={self.name!r}, theta_dim={self.theta_dim}, "
+            f"x_shape={self.x_shape}, design_dim={self.design_dim}, gold={self.has_gold})"
+        )

@@ -1,0 +1,238 @@
+"""Simulators made from user code: a black-box function, or a Pyro program with gold.
+
+`FunctionSimulator` calls ``fn(theta[, design])`` (torch or numpy, vectorised or
+one row at a time).  Reproducibility: if ``fn`` takes a keyword ``generator``
+(a ``torch.Generator``), ``rng`` (a ``numpy.random.Generator``) or ``seed`` (an
+int), simfer passes it; otherwise the global torch and numpy generators are
+seeded for the call and restored afterwards.
+
+`PyroSimulator` is gold as two effect handlers around the user's program:
+
+* ``trace``:  run ``model(θ)`` once and record every sample site's value.  The
+  observation is the last sample site (or the one named), which may be a
+  ``pyro.deterministic`` site.
+* ``replay``: run ``model(θ')`` again with every non-observed sample site forced to
+  its recorded value, and sum the sites' log-densities per event:
+  log p(x,z|θ') = Σ_sites log p_site(value | parents; θ').
+
+The joint log ratio is the difference of two replays, the joint score the
+autograd gradient of a replay at θ.  Recorded values are detached, so a latent
+drawn with ``rsample`` (whose value depends on θ through the reparameterisation)
+does not leak θ's gradient into the score: the score is ∇_θ log p(x,z|θ) with
+(x, z) held fixed, as its definition requires.  Deterministic sites carry no
+density (a function of the latents adds nothing to log p(x,z|θ) once z is fixed),
+so they do not change the joint ratio; they are recomputed, not replayed.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.distributions import constraints
+
+from .errors import SimulatorError
+from .simulator import Simulator
+
+__all__ = ["FunctionSimulator", "PyroSimulator"]
+
+_SEED_KEYWORDS = ("generator", "rng", "seed")
+
+
+def _derived_seed(generator: torch.Generator) -> int:
+    return int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
+
+
+@contextmanager
+def _seeded_global_rngs(seed: int, device: torch.device):
+    """Seed torch's (and numpy's) global generators inside the block, restore them after."""
+    devices = [device.index or 0] if device.type == "cuda" else []
+    numpy_state = np.random.get_state()
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        np.random.seed(seed % 2**32)
+        try:
+            yield
+        finally:
+            np.random.set_state(numpy_state)
+
+
+def _accepted_parameters(fn: Callable) -> set[str]:
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return set()
+    return set(params)
+
+
+class FunctionSimulator(Simulator):
+    """A black-box simulator ``fn(theta[, design]) -> x`` (no gold).
+
+    Args:
+        fn: vectorised: ``[batch, theta_dim] -> [batch, *x_shape]``; otherwise
+            ``[theta_dim] -> x_shape`` called once per row.
+        numpy: hand ``fn`` numpy arrays instead of torch tensors.
+        Other arguments as for `Simulator`.
+    """
+
+    def __init__(
+        self,
+        fn: Callable,
+        theta_dim: int,
+        x_shape: Sequence[int] | None = None,
+        *,
+        vectorized: bool = True,
+        design_dim: int = 0,
+        default_design=None,
+        theta_support: constraints.Constraint | None = None,
+        numpy: bool = False,
+        name: str | None = None,
+    ):
+        super().__init__(
+            theta_dim,
+            x_shape,
+            design_dim=design_dim,
+            default_design=default_design,
+            theta_support=theta_support,
+            name=name or getattr(fn, "__name__", "function"),
+        )
+        self.fn = fn
+        self.vectorized = vectorized
+        self.numpy = numpy
+        self._seed_keyword = next(
+            (k for k in _SEED_KEYWORDS if k in _accepted_parameters(fn)), None
+        )
+
+    def _convert_in(self, value: Tensor | None):
+        if value is None or not self.numpy:
+            return value
+        return value.detach().cpu().numpy()
+
+    def _call_once(self, theta, design, generator: torch.Generator):
+        args = (theta,) if design is None else (theta, design)
+        seed = _derived_seed(generator)
+        if self._seed_keyword == "generator":
+            return self.fn(*args, generator=generator)
+        if self._seed_keyword == "rng":
+            return self.fn(*args, rng=np.random.default_rng(seed))
+        if self._seed_keyword == "seed":
+            return self.fn(*args, seed=seed)
+        with _seeded_global_rngs(seed, generator.device):
+            return self.fn(*args)
+
+    def sample(self, theta: Tensor, design: Tensor | None, generator: torch.Generator):
+        if self.vectorized:
+            out = self._call_once(self._convert_in(theta), self._convert_in(design), generator)
+            return torch.as_tensor(np.asarray(out) if not isinstance(out, Tensor) else out)
+        rows = []
+        for i in range(theta.shape[0]):
+            row_design = None if design is None else self._convert_in(design[i])
+            out = self._call_once(self._convert_in(theta[i]), row_design, generator)
+            rows.append(torch.as_tensor(out if isinstance(out, Tensor) else np.asarray(out)))
+        try:
+            return torch.stack([r.to(torch.get_default_dtype()) for r in rows])
+        except RuntimeError as error:
+            shapes = sorted({tuple(r.shape) for r in rows})
+            raise SimulatorError(
+                f"simulator '{self.name}' returned rows of different shapes {shapes}"
+            ) from error
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "function": getattr(self.fn, "__qualname__", repr(self.fn))}
+
+
+class PyroSimulator(Simulator):
+    """A Pyro program ``model(theta[, design])`` as a simulator with gold.
+
+    Every sample site must carry the batch as its leading dimension (events are
+    independent); the observation is the last sample site or ``observation``.
+    """
+
+    def __init__(
+        self,
+        model: Callable,
+        theta_dim: int,
+        *,
+        observation: str | None = None,
+        design_dim: int = 0,
+        default_design=None,
+        theta_support: constraints.Constraint | None = None,
+        name: str | None = None,
+    ):
+        super().__init__(
+            theta_dim,
+            None,
+            design_dim=design_dim,
+            default_design=default_design,
+            theta_support=theta_support,
+            name=name or getattr(model, "__name__", "pyro_model"),
+        )
+        self.model = model
+        self.observation = observation
+
+    def _args(self, theta: Tensor, design: Tensor | None) -> tuple:
+        return (theta,) if design is None else (theta, design)
+
+    def _observation_site(self, trace) -> str:
+        sites = [name for name, site in trace.nodes.items() if site["type"] == "sample"]
+        if not sites:
+            raise SimulatorError(f"Pyro program '{self.name}' has no sample site")
+        if self.observation is None:
+            return sites[-1]
+        if self.observation not in trace.nodes:
+            raise SimulatorError(
+                f"Pyro program '{self.name}' has no site named '{self.observation}'; "
+                f"its sample sites are {sites}"
+            )
+        return self.observation
+
+    def sample_with_latent(self, theta: Tensor, design: Tensor | None, generator: torch.Generator):
+        import pyro.poutine as poutine
+
+        with _seeded_global_rngs(_derived_seed(generator), theta.device), torch.no_grad():
+            trace = poutine.trace(self.model).get_trace(*self._args(theta, design))
+        x = trace.nodes[self._observation_site(trace)]["value"]
+        return x, trace
+
+    def joint_log_prob(self, x: Tensor, latent, theta: Tensor, design: Tensor | None) -> Tensor:
+        import pyro.poutine as poutine
+
+        replayed = poutine.trace(poutine.replay(self.model, trace=latent)).get_trace(
+            *self._args(theta, design)
+        )
+        batch = theta.shape[0]
+        total = torch.zeros(batch, dtype=theta.dtype, device=theta.device)
+        for name, site in replayed.nodes.items():
+            if site["type"] != "sample" or site["infer"].get("_deterministic", False):
+                continue
+            log_p = site["fn"].log_prob(site["value"])
+            log_p = _scale_and_mask(log_p, site.get("scale", 1.0), site.get("mask"))
+            if log_p.ndim == 0 and batch == 1:
+                log_p = log_p.reshape(1)
+            if log_p.ndim == 0 or log_p.shape[0] != batch:
+                raise SimulatorError(
+                    f"sample site '{name}' of Pyro program '{self.name}' has log-density shape "
+                    f"{list(log_p.shape)} but the batch is {batch}: every sample site must "
+                    f"carry the batch as its leading dimension (one independent event per row)."
+                )
+            total = total + log_p.reshape(batch, -1).sum(1).to(theta.dtype)
+        return total
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            **super().describe(),
+            "model": getattr(self.model, "__qualname__", repr(self.model)),
+        }
+
+
+def _scale_and_mask(log_p: Tensor, scale, mask) -> Tensor:
+    if mask is not None and mask is not True:
+        log_p = torch.where(torch.as_tensor(mask, device=log_p.device), log_p, 0.0)
+    if not (isinstance(scale, int | float) and scale == 1.0):
+        log_p = log_p * scale
+    return log_p
