@@ -11,7 +11,7 @@ column                    shape                  meaning
 ``theta_ref``             ``[n, theta_dim]``     the reference point θ_ref, or None
 ``from_reference``        ``[n]`` bool           x was drawn at θ_ref instead of θ (the reference
                                                  class of CARL/ROLR/ALICE), or None
-``joint_log_ratio``       ``[n]``                log r(x,z|θ,θ_ref) = log p(x,z|θ) − log p(x,z|θ_ref)
+``joint_log_ratio``       ``[n]``                log p(x,z|θ) − log p(x,z|θ_ref)
 ``joint_score``           ``[n, theta_dim]``     t(x,z|θ) = ∇_θ log p(x,z|θ)
 ``joint_score_ref``       ``[n, theta_dim]``     t(x,z|θ_ref), the score at the reference (SALLY)
 ``valid``                 ``[n]`` bool           False where the simulator failed (NaN/inf/raised)

@@ -57,7 +57,7 @@ Seed = int | torch.Generator | None
 
 
 def make_generator(seed: Seed, device: torch.device | str = "cpu") -> torch.Generator:
-    """A ``torch.Generator`` on ``device`` from an int seed, a generator, or None (fresh entropy)."""
+    """A ``torch.Generator`` on ``device`` from an int seed, a generator or None (fresh)."""
     device = torch.device(device)
     if isinstance(seed, torch.Generator):
         if seed.device.type == device.type:
@@ -378,7 +378,7 @@ class Simulator:
             (score,) = torch.autograd.grad(log_p.sum(), theta_leaf)
         return log_p.detach(), score.detach()
 
-    # -- constructors --------------------------------------------------------------------------------
+    # -- constructors ------------------------------------------------------------------
     @staticmethod
     def from_function(
         fn: Callable,

@@ -52,14 +52,14 @@ def _derived_seed(generator: torch.Generator) -> int:
 def _seeded_global_rngs(seed: int, device: torch.device):
     """Seed torch's (and numpy's) global generators inside the block, restore them after."""
     devices = [device.index or 0] if device.type == "cuda" else []
-    numpy_state = np.random.get_state()
+    numpy_state = np.random.get_state()  # noqa: NPY002 (the user's global RNG)
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
-        np.random.seed(seed % 2**32)
+        np.random.seed(seed % 2**32)  # noqa: NPY002
         try:
             yield
         finally:
-            np.random.set_state(numpy_state)
+            np.random.set_state(numpy_state)  # noqa: NPY002
 
 
 def _accepted_parameters(fn: Callable) -> set[str]:
