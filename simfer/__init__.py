@@ -14,7 +14,9 @@ from .errors import (
     SupportError,
 )
 from .prior import BoxUniform, as_prior
+from .runner import simulate
 from .simulator import Simulator
+from .store import SimulationStore, load_simulations
 
 __all__ = [
     "__version__",
@@ -30,4 +32,7 @@ __all__ = [
     "StoreError",
     "SupportError",
     "as_prior",
+    "load_simulations",
+    "simulate",
+    "SimulationStore",
 ]

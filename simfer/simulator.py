@@ -158,7 +158,7 @@ class Simulator:
             f"estimators are for."
         )
 
-    # -- capabilities -------------------------------------------------------------------
+    # -- capabilities --
     @property
     def has_gold(self) -> bool:
         """Whether this simulator provides the joint log ratio and joint score."""
@@ -248,7 +248,7 @@ class Simulator:
 
     __call__ = simulate
 
-    # -- validation -------------------------------------------------------------------------------
+    # -- validation --
     def check_theta(
         self, theta: Any, batch: int | None = None, what: str = "theta", device=None
     ) -> Tensor:
@@ -378,7 +378,7 @@ class Simulator:
             (score,) = torch.autograd.grad(log_p.sum(), theta_leaf)
         return log_p.detach(), score.detach()
 
-    # -- constructors ------------------------------------------------------------------
+    # -- constructors --
     @staticmethod
     def from_function(
         fn: Callable,

@@ -1,0 +1,358 @@
+"""`simulate`: draw θ from the prior and run a simulator in chunks, over any executor.
+
+The run is cut into chunks of ``chunk_size`` rows.  Chunk k's θ, its
+reference-class rows and the simulator's random numbers are all derived from
+``(seed, k)`` alone, so the same seed gives the same table whether the chunks
+run in this process, in local worker processes or on a Dask cluster, in any
+order; and a killed run resumes by simulating just the chunks its store lacks.
+
+Each worker runs a whole chunk as one batched simulator call (per-call overhead
+stays small).  Simulators travel to workers with cloudpickle, so one defined in a
+notebook or in a user's ``__main__`` works.  A chunk whose batched call raises is
+retried one row at a time: rows that still raise, and rows whose output holds NaN
+or inf, are kept with ``valid = False`` and reported in one warning.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import multiprocessing
+import os
+import secrets
+import warnings
+from collections.abc import Sequence
+from concurrent.futures import FIRST_COMPLETED, Executor, ProcessPoolExecutor, wait
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import cloudpickle
+import numpy as np
+import torch
+from torch import Tensor
+from torch.distributions import Distribution
+from tqdm.auto import tqdm
+
+from .data import SimulationData
+from .errors import InvalidSimulationWarning, SimulatorError
+from .prior import as_prior, describe_prior
+from .simulator import Simulator
+from .store import SimulationStore
+
+__all__ = ["simulate"]
+
+
+@dataclass(frozen=True)
+class _Chunk:
+    """Everything a worker needs to simulate one chunk."""
+
+    index: int
+    first_row: int
+    theta: Tensor
+    design: Tensor | None
+    at_reference: Tensor | None
+    seed: int
+
+
+@dataclass(frozen=True)
+class _RunSpec:
+    """What every chunk of a run shares."""
+
+    simulator_bytes: bytes
+    gold: bool
+    theta_ref: Tensor | None
+    device: str
+
+
+def _chunk_seeds(seed: int, index: int) -> tuple[int, int]:
+    """Two independent 63-bit seeds for chunk ``index``: one for θ, one for the simulator."""
+    theta_seed, sim_seed = np.random.SeedSequence(seed, spawn_key=(index,)).generate_state(
+        2, dtype=np.uint64
+    )
+    return int(theta_seed) >> 1, int(sim_seed) >> 1
+
+
+def _reference_mask(first_row: int, m: int, fraction: float) -> Tensor:
+    """Rows i with ⌊(i+1)f⌋ > ⌊if⌋: exactly a fraction f of any prefix, spread evenly."""
+    rows = torch.arange(first_row, first_row + m, dtype=torch.float64)
+    return torch.floor((rows + 1) * fraction) > torch.floor(rows * fraction)
+
+
+def _run_chunk(run: _RunSpec, chunk: _Chunk) -> tuple[SimulationData, list[str]]:
+    """Worker side: simulate one chunk; rows that raise become invalid rows."""
+    simulator: Simulator = cloudpickle.loads(run.simulator_bytes)
+    theta = chunk.theta.to(run.device)
+    design = None if chunk.design is None else chunk.design.to(run.device)
+    theta_ref = None if run.theta_ref is None else run.theta_ref.to(run.device)
+
+    def one_call(rows: slice, seed: int) -> SimulationData:
+        at_reference = None if chunk.at_reference is None else chunk.at_reference[rows]
+        row_design = None if design is None else design[rows]
+        result = simulator.simulate(
+            theta[rows],
+            row_design,
+            gold=run.gold,
+            theta_ref=theta_ref,
+            seed=seed,
+            at_reference=at_reference,
+        )
+        if isinstance(result, SimulationData):
+            return result.to("cpu")
+        return SimulationData(theta=theta[rows], x=result, design=row_design).to("cpu")
+
+    try:
+        return one_call(slice(None), chunk.seed), []
+    except SimulatorError as error:
+        if len(theta) == 1:
+            raise
+        first_error = error
+    rows: list[SimulationData | None] = []
+    errors: list[str] = []
+    for i in range(len(theta)):
+        try:
+            rows.append(one_call(slice(i, i + 1), chunk.seed + 1 + i))
+        except SimulatorError as error:
+            errors.append(f"row {chunk.first_row + i}: {error}")
+            rows.append(None)
+    if len(errors) == len(theta):
+        raise SimulatorError(
+            f"every simulation of chunk {chunk.index} raised; first: {first_error}"
+        ) from first_error
+    template = next(r for r in rows if r is not None)
+    filled = [
+        r if r is not None else _failed_row(template, chunk.theta[i : i + 1])
+        for i, r in enumerate(rows)
+    ]
+    return SimulationData.concatenate(filled), errors
+
+
+def _failed_row(template: SimulationData, theta: Tensor) -> SimulationData:
+    """A row shaped like ``template`` with θ kept, everything simulated NaN, valid False."""
+    columns: dict[str, Any] = {}
+    for name, value in template.columns().items():
+        if name in ("theta_ref", "design", "from_reference"):
+            columns[name] = value[:1].clone()  # inputs of the run, not its results
+        elif name == "valid":
+            columns[name] = torch.zeros(1, dtype=torch.bool)
+        elif name != "theta":
+            columns[name] = torch.full_like(value[:1], float("nan"))
+    return SimulationData(theta=theta.to(template.theta), **columns)
+
+
+def _limit_threads() -> None:
+    torch.set_num_threads(1)
+
+
+def _default_chunk_size(n: int) -> int:
+    return int(min(4096, max(1, math.ceil(n / 32))))
+
+
+def simulate(
+    simulator: Simulator,
+    prior: Distribution,
+    n: int,
+    *,
+    gold: bool = False,
+    theta_ref: Sequence[float] | Tensor | None = None,
+    reference_fraction: float = 0.5,
+    design: Tensor | Sequence[float] | Distribution | None = None,
+    path: str | os.PathLike | None = None,
+    executor: Executor | Literal["processes", "serial"] = "processes",
+    n_workers: int | None = None,
+    chunk_size: int | None = None,
+    seed: int | None = None,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+) -> SimulationData:
+    """Simulate ``n`` rows: θ ~ prior, x ~ simulator(θ), with gold if asked.
+
+    Args:
+        simulator: any `simfer.Simulator`.
+        prior: a distribution over θ with samples ``[n, theta_dim]`` (see `simfer.as_prior`).
+        n: number of simulator calls, reference-class rows included.
+        gold: also record the joint log ratio and joint score(s).
+        theta_ref: reference point θ_ref ``[theta_dim]``.  Then a ``reference_fraction`` of
+            the rows draw x at θ_ref instead of θ (the reference class that CARL, ROLR and
+            ALICE contrast with), and gold is evaluated at (θ, θ_ref) on every row.
+        design: one design ``[design_dim]``, one per row ``[n, design_dim]``, or a
+            distribution to draw a design per row from.
+        path: an HDF5 store; every finished chunk is committed to it at once, and calling
+            again with the same arguments resumes (or, with a larger ``n``, extends) the run.
+        executor: ``"processes"`` (local worker processes), ``"serial"`` (this process), or
+            any ``concurrent.futures.Executor``, e.g. a Dask client's ``get_executor()``.
+        n_workers: worker processes for ``"processes"`` (default: the number of CPUs).
+        chunk_size: rows per worker call (default ``ceil(n/32)``, at most 4096; a resumed
+            run keeps its stored chunk size).  Together with ``seed`` it fixes the data.
+        seed: makes the run reproducible; None draws one (stored with the run).
+        device: where workers simulate (θ is moved there).
+        progress: show a progress bar counting finished simulations.
+
+    Returns:
+        A `SimulationData` with all ``n`` rows in order, failed ones flagged invalid.
+    """
+    if not isinstance(n, int | np.integer) or isinstance(n, bool) or n < 1:
+        raise ValueError(f"n must be a positive number of simulations, got {n!r}")
+    n = int(n)
+    if not isinstance(simulator, Simulator):
+        raise TypeError(
+            f"simulate() needs a simfer.Simulator, got {type(simulator).__name__}; wrap a "
+            f"function with Simulator.from_function or a Pyro program with Simulator.from_pyro."
+        )
+    prior = as_prior(prior, simulator.theta_dim)
+    if gold and not simulator.has_gold:
+        simulator.simulate(prior.sample((1,)), gold=True)  # raises the explanatory error
+    if theta_ref is not None:
+        theta_ref = simulator.check_theta(theta_ref, batch=1, what="theta_ref")[0]
+        if not 0.0 < reference_fraction < 1.0:
+            raise ValueError(f"reference_fraction must lie in (0, 1), got {reference_fraction}")
+
+    if path is not None and os.path.exists(path):
+        stored = SimulationStore.read_fingerprint(path)
+        seed = stored.get("seed") if seed is None else seed
+        chunk_size = stored.get("chunk_size") if chunk_size is None else chunk_size
+    seed = secrets.randbits(62) if seed is None else int(seed)
+    chunk_size = _default_chunk_size(n) if chunk_size is None else int(chunk_size)
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be positive, got {chunk_size}")
+    # x_shape is left out: a simulator may learn it on its first call; the store checks
+    # every column's shape when a chunk is appended.
+    described = {k: v for k, v in simulator.describe().items() if k != "x_shape"}
+    fingerprint = {
+        "simulator": described,
+        "prior": describe_prior(prior),
+        "gold": bool(gold),
+        "theta_ref": None if theta_ref is None else theta_ref.tolist(),
+        "reference_fraction": None if theta_ref is None else float(reference_fraction),
+        "design": _describe_design(design),
+        "seed": seed,
+        "chunk_size": chunk_size,
+    }
+    store = SimulationStore.open(path, fingerprint) if path is not None else None
+    try:
+        done = store.completed_chunks if store is not None else set()
+        pending = [k for k in range(math.ceil(n / chunk_size)) if k not in done]
+        chunks = (
+            _make_chunk(
+                k, n, chunk_size, seed, prior, design, theta_ref, reference_fraction, simulator
+            )
+            for k in pending
+        )
+        already = sum(min(chunk_size, n - k * chunk_size) for k in done if k * chunk_size < n)
+        bar = tqdm(total=n, initial=already, unit="sim", desc=simulator.name, disable=not progress)
+        parts: dict[int, SimulationData] = {}
+        errors: list[str] = []
+        run = _RunSpec(cloudpickle.dumps(simulator), gold, theta_ref, str(device))
+        for chunk, (data, chunk_errors) in _execute(chunks, run, executor, n_workers):
+            if store is not None:
+                store.append(chunk.index, chunk.first_row, data)
+            else:
+                parts[chunk.index] = data
+            errors.extend(chunk_errors)
+            bar.update(len(data))
+        bar.close()
+        if store is not None:
+            result = store.read()
+            result = result.subset(slice(0, n))
+        else:
+            result = SimulationData.concatenate([parts[k] for k in sorted(parts)])
+    except KeyboardInterrupt:
+        if store is not None:
+            raise KeyboardInterrupt(
+                f"interrupted: {store.n_committed} simulations are safe in '{path}'; call "
+                f"simulate() again with the same arguments to resume."
+            ) from None
+        raise
+    finally:
+        if store is not None:
+            store.close()
+    _report_invalid(result, errors, simulator.name)
+    return result
+
+
+def _make_chunk(k, n, chunk_size, seed, prior, design, theta_ref, fraction, simulator) -> _Chunk:
+    first_row = k * chunk_size
+    m = min(chunk_size, n - first_row)
+    theta_seed, sim_seed = _chunk_seeds(seed, k)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(theta_seed)
+        theta = prior.sample((m,))
+        if isinstance(design, Distribution):
+            design = design.sample((m,))
+    theta = simulator.check_theta(theta, what="theta drawn from the prior")
+    if design is not None and not isinstance(design, Distribution):
+        design = torch.as_tensor(design)
+        if design.ndim == 2 and design.shape[0] == n:
+            design = design[first_row : first_row + m]
+    if design is not None:
+        design = simulator.check_design(design, m)
+    at_reference = None if theta_ref is None else _reference_mask(first_row, m, fraction)
+    return _Chunk(k, first_row, theta, design, at_reference, sim_seed)
+
+
+def _execute(chunks, run: _RunSpec, executor, n_workers):
+    """Yield ``(chunk, (data, errors))`` as chunks finish, keeping a bounded number in flight."""
+    if executor == "serial":
+        for chunk in chunks:
+            yield chunk, _run_chunk(run, chunk)
+        return
+    own_pool = executor == "processes"
+    if own_pool:
+        n_workers = n_workers or os.cpu_count() or 1
+        # fork keeps a user's unguarded script from being re-imported by every worker;
+        # CUDA does not survive a fork, so spawn once CUDA is initialised.
+        method = "spawn" if torch.cuda.is_initialized() else "fork"
+        executor = ProcessPoolExecutor(
+            n_workers, mp_context=multiprocessing.get_context(method), initializer=_limit_threads
+        )
+    elif not isinstance(executor, Executor):
+        raise TypeError(
+            f"executor must be 'processes', 'serial' or a concurrent.futures.Executor (e.g. a "
+            f"Dask client's get_executor()), got {executor!r}"
+        )
+    max_in_flight = 2 * (n_workers or os.cpu_count() or 1) if own_pool else 64
+    in_flight = {}
+    try:
+        chunks = iter(chunks)
+        exhausted = False
+        while True:
+            while not exhausted and len(in_flight) < max_in_flight:
+                chunk = next(chunks, None)
+                if chunk is None:
+                    exhausted = True
+                    break
+                in_flight[executor.submit(_run_chunk, run, chunk)] = chunk
+            if not in_flight:
+                return
+            finished, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+            for future in finished:
+                yield in_flight.pop(future), future.result()
+    finally:
+        for future in in_flight:
+            future.cancel()
+        if own_pool:
+            executor.shutdown(wait=True, cancel_futures=True)
+
+
+def _describe_design(design) -> Any:
+    if design is None:
+        return None
+    if isinstance(design, Distribution):
+        return describe_prior(design)
+    array = np.ascontiguousarray(torch.as_tensor(design).detach().cpu().numpy())
+    if array.size <= 16:
+        return array.tolist()
+    return {"shape": list(array.shape), "sha256": hashlib.sha256(array.tobytes()).hexdigest()}
+
+
+def _report_invalid(result: SimulationData, errors: list[str], name: str) -> None:
+    n_invalid = result.n_invalid
+    if not n_invalid:
+        return
+    raised = f"; {len(errors)} raised, first: {errors[0]}" if errors else ""
+    warnings.warn(
+        f"{n_invalid} of {len(result)} simulations of '{name}' failed (NaN/inf output"
+        f"{raised}). They are kept with valid=False (data.valid) and never trained on; "
+        f"data.valid_only() drops them.",
+        InvalidSimulationWarning,
+        stacklevel=3,
+    )
