@@ -121,7 +121,7 @@ class Simulator:
         self.x_shape = None if x_shape is None else tuple(int(s) for s in x_shape)
         self.design_dim = int(design_dim)
         self.default_design = (
-            None if default_design is None else torch.as_tensor(default_design, dtype=torch.float32)
+            None if default_design is None else torch.as_tensor(default_design, dtype=torch.float64)
         )
         self.theta_support = theta_support or constraints.real
         self.name = name or type(self).__name__
@@ -157,6 +157,21 @@ class Simulator:
             f"simulator '{self.name}' has no tractable likelihood p(x|θ); that is what the "
             f"estimators are for."
         )
+
+    def log_likelihood_ratio(
+        self, x: Tensor, theta: Tensor, theta_ref: Tensor, design: Tensor | None = None
+    ) -> Tensor:
+        """The exact log r(x|θ,θ_ref) = log p(x|θ) − log p(x|θ_ref) ``[batch]``."""
+        return self.log_likelihood(x, theta, design) - self.log_likelihood(x, theta_ref, design)
+
+    def likelihood_score(self, x: Tensor, theta: Tensor, design: Tensor | None = None) -> Tensor:
+        """The exact score t(x|θ) = ∇_θ log p(x|θ) ``[batch, theta_dim]``, by autograd."""
+        with torch.enable_grad():
+            theta_leaf = torch.as_tensor(theta).detach().clone().requires_grad_(True)
+            (score,) = torch.autograd.grad(
+                self.log_likelihood(x, theta_leaf, design).sum(), theta_leaf
+            )
+        return score
 
     # -- capabilities --
     @property
@@ -205,7 +220,7 @@ class Simulator:
         """
         theta = self.check_theta(theta)
         batch, device = theta.shape[0], theta.device
-        design = self.check_design(design, batch, device)
+        design = self.check_design(design, batch, device, theta.dtype)
         if theta_ref is not None:
             theta_ref = self.check_theta(theta_ref, batch=batch, what="theta_ref", device=device)
             theta_ref = theta_ref.to(theta.dtype)
@@ -288,7 +303,7 @@ class Simulator:
             .tolist()
         )
 
-    def check_design(self, design: Any, batch: int, device=None) -> Tensor | None:
+    def check_design(self, design: Any, batch: int, device=None, dtype=None) -> Tensor | None:
         """The design as ``[batch, design_dim]``, broadcasting one design to all rows."""
         if self.design_dim == 0:
             if design is not None:
@@ -301,7 +316,7 @@ class Simulator:
                     f"(it has no default design)"
                 )
             design = self.default_design
-        design = _as_float_tensor(design, "design", device=device)
+        design = _as_float_tensor(design, "design", device=device, dtype=dtype)
         if design.ndim == 0 and self.design_dim == 1:
             design = design.reshape(1)
         if design.ndim == 1 and design.shape[0] == self.design_dim:
@@ -318,7 +333,7 @@ class Simulator:
     def _call(self, method: Callable, theta: Tensor, design, generator):
         try:
             return method(theta, design, generator)
-        except (GoldNotAvailableError, SimulatorError, ShapeError):
+        except (GoldNotAvailableError, SimulatorError, ShapeError, SupportError):
             raise
         except Exception as error:
             raise SimulatorError(
@@ -357,16 +372,21 @@ class Simulator:
         self, x: Tensor, latent: Any, theta: Tensor, design: Tensor | None
     ) -> tuple[Tensor, Tensor]:
         """log p(x,z|θ) ``[batch]`` and its θ-gradient ``[batch, theta_dim]`` in one pass."""
+        batch = theta.shape[0]
         if type(self).joint_score is not Simulator.joint_score:
-            log_p = self.joint_log_prob(x, latent, theta, design).detach()
-            return log_p, self.joint_score(x, latent, theta, design).detach()
+            # a backend of its own (numpy, Fortran event weights): no autograd needed
+            log_p = self._checked_gold(self.joint_log_prob(x, latent, theta, design), theta, ())
+            score = self._checked_gold(
+                self.joint_score(x, latent, theta, design), theta, (self.theta_dim,)
+            )
+            return log_p, score
         with torch.enable_grad():
             theta_leaf = theta.detach().clone().requires_grad_(True)
             log_p = self.joint_log_prob(x, latent, theta_leaf, design)
-            if log_p.shape != (theta.shape[0],):
+            if log_p.shape != (batch,):
                 raise SimulatorError(
                     f"joint_log_prob of '{self.name}' returned shape {list(log_p.shape)}, "
-                    f"expected [batch] = [{theta.shape[0]}]"
+                    f"expected [batch] = [{batch}]"
                 )
             if not log_p.requires_grad:
                 raise SimulatorError(
@@ -377,6 +397,15 @@ class Simulator:
             # Rows are independent events, so the gradient of the sum is the per-row score.
             (score,) = torch.autograd.grad(log_p.sum(), theta_leaf)
         return log_p.detach(), score.detach()
+
+    def _checked_gold(self, value: Any, theta: Tensor, tail: tuple[int, ...]) -> Tensor:
+        value = torch.as_tensor(value, device=theta.device).detach().to(theta.dtype)
+        if value.shape != (theta.shape[0], *tail):
+            raise SimulatorError(
+                f"gold of simulator '{self.name}' has shape {list(value.shape)}, expected "
+                f"{[theta.shape[0], *tail]}"
+            )
+        return value
 
     # -- constructors --
     @staticmethod
