@@ -59,7 +59,7 @@ class GaltonBoard(Simulator):
     def describe(self) -> dict:
         return {**super().describe(), "n_rows": self.n_rows, "readout_sigma": self.readout_sigma}
 
-    # -- the board ---------------------------------------------------------------------------
+    # -- the board --
     def p_right(self, theta: Tensor, row: int, position: Tensor) -> Tensor:
         """p(θ, r, k): ``theta`` ``[batch, 1]``, ``position`` ``[batch, m]`` → ``[batch, m]``."""
         u = position / self.n_rows
@@ -94,9 +94,9 @@ class GaltonBoard(Simulator):
         final = steps.sum(1, keepdim=True)
         return log_path + self._log_readout(x, final).squeeze(1)
 
-    # -- exact likelihood ---------------------------------------------------------------------------
+    # -- exact likelihood --
     def final_position_probabilities(self, theta: Tensor) -> Tensor:
-        """P(K = 2j − n_rows | θ) for j = 0 … n_rows: ``[batch, n_rows + 1]`` (dynamic programming)."""
+        """P(K = 2j − n_rows | θ), j = 0 … n_rows: ``[batch, n_rows + 1]``, by DP over rows."""
         theta = self.check_theta(theta)
         probs = torch.ones(theta.shape[0], 1, dtype=theta.dtype, device=theta.device)
         for row in range(self.n_rows):
