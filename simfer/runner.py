@@ -64,11 +64,12 @@ class _RunSpec:
     device: str
 
 
-def _chunk_seeds(seed: int, index: int) -> tuple[int, int]:
-    """Two independent 63-bit seeds for chunk ``index``: one for θ, one for the simulator."""
-    theta_seed, sim_seed = np.random.SeedSequence(seed, spawn_key=(index,)).generate_state(
-        2, dtype=np.uint64
-    )
+def _chunk_seeds(seed: int, index: int, offset: int = 0) -> tuple[int, int]:
+    """Two independent 63-bit seeds for the rows of chunk ``index`` from ``offset`` on:
+    one for θ, one for the simulator."""
+    key = (index,) if offset == 0 else (index, offset)
+    sequence = np.random.SeedSequence(seed, spawn_key=key)
+    theta_seed, sim_seed = sequence.generate_state(2, dtype=np.uint64)
     return int(theta_seed) >> 1, int(sim_seed) >> 1
 
 
@@ -78,8 +79,11 @@ def _reference_mask(first_row: int, m: int, fraction: float) -> Tensor:
     return torch.floor((rows + 1) * fraction) > torch.floor(rows * fraction)
 
 
-def _run_chunk(run: _RunSpec, chunk: _Chunk) -> tuple[SimulationData, list[str]]:
-    """Worker side: simulate one chunk; rows that raise become invalid rows."""
+def _run_chunk(run: _RunSpec, chunk: _Chunk) -> tuple[SimulationData | None, list[str]]:
+    """Worker side: simulate one chunk; rows that raise become invalid rows.
+
+    Returns the chunk's rows and the errors of the rows that raised, or None for the
+    rows when every row raised (their shape is unknown until some simulation succeeds)."""
     simulator: Simulator = cloudpickle.loads(run.simulator_bytes)
     theta = chunk.theta.to(run.device)
     design = None if chunk.design is None else chunk.design.to(run.device)
@@ -104,8 +108,7 @@ def _run_chunk(run: _RunSpec, chunk: _Chunk) -> tuple[SimulationData, list[str]]
         return one_call(slice(None), chunk.seed), []
     except SimulatorError as error:
         if len(theta) == 1:
-            raise
-        first_error = error
+            return None, [f"row {chunk.first_row}: {error}"]
     rows: list[SimulationData | None] = []
     errors: list[str] = []
     for i in range(len(theta)):
@@ -115,28 +118,32 @@ def _run_chunk(run: _RunSpec, chunk: _Chunk) -> tuple[SimulationData, list[str]]
             errors.append(f"row {chunk.first_row + i}: {error}")
             rows.append(None)
     if len(errors) == len(theta):
-        raise SimulatorError(
-            f"every simulation of chunk {chunk.index} raised; first: {first_error}"
-        ) from first_error
+        return None, errors
     template = next(r for r in rows if r is not None)
     filled = [
-        r if r is not None else _failed_row(template, chunk.theta[i : i + 1])
-        for i, r in enumerate(rows)
+        r if r is not None else _failed_rows(template, chunk, [i]) for i, r in enumerate(rows)
     ]
     return SimulationData.concatenate(filled), errors
 
 
-def _failed_row(template: SimulationData, theta: Tensor) -> SimulationData:
-    """A row shaped like ``template`` with θ kept, everything simulated NaN, valid False."""
-    columns: dict[str, Any] = {}
+def _failed_rows(template: SimulationData, chunk: _Chunk, rows: list[int]) -> SimulationData:
+    """Rows of ``chunk`` whose simulation raised, shaped like ``template``: the run's inputs
+    (θ, design, θ_ref, reference flag) kept, every simulated column NaN, valid False."""
+    columns: dict[str, Any] = {"theta": chunk.theta[rows]}
     for name, value in template.columns().items():
-        if name in ("theta_ref", "design", "from_reference"):
-            columns[name] = value[:1].clone()  # inputs of the run, not its results
+        if name == "design":
+            columns[name] = chunk.design[rows]
+        elif name == "from_reference":
+            columns[name] = chunk.at_reference[rows]
+        elif name == "theta_ref":
+            columns[name] = value[:1].expand(len(rows), -1).clone()
         elif name == "valid":
-            columns[name] = torch.zeros(1, dtype=torch.bool)
+            columns[name] = torch.zeros(len(rows), dtype=torch.bool)
         elif name != "theta":
-            columns[name] = torch.full_like(value[:1], float("nan"))
-    return SimulationData(theta=theta.to(template.theta), **columns)
+            columns[name] = torch.full(
+                (len(rows), *value.shape[1:]), float("nan"), dtype=value.dtype
+            )
+    return SimulationData(**columns)
 
 
 def _limit_threads() -> None:
@@ -229,26 +236,66 @@ def simulate(
     }
     store = SimulationStore.open(path, fingerprint) if path is not None else None
     try:
-        done = store.completed_chunks if store is not None else set()
-        pending = [k for k in range(math.ceil(n / chunk_size)) if k not in done]
+        done = store.rows_per_chunk if store is not None else {}
+        pending = []  # (chunk, first row, rows): the rows of each chunk still missing
+        for k in range(math.ceil(n / chunk_size)):
+            wanted, have = min(chunk_size, n - k * chunk_size), done.get(k, 0)
+            if have < wanted:
+                pending.append((k, k * chunk_size, have, wanted - have))
         chunks = (
             _make_chunk(
-                k, n, chunk_size, seed, prior, design, theta_ref, reference_fraction, simulator
+                k,
+                start,
+                offset,
+                m,
+                n,
+                seed,
+                prior,
+                design,
+                theta_ref,
+                reference_fraction,
+                simulator,
             )
-            for k in pending
+            for k, start, offset, m in pending
         )
-        already = sum(min(chunk_size, n - k * chunk_size) for k in done if k * chunk_size < n)
+        already = n - sum(m for *_, m in pending)
         bar = tqdm(total=n, initial=already, unit="sim", desc=simulator.name, disable=not progress)
         parts: dict[int, SimulationData] = {}
         errors: list[str] = []
         run = _RunSpec(cloudpickle.dumps(simulator), gold, theta_ref, str(device))
+        held_back: list[_Chunk] = []  # chunks where every row raised, until one succeeds
+        template: SimulationData | None = None
         for chunk, (data, chunk_errors) in _execute(chunks, run, executor, n_workers):
-            if store is not None:
-                store.append(chunk.index, chunk.first_row, data)
-            else:
-                parts[chunk.index] = data
             errors.extend(chunk_errors)
-            bar.update(len(data))
+            finished = []
+            if data is None:
+                held_back.append(chunk)
+                if sum(len(c.theta) for c in held_back) >= min(16, n - already):
+                    if template is None:
+                        raise SimulatorError(
+                            f"every simulation of '{simulator.name}' so far raised "
+                            f"({len(errors)} of {len(errors)}); nothing was stored. "
+                            f"First: {errors[0]}"
+                        )
+            else:
+                template = data
+                finished.append((chunk, data))
+            if template is not None:
+                finished += [
+                    (c, _failed_rows(template, c, list(range(len(c.theta))))) for c in held_back
+                ]
+                held_back = []
+            for done_chunk, done_data in finished:
+                if store is not None:
+                    store.append(done_chunk.index, done_chunk.first_row, done_data)
+                else:
+                    parts[done_chunk.first_row] = done_data
+                bar.update(len(done_data))
+        if held_back:
+            raise SimulatorError(
+                f"every simulation of '{simulator.name}' raised; nothing was stored. "
+                f"First: {errors[0]}"
+            )
         bar.close()
         if store is not None:
             result = store.read()
@@ -269,10 +316,15 @@ def simulate(
     return result
 
 
-def _make_chunk(k, n, chunk_size, seed, prior, design, theta_ref, fraction, simulator) -> _Chunk:
-    first_row = k * chunk_size
-    m = min(chunk_size, n - first_row)
-    theta_seed, sim_seed = _chunk_seeds(seed, k)
+def _make_chunk(
+    k, start, offset, m, n, seed, prior, design, theta_ref, fraction, simulator
+) -> _Chunk:
+    """Rows ``start+offset … start+offset+m`` of chunk k (which starts at row ``start``).
+
+    A chunk is made in one piece (offset 0) unless a run is extended past a partial
+    last chunk; the missing rows are then a second piece, seeded by their offset."""
+    first_row = start + offset
+    theta_seed, sim_seed = _chunk_seeds(seed, k, offset)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(theta_seed)
         theta = prior.sample((m,))

@@ -142,10 +142,14 @@ class SimulationStore:
         return int(self._file.attrs["n_committed"])
 
     @property
-    def completed_chunks(self) -> set[int]:
+    def rows_per_chunk(self) -> dict[int, int]:
+        """How many committed rows each chunk has (a chunk extended later may be in pieces)."""
         if "chunk_index" not in self._file:
-            return set()
-        return set(np.unique(self._file["chunk_index"][: self.n_committed]).tolist())
+            return {}
+        chunks, counts = np.unique(
+            self._file["chunk_index"][: self.n_committed], return_counts=True
+        )
+        return dict(zip(chunks.tolist(), counts.tolist(), strict=True))
 
     @property
     def fingerprint(self) -> dict[str, Any]:
