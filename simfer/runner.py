@@ -34,7 +34,7 @@ from torch.distributions import Distribution
 from tqdm.auto import tqdm
 
 from .data import SimulationData
-from .errors import InvalidSimulationWarning, SimulatorError
+from .errors import GoldNotAvailableError, InvalidSimulationWarning, SimulatorError
 from .prior import as_prior, describe_prior
 from .simulator import Simulator
 from .store import SimulationStore
@@ -207,7 +207,7 @@ def simulate(
         )
     prior = as_prior(prior, simulator.theta_dim)
     if gold and not simulator.has_gold:
-        simulator.simulate(prior.sample((1,)), gold=True)  # raises the explanatory error
+        raise GoldNotAvailableError(simulator.no_gold_message())
     if theta_ref is not None:
         theta_ref = simulator.check_theta(theta_ref, batch=1, what="theta_ref")[0]
         if not 0.0 < reference_fraction < 1.0:

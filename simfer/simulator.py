@@ -138,14 +138,14 @@ class Simulator:
         self, theta: Tensor, design: Tensor | None, generator: torch.Generator
     ) -> tuple[Tensor, Any]:
         """Draw x and record the latent path z needed by `joint_log_prob`."""
-        raise GoldNotAvailableError(self._no_gold_message())
+        raise GoldNotAvailableError(self.no_gold_message())
 
     def joint_log_prob(
         self, x: Tensor, latent: Any, theta: Tensor, design: Tensor | None
     ) -> Tensor:
         """log p(x,z|θ) ``[batch]`` of a recorded path, at any θ; differentiable in θ
         unless `joint_score` is overridden."""
-        raise GoldNotAvailableError(self._no_gold_message())
+        raise GoldNotAvailableError(self.no_gold_message())
 
     def joint_score(self, x: Tensor, latent: Any, theta: Tensor, design: Tensor | None) -> Tensor:
         """t(x,z|θ) = ∇_θ log p(x,z|θ) ``[batch, theta_dim]``; autograd by default."""
@@ -183,7 +183,7 @@ class Simulator:
     def has_likelihood(self) -> bool:
         return type(self).log_likelihood is not Simulator.log_likelihood
 
-    def _no_gold_message(self) -> str:
+    def no_gold_message(self) -> str:
         return (
             f"simulator '{self.name}' provides no gold (joint log ratio / joint score). "
             f"Wrap a Pyro program with Simulator.from_pyro, or subclass Simulator and implement "
@@ -233,7 +233,7 @@ class Simulator:
         else:
             simulated_at = theta
         if gold and not self.has_gold:
-            raise GoldNotAvailableError(self._no_gold_message())
+            raise GoldNotAvailableError(self.no_gold_message())
         generator = make_generator(seed, device)
 
         if not gold:
@@ -348,7 +348,9 @@ class Simulator:
                 f"return one array [batch, *x_shape]."
             )
         try:
-            x = _as_float_tensor(x, f"the output of simulator '{self.name}'", device=theta.device)
+            x = _as_float_tensor(
+                x, f"the output of simulator '{self.name}'", device=theta.device, dtype=theta.dtype
+            )
         except ShapeError as error:
             raise SimulatorError(str(error)) from error
         batch = theta.shape[0]

@@ -6,6 +6,17 @@
   `GaussianMixture`, `LotkaVolterra`, `SIR`.
 """
 
+from .benchmarks import SIR, SLCP, GaussianLinear, GaussianMixture, LotkaVolterra, TwoMoons
 from .galton import GaltonBoard
+from .weinberg import WeinbergAngle
 
-__all__ = ["GaltonBoard"]
+__all__ = [
+    "GaltonBoard",
+    "GaussianLinear",
+    "GaussianMixture",
+    "LotkaVolterra",
+    "SIR",
+    "SLCP",
+    "TwoMoons",
+    "WeinbergAngle",
+]

@@ -298,9 +298,11 @@ class SLCP(_NoLatentGold):
         """m ``[..., 2]`` and the Cholesky factor L of S ``[..., 2, 2]``."""
         s1, s2 = theta[..., 2] ** 2, theta[..., 3] ** 2
         rho = torch.tanh(theta[..., 4])
-        l11 = torch.sqrt(s1**2 + self.jitter)
+        s11 = s1**2 + self.jitter
+        l11 = torch.sqrt(s11)
         l21 = rho * s1 * s2 / l11
-        l22 = torch.sqrt(s2**2 + self.jitter - l21**2)
+        # S₂₂ − L₂₁² = s₂² (1 − ρ² s₁²/S₁₁) + ε, written without the cancellation
+        l22 = torch.sqrt(s2**2 * (1 - rho**2 * s1**2 / s11) + self.jitter)
         zero = torch.zeros_like(l11)
         scale_tril = torch.stack((torch.stack((l11, zero), -1), torch.stack((l21, l22), -1)), -2)
         return theta[..., :2], scale_tril
