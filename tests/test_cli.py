@@ -1,0 +1,25 @@
+"""The simfer command: the demo runs end to end and its gold check passes."""
+
+import json
+
+from simfer.cli import main
+
+
+def test_demo_writes_summary_plot_and_store(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--n", "4000", "--workers", "0"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["passed"] and summary["n_simulations"] == 4000
+    assert (out / "gold_check.png").stat().st_size > 10_000
+    assert "PASS" in (out / "summary.md").read_text()
+    # a second run resumes from the store, and inspect reads it
+    assert main(["demo", "--out", str(out), "--n", "4000", "--workers", "0"]) == 0
+    assert main(["inspect", str(out / "galton.h5")]) == 0
+    assert "n=4000" in capsys.readouterr().out
+
+
+def test_inspect_reports_a_foreign_file_without_a_traceback(tmp_path, capsys):
+    bad = tmp_path / "bad.h5"
+    bad.write_bytes(b"not a store")
+    assert main(["inspect", str(bad)]) == 2
+    assert "not a readable HDF5 file" in capsys.readouterr().err
