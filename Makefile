@@ -5,6 +5,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.simfer-installed
+LINTED := $(wildcard simfer simulators tests tutorials benchmarks)
 
 .PHONY: demo test test-all lint venv clean
 
@@ -25,8 +26,8 @@ demo: $(STAMP)
 	$(PY) -m simfer.cli demo --out demo_output
 
 lint: $(STAMP)
-	$(PY) -m ruff check simfer simulators tests tutorials benchmarks
-	$(PY) -m ruff format --check simfer simulators tests tutorials benchmarks
+	$(PY) -m ruff check $(LINTED)
+	$(PY) -m ruff format --check $(LINTED)
 
 test: lint
 	$(PY) -m pytest -m "not slow" -q
