@@ -15,6 +15,7 @@ __all__ = [
     "LikelihoodNotAvailableError",
     "SimulatorError",
     "StoreError",
+    "ModelFileError",
     "InvalidSimulationWarning",
 ]
 
@@ -45,6 +46,10 @@ class SimulatorError(SimferError, RuntimeError):
 
 class StoreError(SimferError):
     """A simulation store on disk is corrupt, foreign or made for another run."""
+
+
+class ModelFileError(SimferError):
+    """A saved model file is corrupt, foreign, unsafe or from a newer simfer."""
 
 
 class InvalidSimulationWarning(UserWarning):

@@ -1,0 +1,87 @@
+"""An ensemble of E independent MLPs evaluated in one batched pass.
+
+Every weight carries the members as its leading dimension: a layer maps
+``[E, batch, in]`` to ``[E, batch, out]`` by one batched matrix product,
+h ↦ h W_e + b_e for each member e.  Members share no parameter, so the sum of
+their losses has independent gradients per member, and Adam (elementwise) trains
+E networks at the cost of one wide one.  E = 1 is the plain MLP.
+
+`Standardize` stores the affine map (v − μ)/σ learnt from the training data as
+buffers, so it travels with the weights when a model is saved and loaded.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["EnsembleLinear", "EnsembleMLP", "Standardize"]
+
+
+class Standardize(nn.Module):
+    """(v − μ)/σ with μ, σ ``[features]`` stored as buffers (σ floored for constant features)."""
+
+    def __init__(self, features: int):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(features))
+        self.register_buffer("std", torch.ones(features))
+
+    @torch.no_grad()
+    def fit(self, values: Tensor) -> Standardize:
+        """Set μ, σ from ``values`` ``[n, features]``."""
+        self.mean.copy_(values.mean(0))
+        std = values.std(0) if values.shape[0] > 1 else torch.ones_like(self.std)
+        self.std.copy_(torch.where(std > 1e-8 * (1 + self.mean.abs()), std, torch.ones_like(std)))
+        return self
+
+    def forward(self, values: Tensor) -> Tensor:
+        return (values - self.mean) / self.std
+
+
+class EnsembleLinear(nn.Module):
+    """E independent affine maps: ``[E, batch, in]`` → ``[E, batch, out]``."""
+
+    def __init__(self, n_members: int, in_features: int, out_features: int):
+        super().__init__()
+        bound = 1 / math.sqrt(in_features)  # the default initialisation of nn.Linear
+        self.weight = nn.Parameter(
+            torch.empty(n_members, in_features, out_features).uniform_(-bound, bound)
+        )
+        self.bias = nn.Parameter(torch.empty(n_members, 1, out_features).uniform_(-bound, bound))
+
+    def forward(self, h: Tensor) -> Tensor:
+        return torch.baddbmm(self.bias, h, self.weight)
+
+
+class EnsembleMLP(nn.Module):
+    """E MLPs ``in_features → hidden… → out_features`` with SiLU activations.
+
+    Input ``[batch, in]`` (shared by all members) or ``[E, batch, in]``; output
+    ``[E, batch, out]``.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        hidden: Sequence[int] = (128, 128, 128),
+        n_members: int = 1,
+    ):
+        super().__init__()
+        self.n_members = n_members
+        sizes = [in_features, *hidden, out_features]
+        self.layers = nn.ModuleList(
+            EnsembleLinear(n_members, a, b) for a, b in zip(sizes[:-1], sizes[1:], strict=True)
+        )
+
+    def forward(self, h: Tensor) -> Tensor:
+        if h.ndim == 2:
+            h = h.expand(self.n_members, *h.shape)
+        for i, layer in enumerate(self.layers):
+            h = layer(h)
+            if i < len(self.layers) - 1:
+                h = nn.functional.silu(h)
+        return h

@@ -1,0 +1,115 @@
+"""The shared training loop: best-epoch restore, checkpoint resume, independent ensemble members."""
+
+import pytest
+import torch
+
+from simfer.nn import EnsembleMLP
+from simfer.training import TrainingConfig, _evaluate, fit_network
+
+
+def regression_loss(network, batch, training):
+    predicted = network(batch["x"])[..., 0]  # [E, batch]
+    return ((predicted - batch["y"]) ** 2).mean(-1)
+
+
+def noisy_rows(n=64, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, 1, generator=generator) * 4 - 2
+    y = torch.sin(2 * x[:, 0]) + 0.5 * torch.randn(n, generator=generator)
+    return {"x": x, "y": y}
+
+
+def test_early_stopping_restores_a_copy_of_the_best_epoch():
+    """A wide network on 64 noisy rows overfits: the returned weights must be the best
+    epoch's, not the last one's (a reference to the live state_dict would give the last)."""
+    torch.manual_seed(0)
+    network = EnsembleMLP(1, 1, hidden=(256, 256), n_members=1)
+    rows = noisy_rows()
+    config = TrainingConfig(
+        max_epochs=150,
+        batch_size=16,
+        learning_rate=3e-3,
+        patience=1000,
+        validation_fraction=0.25,
+        progress=False,
+        clip_norm=None,
+    )
+    history = fit_network(network, regression_loss, rows, config)
+    validation = [v[0] for v in history.validation_loss]
+    best_epoch = history.best_epoch[0]
+    assert best_epoch < len(validation) - 20  # it did overfit after the best epoch
+    assert validation[-1] > 1.2 * min(validation)
+    order = torch.randperm(64, generator=torch.Generator().manual_seed(config.seed))
+    validation_rows = order[:16]
+    restored = _evaluate(network, regression_loss, rows, validation_rows, 16, 1)
+    torch.testing.assert_close(restored[0].item(), min(validation), rtol=1e-5, atol=1e-6)
+
+
+def test_patience_stops_training():
+    torch.manual_seed(1)
+    network = EnsembleMLP(1, 1, hidden=(256, 256))
+    config = TrainingConfig(
+        max_epochs=300,
+        batch_size=16,
+        learning_rate=3e-3,
+        patience=5,
+        validation_fraction=0.25,
+        progress=False,
+    )
+    history = fit_network(network, regression_loss, noisy_rows(), config)
+    assert len(history.validation_loss) == history.best_epoch[0] + 6 < 300
+
+
+def test_ensemble_members_train_as_if_alone():
+    """Members share no parameter and are clipped separately: member e of an ensemble ends
+    exactly where the same network trained alone from the same start ends."""
+    torch.manual_seed(2)
+    ensemble = EnsembleMLP(1, 1, hidden=(32,), n_members=3)
+    alone = EnsembleMLP(1, 1, hidden=(32,), n_members=1)
+    with torch.no_grad():
+        for a, e in zip(alone.parameters(), ensemble.parameters(), strict=True):
+            a.copy_(e[1:2])
+    config = TrainingConfig(
+        max_epochs=15, batch_size=16, patience=1000, progress=False, clip_norm=0.5
+    )
+    rows = noisy_rows(seed=3)
+    fit_network(ensemble, regression_loss, rows, config)
+    history = fit_network(alone, regression_loss, rows, config)
+    assert history.best_epoch[0] >= 0
+    for a, e in zip(alone.parameters(), ensemble.parameters(), strict=True):
+        torch.testing.assert_close(a[0], e[1], rtol=1e-4, atol=1e-6)
+
+
+def test_a_killed_fit_resumes_from_its_checkpoint(tmp_path):
+    rows = noisy_rows(seed=4)
+    checkpoint = tmp_path / "fit.pt"
+
+    def run(path, loss):
+        torch.manual_seed(5)
+        network = EnsembleMLP(1, 1, hidden=(32,), n_members=2)
+        config = TrainingConfig(
+            max_epochs=12,
+            batch_size=16,
+            patience=1000,
+            progress=False,
+            checkpoint=str(path) if path else None,
+        )
+        return network, fit_network(network, loss, rows, config)
+
+    straight, straight_history = run(None, regression_loss)
+    calls = []
+
+    def killed_in_epoch_5(network, batch, training):
+        calls.append(1)
+        if len(calls) == 5 * 5 + 2:  # 58 training rows = 4 batches, + 1 validation batch
+            raise KeyboardInterrupt
+        return regression_loss(network, batch, training)
+
+    with pytest.raises(KeyboardInterrupt):
+        run(checkpoint, killed_in_epoch_5)
+    assert torch.load(checkpoint, weights_only=True)["epoch"] == 4
+    resumed, history = run(checkpoint, regression_loss)
+    assert len(history.train_loss) == 12
+    torch.testing.assert_close(history.train_loss, straight_history.train_loss)
+    for a, b in zip(resumed.parameters(), straight.parameters(), strict=True):
+        torch.testing.assert_close(a, b)
