@@ -273,9 +273,8 @@ def simulate(
                 if sum(len(c.theta) for c in held_back) >= min(16, n - already):
                     if template is None:
                         raise SimulatorError(
-                            f"every simulation of '{simulator.name}' so far raised "
-                            f"({len(errors)} of {len(errors)}); nothing was stored. "
-                            f"First: {errors[0]}"
+                            f"every simulation of '{simulator.name}' raised ({len(errors)} "
+                            f"tried); nothing was stored. First: {errors[0]}"
                         )
             else:
                 template = data
@@ -351,8 +350,10 @@ def _execute(chunks, run: _RunSpec, executor, n_workers):
     if own_pool:
         n_workers = n_workers or os.cpu_count() or 1
         # fork keeps a user's unguarded script from being re-imported by every worker;
-        # CUDA does not survive a fork, so spawn once CUDA is initialised.
-        method = "spawn" if torch.cuda.is_initialized() else "fork"
+        # CUDA does not survive a fork, and Windows has none: spawn there (the script
+        # then needs an `if __name__ == "__main__":` guard).
+        fork_ok = "fork" in multiprocessing.get_all_start_methods()
+        method = "fork" if fork_ok and not torch.cuda.is_initialized() else "spawn"
         executor = ProcessPoolExecutor(
             n_workers, mp_context=multiprocessing.get_context(method), initializer=_limit_threads
         )
@@ -400,11 +401,14 @@ def _report_invalid(result: SimulationData, errors: list[str], name: str) -> Non
     n_invalid = result.n_invalid
     if not n_invalid:
         return
-    raised = f"; {len(errors)} raised, first: {errors[0]}" if errors else ""
+    raised = len(errors)
+    causes = f"{n_invalid - raised} returned NaN/inf" if n_invalid > raised else ""
+    if raised:
+        causes += f"{', ' if causes else ''}{raised} raised (first: {errors[0]})"
     warnings.warn(
-        f"{n_invalid} of {len(result)} simulations of '{name}' failed (NaN/inf output"
-        f"{raised}). They are kept with valid=False (data.valid) and never trained on; "
-        f"data.valid_only() drops them.",
+        f"{n_invalid} of {len(result)} simulations of '{name}' failed: {causes}. They are "
+        f"kept with valid=False (data.valid) and never trained on; data.valid_only() drops "
+        f"them.",
         InvalidSimulationWarning,
         stacklevel=3,
     )

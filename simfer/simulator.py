@@ -246,20 +246,37 @@ class Simulator:
 
         x, latent = self._call(self.sample_with_latent, simulated_at, design, generator)
         x = self._checked_x(x, theta)
-        log_p, score = self._log_prob_and_score(x, latent, theta, design)
+        log_p, score = self._gold(x, latent, theta, design)
         columns: dict[str, Tensor | None] = {"joint_score": score}
         if theta_ref is not None:
-            log_p_ref, score_ref = self._log_prob_and_score(x, latent, theta_ref, design)
+            log_p_ref, score_ref = self._gold(x, latent, theta_ref, design)
             columns["joint_log_ratio"] = (log_p - log_p_ref).detach()
             columns["joint_score_ref"] = score_ref
+        # NaN gold is a failed simulation too (±inf log ratios are legitimate: r = 0 or ∞)
+        gold_ok = ~torch.isnan(score).any(1) & ~torch.isnan(log_p)
+        if theta_ref is not None:
+            gold_ok &= ~torch.isnan(columns["joint_score_ref"]).any(1)
+        valid = torch.isfinite(x.reshape(len(x), -1)).all(1) & gold_ok
         return SimulationData(
             theta=theta,
             x=x,
             design=design,
             theta_ref=theta_ref,
             from_reference=at_reference,
+            valid=valid,
             **columns,
         )
+
+    def _gold(self, x, latent, theta, design) -> tuple[Tensor, Tensor]:
+        try:
+            return self._log_prob_and_score(x, latent, theta, design)
+        except (SimulatorError, GoldNotAvailableError):
+            raise
+        except Exception as error:
+            raise SimulatorError(
+                f"the gold of simulator '{self.name}' (joint_log_prob / joint_score) raised "
+                f"{type(error).__name__}: {error}"
+            ) from error
 
     __call__ = simulate
 
@@ -274,7 +291,13 @@ class Simulator:
         if batch is not None and theta.ndim == 1 and theta.shape[0] == self.theta_dim:
             theta = theta.expand(batch, self.theta_dim)
         if theta.ndim != 2 or theta.shape[1] != self.theta_dim:
-            hint = f" For one point use {what}[None]." if theta.ndim == 1 else ""
+            hint = ""
+            if theta.ndim == 1:
+                hint = (
+                    f" For a batch of one parameter use {what}[:, None]."
+                    if self.theta_dim == 1
+                    else f" For one point use {what}[None]."
+                )
             raise ShapeError(
                 f"{what} must have shape [batch, theta_dim] = [batch, {self.theta_dim}] for "
                 f"simulator '{self.name}', got {list(theta.shape)}.{hint}"

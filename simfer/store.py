@@ -51,6 +51,17 @@ def _open_h5(path: Path, mode: str) -> h5py.File:
         ) from error
 
 
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    """{"a": {"b": 1}} → {"a.b": 1}, to name exactly which fingerprint entries differ."""
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
 def _check_format(file: h5py.File, path: Path) -> None:
     found = file.attrs.get("format")
     if found != FORMAT:
@@ -90,11 +101,14 @@ class SimulationStore:
             _check_format(file, path)
             stored = json.loads(file.attrs["fingerprint"])
             if stored != fingerprint:
+                flat_stored, flat_run = _flatten(stored), _flatten(fingerprint)
                 keys = sorted(
-                    k for k in set(stored) | set(fingerprint) if stored.get(k) != fingerprint.get(k)
+                    k
+                    for k in flat_stored.keys() | flat_run.keys()
+                    if flat_stored.get(k) != flat_run.get(k)
                 )
                 diff = "; ".join(
-                    f"{k}: store has {stored.get(k)!r}, run has {fingerprint.get(k)!r}"
+                    f"{k}: store has {flat_stored.get(k)!r}, run has {flat_run.get(k)!r}"
                     for k in keys
                 )
                 raise StoreError(

@@ -21,12 +21,18 @@ drawn with ``rsample`` (whose value depends on θ through the reparameterisation
 does not leak θ's gradient into the score: the score is ∇_θ log p(x,z|θ) with
 (x, z) held fixed, as its definition requires.  Deterministic sites carry no
 density (a function of the latents adds nothing to log p(x,z|θ) once z is fixed),
-so they do not change the joint ratio; they are recomputed, not replayed.
+so they do not change the joint ratio; they are recomputed, not replayed.  The one
+exception is refused: an observation that is a deterministic function of θ itself
+(x = f(z, θ)) moves with θ while the recorded choices do not, so the density of the
+choices is no joint density of x; simfer raises rather than return wrong gold.
+The model's return value is ignored: the observation is a site.
 """
 
 from __future__ import annotations
 
+import hashlib
 import inspect
+import random
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -50,16 +56,19 @@ def _derived_seed(generator: torch.Generator) -> int:
 
 @contextmanager
 def _seeded_global_rngs(seed: int, device: torch.device):
-    """Seed torch's (and numpy's) global generators inside the block, restore them after."""
+    """Seed the global generators of torch, numpy and ``random`` in the block; restore after."""
     devices = [device.index or 0] if device.type == "cuda" else []
     numpy_state = np.random.get_state()  # noqa: NPY002 (the user's global RNG)
+    python_state = random.getstate()
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         np.random.seed(seed % 2**32)  # noqa: NPY002
+        random.seed(seed)
         try:
             yield
         finally:
             np.random.set_state(numpy_state)  # noqa: NPY002
+            random.setstate(python_state)
 
 
 def _accepted_parameters(fn: Callable) -> set[str]:
@@ -143,7 +152,7 @@ class FunctionSimulator(Simulator):
             ) from error
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "function": getattr(self.fn, "__qualname__", repr(self.fn))}
+        return {**super().describe(), **_code_identity(self.fn)}
 
 
 class PyroSimulator(Simulator):
@@ -206,6 +215,14 @@ class PyroSimulator(Simulator):
             *self._args(theta, design)
         )
         batch = theta.shape[0]
+        observation = replayed.nodes[self._observation_site(replayed)]
+        if observation["infer"].get("_deterministic", False) and observation["value"].requires_grad:
+            raise SimulatorError(
+                f"the observation '{observation['name']}' of Pyro program '{self.name}' is a "
+                f"deterministic function of θ: the joint density of the recorded random choices "
+                f"then misses how θ moves x, and its gold would be wrong. Make x a sample site "
+                f"(e.g. pyro.sample('x', dist.Normal(f(z, θ), σ))) or keep θ out of the map."
+            )
         total = torch.zeros(batch, dtype=theta.dtype, device=theta.device)
         for name, site in replayed.nodes.items():
             if site["type"] != "sample" or site["infer"].get("_deterministic", False):
@@ -228,6 +245,18 @@ class PyroSimulator(Simulator):
             **super().describe(),
             "model": getattr(self.model, "__qualname__", repr(self.model)),
         }
+
+
+def _code_identity(fn: Callable) -> dict[str, str]:
+    """The function's name and a hash of its source, so a store made by other code (an
+    edited simulator) is not silently extended."""
+    identity = {"function": getattr(fn, "__qualname__", type(fn).__name__)}
+    try:
+        source = inspect.getsource(fn)
+    except (OSError, TypeError):  # built-ins, functions typed into a bare interpreter
+        return identity
+    identity["source_sha256"] = hashlib.sha256(source.encode()).hexdigest()
+    return identity
 
 
 def _scale_and_mask(log_p: Tensor, scale, mask) -> Tensor:

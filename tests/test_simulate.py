@@ -233,7 +233,8 @@ def test_failed_simulations_are_flagged_counted_and_reported(chunk_size):
         return torch.where(theta > 0.8, torch.inf, theta**2)
 
     sim = simfer.Simulator.from_function(flaky, theta_dim=1)
-    with pytest.warns(InvalidSimulationWarning, match=r"raised, first: .*solver diverged"):
+    expected = r"returned NaN/inf, \d+ raised \(first: .*solver diverged"
+    with pytest.warns(InvalidSimulationWarning, match=expected):
         data = simfer.simulate(
             sim, PRIOR, 400, seed=0, chunk_size=chunk_size, executor="serial", progress=False
         )

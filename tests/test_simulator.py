@@ -81,8 +81,8 @@ def test_deterministic_observation_and_categorical_latent():
     def model(theta):
         logits = torch.stack([theta[:, 0], torch.zeros_like(theta[:, 0]), -theta[:, 0]], dim=1)
         k = pyro.sample("k", dist.Categorical(logits=logits))
-        e = pyro.sample("e", dist.Normal(torch.zeros_like(theta[:, 0]), 1.0))
-        return pyro.deterministic("x", centers[k] + theta[:, 1] + e)
+        e = pyro.sample("e", dist.Normal(theta[:, 1], 1.0))
+        return pyro.deterministic("x", centers[k] + e)  # a function of the latents only
 
     sim = simfer.Simulator.from_pyro(model, theta_dim=2)
     theta = torch.tensor([[0.5, 0.1], [-1.0, 0.3], [2.0, -0.2]], dtype=torch.float64)
@@ -93,13 +93,49 @@ def test_deterministic_observation_and_categorical_latent():
     logits = torch.stack([theta[:, 0], torch.zeros(3, dtype=theta.dtype), -theta[:, 0]], dim=1)
     log_pi = torch.log_softmax(logits, dim=1).gather(1, k[:, None])[:, 0]
     log_pi_ref = math.log(1 / 3)
-    torch.testing.assert_close(data.joint_log_ratio, log_pi - log_pi_ref, atol=1e-12, rtol=0)
+    e = trace.nodes["e"]["value"]
+    log_e_ratio = -0.5 * (e - theta[:, 1]) ** 2 + 0.5 * e**2  # log N(e;θ1,1) − log N(e;0,1)
+    expected = log_pi - log_pi_ref + log_e_ratio
+    torch.testing.assert_close(data.joint_log_ratio, expected, atol=1e-12, rtol=0)
     pi = torch.softmax(logits, dim=1)
     onehot = torch.nn.functional.one_hot(k, 3).to(theta.dtype)
     score_0 = onehot[:, 0] - onehot[:, 2] - (pi[:, 0] - pi[:, 2])
     torch.testing.assert_close(data.joint_score[:, 0], score_0, atol=1e-12, rtol=0)
-    torch.testing.assert_close(data.joint_score[:, 1], torch.zeros(3, dtype=theta.dtype))
+    torch.testing.assert_close(data.joint_score[:, 1], e - theta[:, 1], atol=1e-12, rtol=0)
     torch.testing.assert_close(data.x[:, 0], trace.nodes["x"]["value"])
+
+
+def test_deterministic_observation_that_moves_with_theta_is_refused():
+    """x = z + θ1 is no random choice: the recorded choices' density misses θ1's effect."""
+
+    def model(theta):
+        z = pyro.sample("z", dist.Normal(theta[:, 0], 1.0))
+        return pyro.deterministic("x", z + theta[:, 1])
+
+    sim = simfer.Simulator.from_pyro(model, theta_dim=2)
+    assert sim.simulate(torch.zeros(3, 2), seed=0).shape == (3, 1)  # plain simulation is fine
+    with pytest.raises(SimulatorError, match="deterministic function of θ"):
+        sim.simulate(torch.zeros(3, 2), gold=True, theta_ref=[0.0, 0.0])
+
+
+def test_errors_and_nan_in_the_gold_are_named_and_flagged():
+    class BrokenGold(simfer.Simulator):
+        def __init__(self, fail):
+            super().__init__(theta_dim=1, x_shape=(1,))
+            self.fail = fail
+
+        def sample_with_latent(self, theta, design, generator):
+            return theta.clone(), None
+
+        def joint_log_prob(self, x, latent, theta, design):
+            if self.fail:
+                raise ValueError("weights file missing")
+            return torch.where(x[:, 0] > 0, torch.nan, 0.0) * theta[:, 0]
+
+    with pytest.raises(SimulatorError, match="gold .* raised ValueError: weights file missing"):
+        BrokenGold(fail=True).simulate(torch.zeros(2, 1), gold=True)
+    data = BrokenGold(fail=False).simulate(torch.tensor([[-1.0], [1.0]]), gold=True)
+    assert data.valid.tolist() == [True, False]
 
 
 def test_named_observation_site_and_design():
@@ -203,7 +239,7 @@ def test_subclass_with_its_own_gold_backend():
 @pytest.mark.parametrize(
     "theta, message",
     [
-        (torch.zeros(3), r"\[batch, theta_dim\].*theta\[None\]"),
+        (torch.zeros(3), r"\[batch, theta_dim\].*theta\[:, None\]"),
         (torch.zeros(3, 2), r"\[batch, 1\]"),
         (torch.tensor([[float("nan")]]), "NaN"),
         (torch.tensor([[1 + 2j]]), "real numbers"),
