@@ -2,17 +2,20 @@
 
 __version__ = "0.1.0"
 
+from . import losses
 from .data import SimulationData
 from .errors import (
     GoldNotAvailableError,
     InvalidSimulationWarning,
     LikelihoodNotAvailableError,
+    ModelFileError,
     ShapeError,
     SimferError,
     SimulatorError,
     StoreError,
     SupportError,
 )
+from .estimators import RatioEstimator, ScoreEstimator, load
 from .prior import BoxUniform, as_prior
 from .runner import simulate
 from .simulator import Simulator
@@ -24,6 +27,9 @@ __all__ = [
     "GoldNotAvailableError",
     "InvalidSimulationWarning",
     "LikelihoodNotAvailableError",
+    "ModelFileError",
+    "RatioEstimator",
+    "ScoreEstimator",
     "ShapeError",
     "SimferError",
     "SimulationData",
@@ -32,7 +38,9 @@ __all__ = [
     "StoreError",
     "SupportError",
     "as_prior",
+    "load",
     "load_simulations",
+    "losses",
     "simulate",
     "SimulationStore",
 ]

@@ -1,0 +1,354 @@
+"""`RatioEstimator`: a network for log r̂(x|θ0,θ1) trained with one loss of `simfer.losses`.
+
+The network g(x, θ0[, θ1]) outputs the log likelihood ratio directly (a logit).
+With a fixed reference θ1 = θ_ref (every row of the data has the same θ_ref) it is
+single-parameterized, g(x, θ0); otherwise θ1 is an input too.  The score of the
+model, t̂(x|θ0) = ∇θ0 log r̂(x|θ0,θ1), is its autograd gradient, which the
+score-augmented losses (RASCAL, CASCAL, ALICES) regress on the joint score.
+
+The NRE family (``nre``, ``bnre``) learns log p(x|θ)/p(x) from (θ, x) pairs
+without gold or a reference class; log r̂(x|θ0,θ1) is then g(x,θ0) − g(x,θ1).
+
+An ensemble (``n_ensemble`` > 1) trains E members in one batched pass; their mean
+is the estimate and their standard deviation an uncertainty.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .. import losses
+from ..data import SimulationData
+from ..errors import ShapeError, SimferError
+from ..nn import EnsembleMLP, Standardize
+from ..prior import describe_prior
+from ..training import fit_network
+from .base import Estimator
+
+__all__ = ["RatioEstimator", "RatioNetwork"]
+
+GOLD_METHODS = {"rolr", "rascal", "alice", "alices"}
+SCORE_METHODS = {"rascal", "alices", "cascal"}
+REFERENCE_METHODS = {"carl", "rolr", "rascal", "alice", "alices", "cascal"}
+CONTRASTIVE_METHODS = {"nre", "bnre"}
+METHODS = REFERENCE_METHODS | CONTRASTIVE_METHODS
+
+
+def _member_leaf(theta: Tensor, n_members: int, requires_grad: bool) -> Tensor:
+    """θ ``[batch, d]`` copied per member ``[E, batch, d]`` as a leaf, so autograd gives each
+    member its own score."""
+    return theta.expand(n_members, *theta.shape).detach().clone().requires_grad_(requires_grad)
+
+
+class RatioNetwork(nn.Module):
+    """g(x, θ0[, θ1]) → log r̂ ``[E, batch]``; x and θ standardised by stored buffers."""
+
+    def __init__(self, x_dim, theta_dim, double, hidden, n_members):
+        super().__init__()
+        self.n_members = n_members
+        self.double = double
+        self.x_standardize = Standardize(x_dim)
+        self.theta_standardize = Standardize(theta_dim)
+        in_features = x_dim + theta_dim * (2 if double else 1)
+        self.mlp = EnsembleMLP(in_features, 1, hidden, n_members)
+
+    def forward(self, x: Tensor, theta0: Tensor, theta1: Tensor | None = None) -> Tensor:
+        """x ``[batch, x_dim]``; θ ``[batch, theta_dim]`` or per member ``[E, batch, d]``."""
+        theta0 = theta0.expand(self.n_members, *theta0.shape[-2:])
+        parts = [
+            self.x_standardize(x).expand(self.n_members, *x.shape),
+            self.theta_standardize(theta0),
+        ]
+        if self.double:
+            parts.append(self.theta_standardize(theta1.expand(self.n_members, *theta1.shape[-2:])))
+        return self.mlp(torch.cat(parts, dim=-1))[..., 0]
+
+
+class RatioEstimator(Estimator):
+    """Learn log r(x|θ0,θ1) from simulations.
+
+    Args:
+        method: ``carl``, ``rolr``, ``rascal``, ``alice``, ``alices``, ``cascal`` (gold
+            mining, need the reference class of ``simfer.simulate(..., theta_ref=...)``),
+            or ``nre``, ``bnre`` (contrastive, no reference class needed).
+        hidden: hidden layer widths.
+        n_ensemble: number of members trained together.
+        alpha: weight of the score term (RASCAL, CASCAL, ALICES); None chooses
+            `losses.default_score_weight` from the training data's joint scores.
+        bnre_lambda: balancing weight of BNRE.
+        bootstrap: give each ensemble member its own Poisson(1) bootstrap weights of the
+            rows (bagging), so the members' spread reflects the finite simulation budget
+            and not only their random initialisation.
+        **training: settings of `simfer.training.TrainingConfig` (max_epochs, batch_size,
+            learning_rate, validation_fraction, patience, device, checkpoint, …).
+    """
+
+    def __init__(
+        self,
+        method: str = "alices",
+        *,
+        hidden: Sequence[int] = (128, 128, 128),
+        n_ensemble: int = 1,
+        alpha: float | None = None,
+        bnre_lambda: float = 100.0,
+        bootstrap: bool = True,
+        **training: Any,
+    ):
+        method = method.lower()
+        if method not in METHODS:
+            raise ValueError(f"unknown ratio method {method!r}; choose one of {sorted(METHODS)}")
+        if n_ensemble < 1:
+            raise ValueError("n_ensemble must be at least 1")
+        super().__init__(**training)
+        self.method = method
+        self.hidden = tuple(int(h) for h in hidden)
+        self.n_ensemble = int(n_ensemble)
+        self.alpha = alpha
+        self.bnre_lambda = float(bnre_lambda)
+        self.bootstrap = bool(bootstrap)
+
+    def hyperparameters(self) -> dict[str, Any]:
+        return {
+            "method": self.method,
+            "hidden": list(self.hidden),
+            "n_ensemble": self.n_ensemble,
+            "alpha": self.alpha,
+            "bnre_lambda": self.bnre_lambda,
+            "bootstrap": self.bootstrap,
+        }
+
+    def _build(self, dims: dict[str, Any]) -> RatioNetwork:
+        return RatioNetwork(
+            dims["x_dim"], dims["theta_dim"], dims["double"], self.hidden, self.n_ensemble
+        )
+
+    # -- training ---------------------------------------------------------------------------
+    def _training_rows(self, data: SimulationData) -> dict[str, Tensor]:
+        if not isinstance(data, SimulationData):
+            raise TypeError(f"fit() takes the SimulationData of simfer.simulate, got {type(data)}")
+        data = data.valid_only()
+        if len(data) < 2:
+            raise SimferError("fewer than two valid simulations to train on")
+        if self.method in CONTRASTIVE_METHODS:
+            if data.from_reference is not None:
+                data = data.subset(~data.from_reference)
+            return {"x": data.x.reshape(len(data), -1), "theta": data.theta}
+        if data.from_reference is None:
+            raise SimferError(
+                f"method '{self.method}' contrasts x drawn at θ with x drawn at θ_ref: simulate "
+                f"with simfer.simulate(..., theta_ref=...) to get the reference class"
+            )
+        if self.method in GOLD_METHODS | SCORE_METHODS and not data.has_gold:
+            raise SimferError(
+                f"method '{self.method}' mines gold: simulate with gold=True (or use 'carl'/'nre')"
+            )
+        rows = {
+            "x": data.x.reshape(len(data), -1),
+            "theta": data.theta,
+            "theta_ref": data.theta_ref,
+            "from_reference": data.from_reference,
+        }
+        if data.joint_log_ratio is not None:
+            rows["joint_log_ratio"] = data.joint_log_ratio
+            rows["joint_score"] = data.joint_score
+            rows["joint_score_ref"] = data.joint_score_ref
+        return rows
+
+    def fit(self, data: SimulationData, prior=None) -> RatioEstimator:
+        """Train on ``data`` (invalid rows are skipped); returns the estimator."""
+        rows = self._training_rows(data)
+        double = "theta_ref" in rows and not bool((rows["theta_ref"] == rows["theta_ref"][0]).all())
+        self.dims = {
+            "x_dim": rows["x"].shape[1],
+            "theta_dim": rows["theta"].shape[1],
+            "x_shape": list(data.x_shape),
+            "double": double,
+            "theta_ref": None if "theta_ref" not in rows else rows["theta_ref"][0].tolist(),
+        }
+        if prior is not None:
+            self.prior_description = describe_prior(prior)
+        network = self._build(self.dims)
+        network.x_standardize.fit(rows["x"])
+        network.theta_standardize.fit(rows["theta"])
+        alpha = self.alpha
+        if self.method in SCORE_METHODS and alpha is None:
+            y = rows["from_reference"]
+            start = math.log(2)  # a cross-entropy at r̂ = 1; ROLR's own value for RASCAL
+            if self.method == "rascal":
+                zeros = torch.zeros_like(rows["joint_log_ratio"])
+                start = float(losses.rolr(zeros, y, rows["joint_log_ratio"]))
+            alpha = losses.default_score_weight(
+                rows["joint_score"], from_reference=y, ratio_loss_at_start=start
+            )
+        self.alpha_used = alpha
+        if self.n_ensemble > 1 and self.bootstrap:
+            generator = torch.Generator().manual_seed(self.training.seed + 1)
+            rates = torch.ones(len(rows["x"]), self.n_ensemble)
+            rows["bootstrap_weight"] = torch.poisson(rates, generator=generator).to(rows["x"].dtype)
+        self.network = network
+        self.history = fit_network(network, self._loss_function(alpha), rows, self.training)
+        return self
+
+    def _loss_function(self, alpha: float | None):
+        method, needs_score = self.method, self.method in SCORE_METHODS
+        lam = self.bnre_lambda
+
+        def loss_fn(network: RatioNetwork, batch: dict[str, Tensor], training: bool) -> Tensor:
+            n_members = network.n_members
+            bootstrap = batch.get("bootstrap_weight") if training else None
+
+            def weight(e: int) -> Tensor | None:  # member e's bootstrap weights, when training
+                return None if bootstrap is None else bootstrap[:, e]
+
+            if method in CONTRASTIVE_METHODS:
+                joint = network(batch["x"], batch["theta"])
+                marginal = network(batch["x"], torch.roll(batch["theta"], 1, dims=0))
+                if method == "nre":
+                    return torch.stack(
+                        [
+                            losses.nre_a(joint[e], marginal[e], weight=weight(e))
+                            for e in range(n_members)
+                        ]
+                    )
+                return torch.stack(
+                    [
+                        losses.bnre(joint[e], marginal[e], lam, weight=weight(e))
+                        for e in range(n_members)
+                    ]
+                )
+            x, theta_ref, y = batch["x"], batch.get("theta_ref"), batch["from_reference"]
+            score = score_ref = None
+            with torch.enable_grad():
+                theta0 = _member_leaf(batch["theta"], n_members, needs_score)
+                log_r = network(x, theta0, theta_ref)
+                if needs_score:
+                    (score,) = torch.autograd.grad(log_r.sum(), theta0, create_graph=training)
+                    # rows drawn at θ1 teach the score at θ1: t̂(x|θ1) = ∇θ0 log r̂ at θ0 = θ1
+                    theta1 = _member_leaf(theta_ref, n_members, True)
+                    log_r_at_ref = network(x, theta1, theta_ref)
+                    (score_ref,) = torch.autograd.grad(
+                        log_r_at_ref.sum(), theta1, create_graph=training
+                    )
+            per_member = []
+            for e in range(n_members):
+                gold_score = {}
+                if needs_score:
+                    gold_score = dict(
+                        score_ref=score_ref[e], joint_score_ref=batch["joint_score_ref"]
+                    )
+                gold_score["weight"] = weight(e)
+                if method == "carl":
+                    loss = losses.carl(log_r[e], y, weight=weight(e))
+                elif method == "rolr":
+                    loss = losses.rolr(log_r[e], y, batch["joint_log_ratio"], weight=weight(e))
+                elif method == "alice":
+                    loss = losses.alice(log_r[e], batch["joint_log_ratio"], weight=weight(e))
+                elif method == "rascal":
+                    loss = losses.rascal(
+                        log_r[e],
+                        y,
+                        batch["joint_log_ratio"],
+                        score[e],
+                        batch["joint_score"],
+                        alpha,
+                        **gold_score,
+                    )
+                elif method == "cascal":
+                    loss = losses.cascal(
+                        log_r[e], y, score[e], batch["joint_score"], alpha, **gold_score
+                    )
+                else:  # alices
+                    loss = losses.alices(
+                        log_r[e],
+                        y,
+                        batch["joint_log_ratio"],
+                        score[e],
+                        batch["joint_score"],
+                        alpha,
+                        **gold_score,
+                    )
+                per_member.append(loss.to(log_r.dtype))
+            return torch.stack(per_member)
+
+        return loss_fn
+
+    # -- evaluation --------------------------------------------------------------------------
+    def _inputs(self, x, theta0, theta1):
+        network = self._require_fitted()
+        device = next(network.parameters()).device
+        dtype = next(network.parameters()).dtype
+        x = torch.as_tensor(x, dtype=dtype, device=device)
+        theta0 = torch.as_tensor(theta0, dtype=dtype, device=device)
+        if theta0.ndim == 1:
+            theta0 = theta0[None]
+        x_shape = tuple(self.dims["x_shape"])
+        if x.shape == x_shape:
+            x = x[None]
+        if tuple(x.shape[1:]) != x_shape and not (x.ndim == 1 and x_shape == (1,)):
+            raise ShapeError(
+                f"x must have shape [batch, {', '.join(map(str, x_shape))}], got {list(x.shape)}"
+            )
+        x = x.reshape(x.shape[0], -1)
+        if theta0.shape[-1] != self.dims["theta_dim"]:
+            raise ShapeError(
+                f"theta0 must be [batch, {self.dims['theta_dim']}], got {list(theta0.shape)}"
+            )
+        batch = max(x.shape[0], theta0.shape[0])
+        if {x.shape[0], theta0.shape[0]} - {1, batch}:
+            raise ShapeError(
+                f"x has {x.shape[0]} rows and theta0 {theta0.shape[0]}: cannot pair them"
+            )
+        x, theta0 = x.expand(batch, -1), theta0.expand(batch, -1)
+        if theta1 is not None:
+            theta1 = torch.as_tensor(theta1, dtype=dtype, device=device)
+            theta1 = (theta1[None] if theta1.ndim == 1 else theta1).expand(batch, -1)
+        return network, x, theta0, theta1
+
+    def _log_ratio_members(self, network, x, theta0, theta1) -> Tensor:
+        if self.method in CONTRASTIVE_METHODS:
+            value = network(x, theta0)
+            return value if theta1 is None else value - network(x, theta1)
+        if self.dims["double"]:
+            if theta1 is None:
+                raise ValueError("this estimator is double-parameterized: pass theta1")
+            return network(x, theta0, theta1)
+        if theta1 is not None and not torch.allclose(
+            theta1,
+            torch.as_tensor(self.dims["theta_ref"], dtype=theta1.dtype, device=theta1.device),
+        ):
+            # a single-parameterized estimator knows r(x|θ, θ_ref): chain through the reference
+            return network(x, theta0) - network(x, theta1)
+        return network(x, theta0)
+
+    def log_ratio_ensemble(self, x: Tensor, theta0: Tensor, theta1: Tensor | None = None) -> Tensor:
+        """log r̂(x|θ0,θ1) of every member, ``[E, batch]``."""
+        network, x, theta0, theta1 = self._inputs(x, theta0, theta1)
+        with torch.no_grad():
+            return self._log_ratio_members(network, x, theta0, theta1)
+
+    def log_ratio(
+        self, x: Tensor, theta0: Tensor, theta1: Tensor | None = None, *, return_std: bool = False
+    ):
+        """log r̂(x|θ0,θ1) ``[batch]`` (θ1 defaults to the training reference; for NRE the
+        ratio is then to the marginal p(x)).  One x broadcasts over many θ and vice versa.
+        With ``return_std`` also the ensemble's standard deviation."""
+        members = self.log_ratio_ensemble(x, theta0, theta1)
+        mean = members.mean(0)
+        if not return_std:
+            return mean
+        std = members.std(0) if members.shape[0] > 1 else torch.zeros_like(mean)
+        return mean, std
+
+    def score(self, x: Tensor, theta0: Tensor, theta1: Tensor | None = None) -> Tensor:
+        """t̂(x|θ0) = ∇θ0 log r̂(x|θ0,θ1) of the ensemble mean, ``[batch, theta_dim]``."""
+        network, x, theta0, theta1 = self._inputs(x, theta0, theta1)
+        with torch.enable_grad():
+            theta0 = theta0.detach().clone().requires_grad_(True)
+            log_r = self._log_ratio_members(network, x, theta0, theta1).mean(0)
+            (score,) = torch.autograd.grad(log_r.sum(), theta0)
+        return score
