@@ -122,6 +122,11 @@ class RatioEstimator(Estimator):
             "bootstrap": self.bootstrap,
         }
 
+    @property
+    def alpha_used(self) -> float | None:
+        """The score-term weight α the fit used (the default is chosen from the data)."""
+        return self.dims.get("alpha")
+
     def _build(self, dims: dict[str, Any]) -> RatioNetwork:
         return RatioNetwork(
             dims["x_dim"], dims["theta_dim"], dims["double"], self.hidden, self.n_ensemble
@@ -185,7 +190,7 @@ class RatioEstimator(Estimator):
             alpha = losses.default_score_weight(
                 rows["joint_score"], from_reference=y, ratio_loss_at_start=start
             )
-        self.alpha_used = alpha
+        self.dims["alpha"] = alpha  # saved with the model
         if self.n_ensemble > 1 and self.bootstrap:
             generator = torch.Generator().manual_seed(self.training.seed + 1)
             rates = torch.ones(len(rows["x"]), self.n_ensemble)
