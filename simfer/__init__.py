@@ -18,7 +18,7 @@ from .errors import (
 from .estimators import RatioEstimator, ScoreEstimator, load
 from .prior import BoxUniform, as_prior
 from .runner import simulate
-from .simulator import Simulator
+from .simulator import Simulator, TractableSimulator
 from .store import SimulationStore, load_simulations
 
 __all__ = [
@@ -37,6 +37,7 @@ __all__ = [
     "SimulatorError",
     "StoreError",
     "SupportError",
+    "TractableSimulator",
     "as_prior",
     "load",
     "load_simulations",

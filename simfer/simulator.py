@@ -51,7 +51,7 @@ from .errors import (
     SupportError,
 )
 
-__all__ = ["Simulator", "Seed", "make_generator"]
+__all__ = ["Simulator", "TractableSimulator", "Seed", "make_generator"]
 
 Seed = int | torch.Generator | None
 
@@ -501,3 +501,26 @@ class Simulator:
             f"{type(self).__name__}(name={self.name!r}, theta_dim={self.theta_dim}, "
             f"x_shape={self.x_shape}, design_dim={self.design_dim}, gold={self.has_gold})"
         )
+
+
+class TractableSimulator(Simulator):
+    """A simulator whose likelihood p(x|θ) is tractable and whose x is the whole path.
+
+    With no latent beyond x, p(x,z|θ) = p(x|θ): the gold is the exact log ratio and the
+    exact score.  Subclasses implement `sample` and `log_likelihood` (differentiable in θ);
+    the benchmarks with known likelihoods (Gaussian models, SLCP, the Weinberg angle) are
+    of this kind.
+    """
+
+    def sample(self, theta: Tensor, design: Tensor | None, generator: torch.Generator) -> Tensor:
+        raise TypeError(f"{type(self).__name__} must override sample()")
+
+    def sample_with_latent(
+        self, theta: Tensor, design: Tensor | None, generator: torch.Generator
+    ) -> tuple[Tensor, None]:
+        return self.sample(theta, design, generator), None
+
+    def joint_log_prob(
+        self, x: Tensor, latent: None, theta: Tensor, design: Tensor | None
+    ) -> Tensor:
+        return self.log_likelihood(x, theta, design)

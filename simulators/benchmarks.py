@@ -50,14 +50,13 @@ import torch
 from torch import Tensor
 from torch.distributions import (
     Binomial,
-    Distribution,
     Independent,
     LogNormal,
     MultivariateNormal,
     constraints,
 )
 
-from simfer import BoxUniform, Simulator
+from simfer import BoxUniform, Simulator, TractableSimulator
 from simfer.errors import ShapeError
 
 __all__ = ["GaussianLinear", "TwoMoons", "SLCP", "GaussianMixture", "LotkaVolterra", "SIR"]
@@ -117,11 +116,8 @@ def _steps_per_save(interval: float, dt: float) -> int:
 
 
 class _Benchmark(Simulator):
-    """Common base: the sbibm prior and input handling of ``log_likelihood``."""
-
-    def prior(self, device: str | torch.device | None = None) -> Distribution:
-        """The sbibm prior over θ, ``event_shape == (theta_dim,)``."""
-        raise NotImplementedError
+    """Common base: input handling of ``log_likelihood``.  Every subclass also defines
+    ``prior(device=None)``, the sbibm prior over θ with ``event_shape == (theta_dim,)``."""
 
     def _x_and_theta(self, x: Tensor, theta: Tensor) -> tuple[Tensor, Tensor]:
         """θ ``[..., theta_dim]`` and x ``[..., *x_shape]`` as tensors in θ's dtype and device."""
@@ -143,22 +139,11 @@ class _Benchmark(Simulator):
         return x, theta
 
 
-class _NoLatentGold(_Benchmark):
+class _NoLatentGold(TractableSimulator, _Benchmark):
     """Gold without a latent path: p(x, z|θ) = p(x|θ), so the joint log ratio and joint
-    score are the exact log ratio and score (simfer's level 2 with ``latent=None``)."""
-
-    def sample_with_latent(
-        self, theta: Tensor, design: Tensor | None, generator: torch.Generator
-    ) -> tuple[Tensor, None]:
-        return self.sample(theta, design, generator), None
-
-    def joint_log_prob(
-        self, x: Tensor, latent: None, theta: Tensor, design: Tensor | None
-    ) -> Tensor:
-        return self.log_likelihood(x, theta, design)
+    score are the exact log ratio and score."""
 
 
-# -- Gaussian linear --------------------------------------------------------------------------
 class GaussianLinear(_NoLatentGold):
     """Gaussian linear (sbibm ``gaussian_linear``): infer the mean of a Gaussian.
 

@@ -44,9 +44,8 @@ Check values (sin²θ_W = 0.2312, PDG M_Z and Γ_Z): A_FB(√s = 35 GeV) = −0.
 A_FB(M_Z) = 0.0167 (≈ (3/4) A_e², A_e = 2va/(v² + a²) = 0.150),
 A_FB(130 GeV) = 0.701.
 
-Gold: x is the whole path (there is no latent), so `sample_with_latent` returns
-``(x, None)``, `joint_log_prob` is the exact log-likelihood and the joint log
-ratio and joint score are the exact ones.
+Gold: x is the whole path (there is no latent), so this is a
+`simfer.TractableSimulator`: the joint log ratio and joint score are the exact ones.
 """
 
 from __future__ import annotations
@@ -100,7 +99,7 @@ def _rows(value: Tensor) -> int:
     return value.shape[0] if value.ndim >= 2 else 1
 
 
-class WeinbergAngle(simfer.Simulator):
+class WeinbergAngle(simfer.TractableSimulator):
     """cos θ of the μ- in e+e- → μ+μ- (γ + Z, tree level); see the module docstring.
 
     Args:
@@ -259,19 +258,6 @@ class WeinbergAngle(simfer.Simulator):
         u, w = torch.rand(shape, **options), torch.rand(shape, **options)
         c = 2.0 * u.pow(1.0 / 3.0) - 1.0  # ~ (3/8) (1 + c)²
         return torch.where(w < alpha, c, -c)
-
-    def sample_with_latent(
-        self, theta: Tensor, design: Tensor | None, generator: torch.Generator
-    ) -> tuple[Tensor, None]:
-        """x and no latent: the events are the whole path."""
-        return self.sample(theta, design, generator), None
-
-    def joint_log_prob(
-        self, x: Tensor, latent: None, theta: Tensor, design: Tensor | None
-    ) -> Tensor:
-        """log p(x|θ) ``[batch]``, the exact likelihood (there is no latent)."""
-        x = x.to(theta.dtype)
-        return self._log_density(x, theta, self._s(design, theta)).sum(-1)
 
     def log_likelihood(self, x: Any, theta: Any, design: Any = None) -> Tensor:
         """log p(x|θ) = Σ_events log p(c|θ,s) ``[batch]`` for x ``[batch, n_events]``."""
