@@ -1,8 +1,9 @@
 """The ``simfer`` command.
 
-* ``simfer demo [--out DIR]``: the main job end to end on a built-in simulator.
-  For now: simulate the Galton board with gold into an HDF5 store (resumable),
-  check the gold against the board's exact likelihood, write a plot and a summary.
+* ``simfer demo [--out DIR]``: the main job end to end on a built-in simulator:
+  simulate the Galton board with gold into an HDF5 store (resumable), check the
+  gold against the board's exact likelihood, train CARL and ALICES on the same
+  simulations and compare their log r̂ with the exact one; plots and a summary.
 * ``simfer inspect PATH``: what a simulation store holds.
 """
 
@@ -71,6 +72,7 @@ def _demo(args: argparse.Namespace) -> int:
         n_workers=args.workers or None,
     )
     seconds = time.perf_counter() - started
+    trained = _train_ratio_estimators(board, data, out, args, plt)
     data = SimulationData(
         **{k: v.double() if v.is_floating_point() else v for k, v in data.columns().items()}
     )
@@ -87,6 +89,7 @@ def _demo(args: argparse.Namespace) -> int:
     figure_path = out / "gold_check.png"
     _plot(board, figure_path, args.seed, plt)
     passed = score_check["p_value"] > 1e-3 and ratio_check["p_value"] > 1e-3
+    gold_wins = trained["mse"]["alices"] < trained["mse"]["carl"]
     summary = {
         "simulator": board.describe(),
         "n_simulations": len(data),
@@ -97,6 +100,7 @@ def _demo(args: argparse.Namespace) -> int:
         "joint_ratio_check": ratio_check,
         "passed": passed,
         "figure": str(figure_path),
+        "ratio_estimators": trained,
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     lines = [
@@ -110,10 +114,66 @@ def _demo(args: argparse.Namespace) -> int:
         f"on {ratio_check['dof']} bins, p = {ratio_check['p_value']:.3f}",
         f"- verdict: {'gold is unbiased (PASS)' if passed else 'gold check FAILED'}",
         f"- figure: `{figure_path}`",
+        "",
+        "## Learning log r(x|θ0, 0) from the same simulations",
+        "",
+        f"- MSE of log r̂ against the exact log r (x drawn at θ1 = 0, θ0 on a grid): "
+        f"CARL {trained['mse']['carl']:.4f}, ALICES {trained['mse']['alices']:.4f} "
+        f"(trivial log r̂ = 0: {trained['mse']['trivial']:.3f}); gold "
+        f"{'wins' if gold_wins else 'does NOT win'} by "
+        f"{trained['mse']['carl'] / trained['mse']['alices']:.1f}×",
+        f"- models: `{trained['models']['carl']}`, `{trained['models']['alices']}`; "
+        f"figure: `{trained['figure']}`",
     ]
     (out / "summary.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0 if passed else 1
+
+
+def _train_ratio_estimators(board, data, out: Path, args, plt) -> dict:
+    """Train CARL and ALICES on the run's simulations, compare with the exact log r."""
+    from .estimators import RatioEstimator
+
+    settings = dict(hidden=(64, 64), max_epochs=args.epochs, seed=args.seed)
+    estimators = {m: RatioEstimator(m, **settings).fit(data) for m in ("carl", "alices")}
+    x = board.simulate(torch.zeros(500, 1), seed=args.seed + 7)
+    reference = torch.zeros(500, 1, dtype=torch.float64)
+    squared = {m: [] for m in (*estimators, "trivial")}
+    for theta0 in torch.linspace(-0.9, 0.9, 19):
+        theta = torch.full((500, 1), float(theta0))
+        exact = board.log_likelihood_ratio(x.double(), theta.double(), reference).float()
+        squared["trivial"].append(exact**2)
+        for method, estimator in estimators.items():
+            squared[method].append((estimator.log_ratio(x, theta) - exact) ** 2)
+    models = {}
+    for method, estimator in estimators.items():
+        models[method] = str(out / f"{method}.pt")
+        estimator.save(models[method])
+
+    grid = torch.linspace(-1, 1, 81)[:, None]
+    observed = (-6.0, 0.0, 4.0, 9.0)
+    fig, axes = plt.subplots(1, len(observed), figsize=(16, 3.8))
+    for axis, value in zip(axes, observed, strict=True):
+        x_obs = torch.full((1, 1), value)
+        exact = board.log_likelihood_ratio(
+            x_obs.double().expand(81, 1), grid.double(), torch.zeros(81, 1, dtype=torch.float64)
+        )
+        axis.plot(grid[:, 0], exact, "k", lw=2, label="exact")
+        for method, estimator in estimators.items():
+            axis.plot(grid[:, 0], estimator.log_ratio(x_obs, grid), label=method.upper())
+        axis.set(title=f"x = {value}", xlabel="θ0")
+    axes[0].set_ylabel("log r(x | θ0, 0)")
+    axes[0].legend()
+    fig.tight_layout()
+    figure = out / "ratio_estimators.png"
+    fig.savefig(figure, dpi=100)
+    plt.close(fig)
+    return {
+        "mse": {m: float(torch.cat(v).mean()) for m, v in squared.items()},
+        "epochs": {m: len(e.history.train_loss) for m, e in estimators.items()},
+        "models": models,
+        "figure": str(figure),
+    }
 
 
 def _plot(board, path: Path, seed: int, plt) -> None:
@@ -174,6 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--n", type=int, default=20_000, help="number of simulations")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--workers", type=int, default=2, help="worker processes (0: serial)")
+    demo.add_argument("--epochs", type=int, default=60, help="training epochs at most")
     demo.set_defaults(handler=_demo)
     inspect = commands.add_parser("inspect", help="summarise a simulation store")
     inspect.add_argument("path")
