@@ -372,7 +372,33 @@ class GaussianMixture(_Benchmark):
 
 
 # -- Lotka–Volterra ---------------------------------------------------------------------------
-class LotkaVolterra(_Benchmark):
+class _ODEBenchmark(_Benchmark):
+    """An ODE model observed at ``num_obs`` times ``obs_interval`` apart, integrated by RK4
+    with step ``dt``, under independent LogNormal(``prior_loc``, ``prior_scale``) priors."""
+
+    obs_interval: float
+    num_obs: int
+    prior_loc: tuple[float, ...]
+    prior_scale: tuple[float, ...]
+
+    def __init__(self, theta_dim: int, x_shape: tuple[int, ...], dt: float, name: str):
+        super().__init__(theta_dim, x_shape, theta_support=constraints.positive, name=name)
+        self.dt = float(dt)
+        self._steps = _steps_per_save(self.obs_interval, self.dt)
+
+    @property
+    def times(self) -> Tensor:
+        """The observation times t_k ``[num_obs]``."""
+        return self.obs_interval * torch.arange(self.num_obs, dtype=torch.float64)
+
+    def prior(self, device: str | torch.device | None = None) -> Independent:
+        """Independent LogNormal(prior_loc, prior_scale) over θ."""
+        loc = torch.tensor(self.prior_loc, device=device)
+        scale = torch.tensor(self.prior_scale, device=device)
+        return Independent(LogNormal(loc, scale), 1)
+
+
+class LotkaVolterra(_ODEBenchmark):
     """Lotka–Volterra predator–prey model (sbibm ``lotka_volterra``).
 
     θ = (α, β, γ, δ), independent LogNormal priors with log-means
@@ -404,24 +430,10 @@ class LotkaVolterra(_Benchmark):
     noise_scale = 0.1
     clamp = (1e-10, 1e4)
     prior_loc = (-0.125, -3.0, -0.125, -3.0)
-    prior_scale = 0.5
+    prior_scale = (0.5, 0.5, 0.5, 0.5)
 
     def __init__(self, dt: float = 0.01):
-        super().__init__(
-            4, (2 * self.num_obs,), theta_support=constraints.positive, name="lotka_volterra"
-        )
-        self.dt = float(dt)
-        self._steps = _steps_per_save(self.obs_interval, self.dt)
-
-    @property
-    def times(self) -> Tensor:
-        """The observation times t_k ``[10]``."""
-        return self.obs_interval * torch.arange(self.num_obs, dtype=torch.float64)
-
-    def prior(self, device: str | torch.device | None = None) -> Independent:
-        """α, γ ~ LogNormal(−0.125, 0.5), β, δ ~ LogNormal(−3, 0.5), independent."""
-        loc = torch.tensor(self.prior_loc, device=device)
-        return Independent(LogNormal(loc, torch.full_like(loc, self.prior_scale)), 1)
+        super().__init__(4, (2 * self.num_obs,), dt, name="lotka_volterra")
 
     def log_populations(self, theta: Tensor) -> Tensor:
         """log (p, q) at the observation times: ``[..., 2, 10]`` (unclamped), θ's dtype."""
@@ -455,7 +467,7 @@ class LotkaVolterra(_Benchmark):
 
 
 # -- SIR --------------------------------------------------------------------------------------
-class SIR(_Benchmark):
+class SIR(_ODEBenchmark):
     """SIR epidemic model (sbibm ``sir``).
 
     θ = (β, γ): contact rate and recovery rate (1/days), with independent priors
@@ -488,21 +500,9 @@ class SIR(_Benchmark):
     prior_scale = (0.5, 0.2)
 
     def __init__(self, population: float = 1e6, total_count: int = 1000, dt: float = 0.25):
-        super().__init__(2, (self.num_obs,), theta_support=constraints.positive, name="sir")
+        super().__init__(2, (self.num_obs,), dt, name="sir")
         self.population = float(population)
         self.total_count = int(total_count)
-        self.dt = float(dt)
-        self._steps = _steps_per_save(self.obs_interval, self.dt)
-
-    @property
-    def times(self) -> Tensor:
-        """The observation times t_k in days ``[10]``."""
-        return self.obs_interval * torch.arange(self.num_obs, dtype=torch.float64)
-
-    def prior(self, device: str | torch.device | None = None) -> Independent:
-        """β ~ LogNormal(log 0.4, 0.5), γ ~ LogNormal(log 1/8, 0.2), independent."""
-        loc = torch.tensor(self.prior_loc, device=device)
-        return Independent(LogNormal(loc, torch.tensor(self.prior_scale, device=device)), 1)
 
     def infected_fraction(self, theta: Tensor) -> Tensor:
         """I(t_k)/N at the observation times: ``[..., 10]``, θ's dtype."""
