@@ -221,84 +221,28 @@ def simulate(
     chunk_size = _default_chunk_size(n) if chunk_size is None else int(chunk_size)
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be positive, got {chunk_size}")
-    # x_shape is left out: a simulator may learn it on its first call; the store checks
-    # every column's shape when a chunk is appended.
-    described = {k: v for k, v in simulator.describe().items() if k != "x_shape"}
-    fingerprint = {
-        "simulator": described,
-        "prior": describe_prior(prior),
-        "gold": bool(gold),
-        "theta_ref": None if theta_ref is None else theta_ref.tolist(),
-        "reference_fraction": None if theta_ref is None else float(reference_fraction),
-        "design": _describe_design(design),
-        "seed": seed,
-        "chunk_size": chunk_size,
-    }
-    store = SimulationStore.open(path, fingerprint) if path is not None else None
+    plan = _Plan(simulator, prior, n, seed, chunk_size, design, theta_ref, reference_fraction)
+    store = SimulationStore.open(path, plan.fingerprint(gold)) if path is not None else None
     try:
-        done = store.rows_per_chunk if store is not None else {}
-        pending = []  # (chunk, first row, rows): the rows of each chunk still missing
-        for k in range(math.ceil(n / chunk_size)):
-            wanted, have = min(chunk_size, n - k * chunk_size), done.get(k, 0)
-            if have < wanted:
-                pending.append((k, k * chunk_size, have, wanted - have))
-        chunks = (
-            _make_chunk(
-                k,
-                start,
-                offset,
-                m,
-                n,
-                seed,
-                prior,
-                design,
-                theta_ref,
-                reference_fraction,
-                simulator,
-            )
-            for k, start, offset, m in pending
+        pieces = plan.missing_pieces(store.rows_per_chunk if store is not None else {})
+        to_do = sum(m for *_, m in pieces)
+        bar = tqdm(
+            total=n, initial=n - to_do, unit="sim", desc=simulator.name, disable=not progress
         )
-        already = n - sum(m for *_, m in pending)
-        bar = tqdm(total=n, initial=already, unit="sim", desc=simulator.name, disable=not progress)
+        run = _RunSpec(cloudpickle.dumps(simulator), gold, theta_ref, str(device))
+        chunks = (plan.make_chunk(*piece) for piece in pieces)
+        finished = _execute(chunks, run, executor, n_workers)
         parts: dict[int, SimulationData] = {}
         errors: list[str] = []
-        run = _RunSpec(cloudpickle.dumps(simulator), gold, theta_ref, str(device))
-        held_back: list[_Chunk] = []  # chunks where every row raised, until one succeeds
-        template: SimulationData | None = None
-        for chunk, (data, chunk_errors) in _execute(chunks, run, executor, n_workers):
-            errors.extend(chunk_errors)
-            finished = []
-            if data is None:
-                held_back.append(chunk)
-                if sum(len(c.theta) for c in held_back) >= min(16, n - already):
-                    if template is None:
-                        raise SimulatorError(
-                            f"every simulation of '{simulator.name}' raised ({len(errors)} "
-                            f"tried); nothing was stored. First: {errors[0]}"
-                        )
+        for chunk, data in _with_failed_chunks_filled(finished, errors, simulator.name, to_do):
+            if store is not None:
+                store.append(chunk.index, chunk.first_row, data)
             else:
-                template = data
-                finished.append((chunk, data))
-            if template is not None:
-                finished += [
-                    (c, _failed_rows(template, c, list(range(len(c.theta))))) for c in held_back
-                ]
-                held_back = []
-            for done_chunk, done_data in finished:
-                if store is not None:
-                    store.append(done_chunk.index, done_chunk.first_row, done_data)
-                else:
-                    parts[done_chunk.first_row] = done_data
-                bar.update(len(done_data))
-        if held_back:
-            raise SimulatorError(
-                f"every simulation of '{simulator.name}' raised; nothing was stored. "
-                f"First: {errors[0]}"
-            )
+                parts[chunk.first_row] = data
+            bar.update(len(data))
         bar.close()
         if store is not None:
-            result = store.read()
-            result = result.subset(slice(0, n))
+            result = store.read().subset(slice(0, n))
         else:
             result = SimulationData.concatenate([parts[k] for k in sorted(parts)])
     except KeyboardInterrupt:
@@ -315,29 +259,97 @@ def simulate(
     return result
 
 
-def _make_chunk(
-    k, start, offset, m, n, seed, prior, design, theta_ref, fraction, simulator
-) -> _Chunk:
-    """Rows ``start+offset … start+offset+m`` of chunk k (which starts at row ``start``).
+def _with_failed_chunks_filled(finished, errors: list[str], name: str, to_do: int):
+    """Yield ``(chunk, data)`` for finished chunks, collecting the rows' errors.
 
-    A chunk is made in one piece (offset 0) unless a run is extended past a partial
-    last chunk; the missing rows are then a second piece, seeded by their offset."""
-    first_row = start + offset
-    theta_seed, sim_seed = _chunk_seeds(seed, k, offset)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(theta_seed)
-        theta = prior.sample((m,))
-        if isinstance(design, Distribution):
-            design = design.sample((m,))
-    theta = simulator.check_theta(theta, what="theta drawn from the prior")
-    if design is not None and not isinstance(design, Distribution):
-        design = torch.as_tensor(design)
-        if design.ndim == 2 and design.shape[0] == n:
-            design = design[first_row : first_row + m]
-    if design is not None:
-        design = simulator.check_design(design, m)
-    at_reference = None if theta_ref is None else _reference_mask(first_row, m, fraction)
-    return _Chunk(k, first_row, theta, design, at_reference, sim_seed)
+    A chunk whose every row raised has no shape to fill its rows with until some
+    simulation succeeds: it is held back until then.  If the first min(16, to_do) rows
+    all raised, the simulator is broken rather than failing now and then: stop before
+    anything is stored (a store kept clean for the fixed code)."""
+    held_back: list[_Chunk] = []
+    template: SimulationData | None = None
+    for chunk, (data, chunk_errors) in finished:
+        errors.extend(chunk_errors)
+        if data is None:
+            held_back.append(chunk)
+            if template is None and sum(len(c.theta) for c in held_back) >= min(16, to_do):
+                raise SimulatorError(
+                    f"every simulation of '{name}' raised ({len(errors)} tried); nothing was "
+                    f"stored. First: {errors[0]}"
+                )
+            continue
+        template = data
+        yield chunk, data
+        for failed in held_back:
+            yield failed, _failed_rows(template, failed, list(range(len(failed.theta))))
+        held_back = []
+    if held_back:
+        raise SimulatorError(
+            f"every simulation of '{name}' raised; nothing was stored. First: {errors[0]}"
+        )
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """How a run's rows are cut into chunks and where each chunk's inputs come from."""
+
+    simulator: Simulator
+    prior: Distribution
+    n: int
+    seed: int
+    chunk_size: int
+    design: Any
+    theta_ref: Tensor | None
+    reference_fraction: float
+
+    def fingerprint(self, gold: bool) -> dict[str, Any]:
+        """What a store of this run must match.  x_shape is left out: a simulator may learn
+        it on its first call, and the store checks every column's shape on append."""
+        described = {k: v for k, v in self.simulator.describe().items() if k != "x_shape"}
+        with_reference = self.theta_ref is not None
+        return {
+            "simulator": described,
+            "prior": describe_prior(self.prior),
+            "gold": bool(gold),
+            "theta_ref": self.theta_ref.tolist() if with_reference else None,
+            "reference_fraction": float(self.reference_fraction) if with_reference else None,
+            "design": _describe_design(self.design),
+            "seed": self.seed,
+            "chunk_size": self.chunk_size,
+        }
+
+    def missing_pieces(self, done: dict[int, int]) -> list[tuple[int, int, int]]:
+        """``(chunk, offset, rows)`` for the rows of each chunk not in ``done`` yet."""
+        pieces = []
+        for k in range(math.ceil(self.n / self.chunk_size)):
+            wanted, have = min(self.chunk_size, self.n - k * self.chunk_size), done.get(k, 0)
+            if have < wanted:
+                pieces.append((k, have, wanted - have))
+        return pieces
+
+    def make_chunk(self, k: int, offset: int, m: int) -> _Chunk:
+        """Rows ``offset … offset+m`` of chunk k.  A chunk is made in one piece (offset 0)
+        unless a run is extended past a partial last chunk; the missing rows are then a
+        second piece, seeded by their offset."""
+        first_row = k * self.chunk_size + offset
+        theta_seed, sim_seed = _chunk_seeds(self.seed, k, offset)
+        design = self.design
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(theta_seed)
+            theta = self.prior.sample((m,))
+            if isinstance(design, Distribution):
+                design = design.sample((m,))
+        theta = self.simulator.check_theta(theta, what="theta drawn from the prior")
+        if design is not None and not isinstance(design, Distribution):
+            design = torch.as_tensor(design)
+            if design.ndim == 2 and design.shape[0] == self.n:
+                design = design[first_row : first_row + m]
+        if design is not None:
+            design = self.simulator.check_design(design, m)
+        at_reference = None
+        if self.theta_ref is not None:
+            at_reference = _reference_mask(first_row, m, self.reference_fraction)
+        return _Chunk(k, first_row, theta, design, at_reference, sim_seed)
 
 
 def _execute(chunks, run: _RunSpec, executor, n_workers):
