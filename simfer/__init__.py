@@ -2,7 +2,7 @@
 
 __version__ = "0.1.0"
 
-from . import losses
+from . import diagnostics, losses
 from .data import SimulationData
 from .errors import (
     GoldNotAvailableError,
@@ -15,7 +15,13 @@ from .errors import (
     StoreError,
     SupportError,
 )
-from .estimators import RatioEstimator, ScoreEstimator, load
+from .estimators import (
+    LikelihoodEstimator,
+    PosteriorEstimator,
+    RatioEstimator,
+    ScoreEstimator,
+    load,
+)
 from .prior import BoxUniform, as_prior
 from .runner import simulate
 from .simulator import Simulator, TractableSimulator
@@ -27,7 +33,9 @@ __all__ = [
     "GoldNotAvailableError",
     "InvalidSimulationWarning",
     "LikelihoodNotAvailableError",
+    "LikelihoodEstimator",
     "ModelFileError",
+    "PosteriorEstimator",
     "RatioEstimator",
     "ScoreEstimator",
     "ShapeError",
@@ -39,6 +47,7 @@ __all__ = [
     "SupportError",
     "TractableSimulator",
     "as_prior",
+    "diagnostics",
     "load",
     "load_simulations",
     "losses",

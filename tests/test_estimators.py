@@ -232,3 +232,12 @@ def test_estimators_explain_what_data_they_need(board):
         simfer.RatioEstimator("carl", epochs=3)
     with pytest.raises(simfer.SimferError, match="not trained yet"):
         simfer.RatioEstimator("carl").log_ratio(torch.zeros(1, 1), torch.zeros(1, 1))
+
+
+def test_a_fit_is_reproducible_from_its_seed(data):
+    subset = data.subset(slice(0, 600))
+    first = simfer.RatioEstimator("alices", max_epochs=3, **FAST).fit(subset)
+    torch.manual_seed(12345)  # the global generator must not matter
+    second = simfer.RatioEstimator("alices", max_epochs=3, **FAST).fit(subset)
+    x, theta = subset.x[:20], subset.theta[:20]
+    assert torch.equal(first.log_ratio(x, theta), second.log_ratio(x, theta))

@@ -1,7 +1,16 @@
 """Estimators: a network, a loss from `simfer.losses`, and the one training loop."""
 
 from .base import Estimator, load
+from .likelihood import LikelihoodEstimator
+from .posterior import PosteriorEstimator
 from .ratio import RatioEstimator
 from .score import ScoreEstimator
 
-__all__ = ["Estimator", "RatioEstimator", "ScoreEstimator", "load"]
+__all__ = [
+    "Estimator",
+    "LikelihoodEstimator",
+    "PosteriorEstimator",
+    "RatioEstimator",
+    "ScoreEstimator",
+    "load",
+]

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from .. import losses
 from ..data import SimulationData
 from ..errors import ShapeError, SimferError
-from ..nn import EnsembleMLP, Standardize
+from ..nn import EnsembleMLP, Standardize, seeded
 from ..prior import describe_prior
 from ..training import fit_network
 from .base import Estimator
@@ -177,7 +177,8 @@ class RatioEstimator(Estimator):
         }
         if prior is not None:
             self.prior_description = describe_prior(prior)
-        network = self._build(self.dims)
+        with seeded(self.training.seed):  # the initial weights follow the seed
+            network = self._build(self.dims)
         network.x_standardize.fit(rows["x"])
         network.theta_standardize.fit(rows["theta"])
         alpha = self.alpha

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from .. import losses
 from ..data import SimulationData
 from ..errors import ShapeError, SimferError
-from ..nn import EnsembleMLP, Standardize
+from ..nn import EnsembleMLP, Standardize, seeded
 from ..prior import describe_prior
 from ..training import fit_network
 from .base import Estimator
@@ -99,7 +99,8 @@ class ScoreEstimator(Estimator):
         }
         if prior is not None:
             self.prior_description = describe_prior(prior)
-        network = self._build(self.dims)
+        with seeded(self.training.seed):  # the initial weights follow the seed
+            network = self._build(self.dims)
         network.x_standardize.fit(x)
         network.target_scale.fit(target)
 

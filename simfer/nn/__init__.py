@@ -1,10 +1,11 @@
-"""Networks: ensembles of MLPs with stored standardisation, and set embeddings.
+"""Networks: ensembles of MLPs, conditional flows (nflows) and set embeddings.
 
 Set embeddings share one calling convention, ``embedding(x, mask)`` with x
 ``[batch, max_n, in_features]`` and mask ``[batch, max_n]`` (True = a real element),
 returning ``[batch, out_features]``.
 """
 
+from .flows import FLOWS, ConditionalFlow, StandardizeTransform, build_flow, seeded
 from .mlp import EnsembleLinear, EnsembleMLP, Standardize
 from .sets import (
     EGNN,
@@ -19,6 +20,8 @@ from .sets import (
 )
 
 __all__ = [
+    "FLOWS",
+    "ConditionalFlow",
     "DeepSets",
     "EGNN",
     "EGNNLayer",
@@ -27,8 +30,11 @@ __all__ = [
     "LorentzNet",
     "LorentzNetLayer",
     "Standardize",
+    "StandardizeTransform",
+    "build_flow",
     "count_parameters",
     "masked_pool",
     "pad_sets",
+    "seeded",
     "set_sizes",
 ]

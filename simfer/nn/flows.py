@@ -32,13 +32,20 @@ The chain built here:
     (Papamakarios, Pavlakou & Murray, "Masked Autoregressive Flow", NeurIPS 2017,
     arXiv:1705.07057).
 
-Defaults (no tuning needed on the sbibm problems): 5 transforms, MADE with 64 hidden
-units and 2 residual blocks, SiLU activations (a smooth log q in the context, which
-SCANDAL's score term and gradient-based MCMC differentiate), and for NSF 10 bins with a
-tail bound B = 4.  After standardisation the inputs have unit variance: a standard normal
-puts 6·10⁻⁵ of its mass beyond ±4 (2.7·10⁻³ beyond sbi's ±3), and a bounded prior
-standardises to within ±√3, so the splines act on essentially all of the data while
-keeping a bin width of 0.8 standard deviations on average (the widths are learnt).
+Defaults (untuned; checked on GaussianLinear and TwoMoons, see docs/flows.md): 5
+transforms, MADE with 64 hidden units and 2 residual blocks, SiLU activations (a smooth
+log q in the context, which SCANDAL's score term and gradient-based MCMC differentiate),
+and for NSF 10 bins with a tail bound B = 4. After standardisation the inputs have unit
+variance: a standard normal puts 6·10⁻⁵ of its mass beyond ±4 (2.7·10⁻³ beyond sbi's
+±3), and a bounded prior standardises to within ±√3, so the splines act on essentially
+all of the data while keeping a bin width of 0.8 standard deviations on average (the
+widths are learnt).
+
+Every transform starts as the identity (its conditioner's output layer has zero weights
+and the identity's biases), so an untrained flow is the Gaussian with the training
+data's mean and standard deviation and learns only the departures from it that the data
+support; against nflows' random start this made NLE on GaussianLinear (3000
+simulations) three times closer in KL and its score five times more accurate.
 
 One feature (D = 1) works for both kinds: MADE then gives the single variable hidden
 units that see only the context, i.e. a spline (or affine map) whose shape is any
@@ -50,6 +57,7 @@ not touched), so a build is reproducible and a saved model rebuilds bit-identica
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -83,6 +91,22 @@ def seeded(seed: int) -> Iterator[None]:
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         yield
+
+
+@torch.no_grad()
+def _start_at_identity(layer: Transform, features: int) -> None:
+    """Make an autoregressive layer start as the identity map: the conditioner's output
+    layer gets zero weights and the biases of the identity (spline: equal bins, unit knot
+    derivatives; affine: scale 1, shift 0).  The flow then starts as the standardised
+    Gaussian and learns only the departures from it that the data support."""
+    final = layer.autoregressive_net.final_layer
+    final.weight.zero_()
+    bias = final.bias.view(features, -1)  # MADE groups the outputs by variable
+    bias.zero_()
+    if isinstance(layer, MaskedAffineAutoregressiveTransform):
+        bias[:, 0] = math.log(math.expm1(1.0 - layer._epsilon))  # softplus(u) + ε = 1
+    else:
+        bias[:, 2 * layer.num_bins :] = math.log(math.expm1(1.0 - layer.min_derivative))
 
 
 class StandardizeTransform(Transform):
@@ -207,6 +231,7 @@ def build_flow(
                     num_blocks=2,
                     activation=F.silu,
                 )
+            _start_at_identity(layer, features)
             transforms.append(layer)
             if features > 1 and k < n_transforms - 1:
                 permutation = (

@@ -1,0 +1,371 @@
+r"""`PosteriorEstimator` (NPE): a conditional flow q(θ|x) trained on simulated pairs.
+
+Neural posterior estimation (Papamakarios & Murray 2016, arXiv:1605.06376; Greenberg,
+Nonnenmacher & Macke 2019, arXiv:1905.07488).  Pairs (θ_i, x_i) drawn from the joint
+p(θ) p(x|θ) are samples of p(x) p(θ|x), so maximising Σ_i log q(θ_i|x_i) minimises
+
+    E_{p(x)} KL(p(θ|x) ‖ q(θ|x)) + const,
+
+whose minimiser over all conditional densities is the posterior itself, for every x at
+once (amortised).  Only rows drawn at their own θ are such pairs: the reference-class
+rows of ``simfer.simulate(..., theta_ref=...)`` are drawn at θ_ref and are left out.
+Failed simulations are left out too, which is harmless here: the fit then learns
+p(θ|x, valid), and an observed x is valid (see `LikelihoodEstimator` for why NLE must
+instead model the failures).
+
+Leakage.  A flow has support R^d, so for a bounded prior (a box) some of q(θ|x)'s mass
+can leak outside it.  `sample` draws from q truncated to the prior's support by
+rejection, reports the fraction of proposals kept (``acceptance_rate``), and raises
+a `SimferError` quoting that rate when fewer than ``min_acceptance`` of the proposals
+land inside (the flow then has little to say about this x: usually x lies far from the
+training simulations).  `log_prob` is −∞ outside the support and, with
+``leakage_correction=True``, renormalised inside by the estimated acceptance,
+log q(θ|x) − log P_q(θ ∈ support | x).
+
+An ``embedding`` (any ``torch.nn.Module`` mapping x ``[batch, *x_shape]`` to
+``[batch, k]``, e.g. a set embedding) is trained jointly with the flow.  A model file
+cannot hold the embedding's code, only its weights: load such a model with
+``PosteriorEstimator.load(path, embedding=<a fresh instance>)``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import math
+import os
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.distributions import Distribution
+
+from ..data import SimulationData
+from ..errors import ModelFileError, ShapeError, SimferError
+from ..nn.flows import FLOWS, ConditionalFlow, build_flow, seeded
+from ..prior import BoxUniform, as_prior, describe_prior
+from ..training import fit_network
+from .base import Estimator
+
+__all__ = ["PosteriorEstimator"]
+
+_LOADING_EMBEDDING: contextvars.ContextVar[nn.Module | None] = contextvars.ContextVar(
+    "simfer_loading_embedding", default=None
+)
+
+
+# -- helpers shared with likelihood.py -------------------------------------------------------
+def as_batch(value: Any, event_shape: tuple[int, ...], name: str, parameter: Tensor) -> Tensor:
+    """``value`` of shape ``event_shape`` (one) or ``[batch, *event_shape]`` as a float tensor
+    ``[batch, *event_shape]`` on ``parameter``'s device, in its dtype."""
+    value = torch.as_tensor(value, dtype=parameter.dtype, device=parameter.device)
+    if tuple(value.shape) == event_shape:
+        value = value[None]
+    if value.ndim != len(event_shape) + 1 or tuple(value.shape[1:]) != event_shape:
+        wanted = ", ".join(map(str, event_shape))
+        raise ShapeError(
+            f"{name} must have shape [{wanted}] or [batch, {wanted}], got {list(value.shape)}"
+        )
+    if not bool(torch.isfinite(value).all()):
+        raise ValueError(f"{name} holds NaN or inf values")
+    return value
+
+
+def pair_rows(a: Tensor, b: Tensor, names: tuple[str, str]) -> tuple[Tensor, Tensor]:
+    """Broadcast two batches over their first dimension (one row pairs with many)."""
+    n = max(a.shape[0], b.shape[0])
+    if {a.shape[0], b.shape[0]} - {1, n}:
+        raise ShapeError(
+            f"{names[0]} has {a.shape[0]} rows and {names[1]} {b.shape[0]}: cannot pair them "
+            f"(give equally many, or one of either)"
+        )
+    return a.expand(n, *a.shape[1:]), b.expand(n, *b.shape[1:])
+
+
+def inside_support(prior: Distribution, theta: Tensor) -> Tensor:
+    """``[batch]`` bool: which rows of θ ``[batch, d]`` lie in the prior's support."""
+    try:
+        inside = prior.support.check(theta)
+    except NotImplementedError:
+        inside = torch.isfinite(prior.log_prob(theta))
+    except RuntimeError:
+        if theta.device.type == "cpu":
+            raise
+        # the prior lives on the CPU: check there
+        return inside_support(prior, theta.cpu()).to(theta.device)
+    while inside.ndim > 1:
+        inside = inside.all(-1)
+    return inside
+
+
+def prior_from_description(description: dict | None) -> Distribution | None:
+    """Rebuild a saved `BoxUniform` prior (the one prior a JSON description determines)."""
+    if description and description.get("type") == "BoxUniform":
+        return BoxUniform(description["low"], description["high"])
+    return None
+
+
+class PosteriorEstimator(Estimator):
+    """Learn the posterior q(θ|x) with a conditional normalizing flow (NPE).
+
+    Args:
+        flow: ``"nsf"`` (neural spline flow, the default) or ``"maf"``; see
+            `simfer.nn.flows` for the architectures and their defaults.
+        hidden: hidden units of each MADE conditioner.
+        n_transforms: number of autoregressive transforms.
+        bins: spline bins (NSF).
+        tail_bound: half-width of the spline window, in standardised units (NSF).
+        embedding: a ``torch.nn.Module`` mapping x ``[batch, *x_shape]`` to ``[batch, k]``,
+            trained jointly with the flow (``fit`` trains this instance in place).  Without
+            it x is flattened and standardised.
+        min_acceptance: `sample` raises when fewer than this fraction of its proposals fall
+            inside the prior's support.
+        **training: settings of `simfer.training.TrainingConfig` (max_epochs, batch_size,
+            learning_rate, validation_fraction, patience, seed, device, checkpoint, …).
+    """
+
+    def __init__(
+        self,
+        flow: str = "nsf",
+        *,
+        hidden: int = 64,
+        n_transforms: int = 5,
+        bins: int = 10,
+        tail_bound: float = 4.0,
+        embedding: nn.Module | dict | None = None,
+        min_acceptance: float = 1e-3,
+        **training: Any,
+    ):
+        flow = str(flow).lower()
+        if flow not in FLOWS:
+            raise ValueError(f"unknown flow {flow!r}; choose one of {list(FLOWS)}")
+        if not 0 < min_acceptance <= 1:
+            raise ValueError(f"min_acceptance must lie in (0, 1], got {min_acceptance}")
+        super().__init__(**training)
+        self.flow = flow
+        self.hidden = int(hidden)
+        self.n_transforms = int(n_transforms)
+        self.bins = int(bins)
+        self.tail_bound = float(tail_bound)
+        self.min_acceptance = float(min_acceptance)
+        self._embedding_name: str | None = None
+        if isinstance(embedding, dict):  # from a model file: only the class name is stored
+            self._embedding_name = embedding.get("class", "?")
+            embedding = _LOADING_EMBEDDING.get()
+        elif embedding is not None and not isinstance(embedding, nn.Module):
+            raise TypeError(f"embedding must be a torch.nn.Module, got {type(embedding).__name__}")
+        self.embedding = embedding
+        self.prior: Distribution | None = None
+        self.acceptance_rate: float | Tensor | None = None
+
+    def hyperparameters(self) -> dict[str, Any]:
+        embedding = None
+        if self.embedding is not None:
+            embedding = {"class": type(self.embedding).__qualname__}
+        elif self._embedding_name is not None:
+            embedding = {"class": self._embedding_name}
+        return {
+            "flow": self.flow,
+            "hidden": self.hidden,
+            "n_transforms": self.n_transforms,
+            "bins": self.bins,
+            "tail_bound": self.tail_bound,
+            "embedding": embedding,
+            "min_acceptance": self.min_acceptance,
+        }
+
+    @classmethod
+    def load(
+        cls,
+        path: str | os.PathLike,
+        device: str | torch.device = "cpu",
+        *,
+        embedding: nn.Module | None = None,
+    ) -> PosteriorEstimator:
+        """Load a saved model; pass a fresh ``embedding`` of the class it was trained with
+        (its weights come from the file)."""
+        token = _LOADING_EMBEDDING.set(embedding)
+        try:
+            estimator = super().load(path, device)
+        finally:
+            _LOADING_EMBEDDING.reset(token)
+        return estimator
+
+    def _build(self, dims: dict[str, Any]) -> ConditionalFlow:
+        if dims.get("embedding") and self.embedding is None:
+            raise ModelFileError(
+                f"this PosteriorEstimator was trained with an embedding network "
+                f"({dims['embedding']}); a model file holds its weights but never its code. "
+                f"Load it with simfer.PosteriorEstimator.load(path, embedding={dims['embedding']}"
+                f"(...)) built as for training."
+            )
+        return build_flow(
+            self.flow,
+            dims["theta_dim"],
+            dims["context_features"],
+            hidden=self.hidden,
+            n_transforms=self.n_transforms,
+            bins=self.bins,
+            tail_bound=self.tail_bound,
+            embedding=self.embedding,
+            seed=self.training.seed,
+        )
+
+    # -- training ---------------------------------------------------------------------------
+    def fit(self, data: SimulationData, prior: Distribution | None = None) -> PosteriorEstimator:
+        """Train q(θ|x) on the valid rows of ``data`` drawn at their own θ.  ``prior`` (the
+        one the data were simulated from) bounds `sample` by rejection; it is saved with
+        the model if it is a `BoxUniform`."""
+        if not isinstance(data, SimulationData):
+            raise TypeError(f"fit() takes the SimulationData of simfer.simulate, got {type(data)}")
+        keep = data.valid.clone()
+        if data.from_reference is not None:
+            keep &= ~data.from_reference
+        if int(keep.sum()) < 2:
+            raise SimferError(
+                f"fewer than two valid simulations drawn at their own θ to train on "
+                f"({data.n_invalid} of {len(data)} rows failed)"
+            )
+        data = data.subset(keep)
+        theta = data.theta
+        x = data.x if self.embedding is not None else data.x.reshape(len(data), -1)
+        if prior is not None:
+            self.prior = as_prior(prior, data.theta_dim)
+            self.prior_description = describe_prior(self.prior)
+        context_features = x.shape[1]
+        if self.embedding is not None:
+            with torch.no_grad():
+                out = self.embedding.to(x.device)(x[:2])
+            if out.ndim != 2 or out.shape[0] != min(2, len(x)):
+                raise ShapeError(
+                    f"the embedding must map x [batch, {', '.join(map(str, data.x_shape))}] to "
+                    f"[batch, k]; it returned {list(out.shape)}"
+                )
+            context_features = out.shape[1]
+        self.dims = {
+            "theta_dim": data.theta_dim,
+            "x_shape": list(data.x_shape),
+            "context_features": context_features,
+            "embedding": None if self.embedding is None else type(self.embedding).__qualname__,
+            "n_train": len(data),
+        }
+        network = self._build(self.dims)
+        network.fit_standardization(theta, x)
+
+        def loss_fn(network: ConditionalFlow, batch: dict[str, Tensor], training: bool) -> Tensor:
+            return -network.log_prob(batch["theta"], context=batch["x"]).mean()[None]
+
+        self.network = network
+        self.history = fit_network(network, loss_fn, {"theta": theta, "x": x}, self.training)
+        return self
+
+    # -- evaluation --------------------------------------------------------------------------
+    def _context(self, x: Any) -> tuple[ConditionalFlow, Tensor]:
+        network = self._require_fitted()
+        parameter = next(network.parameters())
+        x = as_batch(x, tuple(self.dims["x_shape"]), "x", parameter)
+        if self.embedding is None:
+            x = x.reshape(x.shape[0], -1)
+        return network, x
+
+    def _prior(self, prior: Distribution | None, device: torch.device) -> Distribution | None:
+        if prior is None and self.prior is None:  # a loaded model: its saved BoxUniform
+            self.prior = prior_from_description(self.prior_description)
+        prior = self.prior if prior is None else as_prior(prior, self.dims["theta_dim"])
+        if isinstance(prior, BoxUniform):
+            prior = prior.to(device)
+        return prior
+
+    def log_prob(
+        self,
+        theta: Any,
+        x: Any,
+        *,
+        prior: Distribution | None = None,
+        leakage_correction: bool = False,
+        n_estimate: int = 10_000,
+    ) -> Tensor:
+        """log q(θ|x) ``[batch]``; θ ``[batch, theta_dim]`` (or one ``[theta_dim]``), x one
+        observation or ``[batch, *x_shape]``; one row broadcasts over the other's.
+
+        With a bounded prior (the one given to `fit`, or ``prior``) it is −∞ outside the
+        support; ``leakage_correction`` subtracts log P_q(θ ∈ support | x), estimated from
+        ``n_estimate`` draws (one x only)."""
+        network, context = self._context(x)
+        parameter = next(network.parameters())
+        theta = as_batch(theta, (self.dims["theta_dim"],), "theta", parameter)
+        theta, context = pair_rows(theta, context, ("theta", "x"))
+        prior = self._prior(prior, theta.device)
+        with torch.no_grad():
+            log_q = network.log_prob(theta, context=context)
+            if prior is not None:
+                log_q = torch.where(
+                    inside_support(prior, theta), log_q, torch.full_like(log_q, -math.inf)
+                )
+                if leakage_correction:
+                    if not bool((context == context[:1]).all()):
+                        raise ValueError("leakage_correction needs one observation x")
+                    draws = network.sample(n_estimate, context=context[:1])[0]
+                    rate = float(inside_support(prior, draws).double().mean())
+                    if rate == 0:
+                        raise SimferError(
+                            f"none of {n_estimate} draws of q(θ|x) fell inside the prior's "
+                            f"support: the leakage correction is undefined at this x"
+                        )
+                    log_q = log_q - math.log(rate)
+        return log_q
+
+    def sample(
+        self,
+        n: int,
+        x: Any,
+        *,
+        seed: int | None = None,
+        prior: Distribution | None = None,
+        batch_size: int = 100_000,
+    ) -> Tensor:
+        """n draws of θ ~ q(θ|x), truncated to the prior's support by rejection.
+
+        One observation x (``x_shape``) gives ``[n, theta_dim]``; a batch ``[m, *x_shape]``
+        gives ``[m, n, theta_dim]``.  ``acceptance_rate`` then holds the fraction of
+        proposals kept (a float, or ``[m]`` for a batch).  ``seed`` makes the draws
+        reproducible (the global generator is left as it was)."""
+        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+            raise ValueError(f"n must be a positive integer, got {n!r}")
+        network, context = self._context(x)
+        single = tuple(torch.as_tensor(x).shape) == tuple(self.dims["x_shape"])
+        prior = self._prior(prior, context.device)
+        with torch.no_grad(), seeded(seed) if seed is not None else contextlib.nullcontext():
+            draws, rates = [], []
+            for row in range(context.shape[0]):
+                kept, rate = self._sample_one(network, context[row : row + 1], n, prior, batch_size)
+                draws.append(kept)
+                rates.append(rate)
+        self.acceptance_rate = rates[0] if single else torch.tensor(rates)
+        return draws[0] if single else torch.stack(draws)
+
+    def _sample_one(self, network, context, n, prior, batch_size) -> tuple[Tensor, float]:
+        if prior is None:
+            return network.sample(n, context=context)[0], 1.0
+        kept, n_kept, n_drawn = [], 0, 0
+        budget = math.ceil(n / self.min_acceptance)
+        while n_kept < n:
+            if n_drawn == 0:  # the draws of an unbounded prior are those of no prior at all
+                wanted = n
+            else:
+                rate = max(n_kept / n_drawn, self.min_acceptance)
+                wanted = math.ceil(1.2 * (n - n_kept) / rate) + 16
+            k = min(wanted, batch_size, budget - n_drawn)
+            if k <= 0:
+                raise SimferError(
+                    f"only {n_kept} of {n_drawn} draws of q(θ|x) ({n_kept / n_drawn:.3%}) fell "
+                    f"inside the prior's support, below min_acceptance={self.min_acceptance:g}: "
+                    f"the flow leaks nearly all its mass out of the prior at this x (is x far "
+                    f"from the training simulations?)"
+                )
+            proposals = network.sample(k, context=context)[0]
+            inside = inside_support(prior, proposals)
+            kept.append(proposals[inside])
+            n_kept += int(inside.sum())
+            n_drawn += k
+        return torch.cat(kept)[:n], n_kept / n_drawn

@@ -1,0 +1,464 @@
+"""Flows, NPE, NLE, SCANDAL and C2ST, checked against exact answers.
+
+Tolerances come from the budget.  A fit is only as good as early stopping can see: it
+picks the epoch by the validation NLL over N_val = 10% of the N training rows, whose
+standard error is sd(log q)/√N_val.  For a d-dimensional Gaussian, log p = const − χ²_d/2
+has sd √(d/2), i.e. 1 for d = 2, so with N = 3000 the fit cannot tell apart models whose
+expected KL divergence differs by less than ≈ 1/√300 ≈ 0.06 nats.  The tests allow two
+such standard errors, and translate it where they check moments: a Gaussian shifted by δ
+has KL = ½(δ/σ)², a variance ratio r costs ≈ ¼(r − 1)² per dimension.  Monte Carlo errors
+of the checks themselves (10⁴ draws: 0.01σ on a mean, 1.4% on a variance) are negligible
+next to that.
+"""
+
+import math
+import re
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import simfer
+from simfer.diagnostics import c2st
+from simfer.errors import ModelFileError, ShapeError, SimferError
+from simfer.estimators.base import load
+from simfer.estimators.likelihood import (
+    LikelihoodEstimator,
+    default_scandal_weight,
+    log_prob_and_score,
+    scandal_loss,
+)
+from simfer.estimators.posterior import PosteriorEstimator
+from simfer.nn.flows import build_flow, seeded
+from simulators import GaussianLinear
+
+ROOT = Path(__file__).resolve().parent.parent
+N_SIMULATIONS = 3000
+N_VALIDATION = int(0.1 * N_SIMULATIONS)
+KL_TOLERANCE = 2 / math.sqrt(N_VALIDATION)  # two standard errors of the validation NLL
+FAST = dict(progress=False, patience=10, seed=0)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Small networks run fastest (and steadiest on a shared machine) on one thread."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def gaussian():
+    return GaussianLinear(dim=2)
+
+
+@pytest.fixture(scope="module")
+def gaussian_data(gaussian):
+    return simfer.simulate(
+        gaussian,
+        gaussian.prior(),
+        N_SIMULATIONS,
+        gold=True,
+        seed=0,
+        executor="serial",
+        progress=False,
+    )
+
+
+@pytest.fixture(scope="module")
+def npe(gaussian, gaussian_data):
+    return PosteriorEstimator(**FAST).fit(gaussian_data, gaussian.prior())
+
+
+@pytest.fixture(scope="module")
+def held_out(gaussian):
+    return simfer.simulate(
+        gaussian, gaussian.prior(), 2000, seed=7, executor="serial", progress=False
+    )
+
+
+@pytest.fixture(scope="module")
+def nle(gaussian_data):
+    return LikelihoodEstimator("nle", **FAST).fit(gaussian_data)
+
+
+@pytest.fixture(scope="module")
+def scandal(gaussian_data):
+    return LikelihoodEstimator("scandal", **FAST).fit(gaussian_data)
+
+
+# -- the builder -------------------------------------------------------------------------------
+@pytest.mark.parametrize("kind", ["nsf", "maf"])
+@pytest.mark.parametrize("features", [1, 2, 3])
+def test_a_new_flow_is_the_standardised_gaussian_and_inverts(kind, features):
+    """Every transform starts as the identity, so before training q(v|c) is the Gaussian
+    with the training data's mean and standard deviation, whatever the context."""
+    flow = build_flow(kind, features, 2, seed=1)
+    generator = torch.Generator().manual_seed(0)
+    v = 3.0 + 2.0 * torch.randn(500, features, generator=generator)
+    context = torch.randn(500, 2, generator=generator)
+    flow.fit_standardization(v, context)
+    gaussian = torch.distributions.Normal(flow.input_standardize.mean, flow.input_standardize.std)
+    expected = gaussian.log_prob(v).sum(-1)
+    assert torch.allclose(flow.log_prob(v, context=context), expected, atol=1e-4)
+    noise, _ = flow._transform(v, context=context)
+    back, _ = flow._transform.inverse(noise, context=context)
+    assert torch.allclose(back, v, atol=1e-4)
+    assert flow.sample(7, context=context[:3]).shape == (3, 7, features)
+
+
+def test_the_builder_names_bad_arguments():
+    with pytest.raises(ValueError, match="unknown flow 'glow'"):
+        build_flow("glow", 2, 2)
+    with pytest.raises(ValueError, match="features must be a positive integer"):
+        build_flow("nsf", 0, 2)
+    with pytest.raises(TypeError, match="embedding must be a torch.nn.Module"):
+        build_flow("nsf", 2, 2, embedding=lambda x: x)
+
+
+# -- NPE ---------------------------------------------------------------------------------------
+def test_npe_matches_the_analytic_gaussian_posterior(gaussian, npe):
+    """Eight observations from the prior predictive; at each, 10⁴ draws of q(θ|x) against
+    the exact posterior N(μ, v I): the KL divergence within the budget's tolerance, the
+    mean within 0.5σ (KL ½(δ/σ)² = 0.12), the variances within ±50%, the correlation
+    (0 exactly) below 0.3.  A model that ignored x (returned the prior) would be off by
+    ~1σ in the mean and a factor 2 in the variance."""
+    with seeded(2):
+        theta = gaussian.prior().sample((8,))
+    x_obs = gaussian.simulate(theta, seed=3)
+    kls, mean_errors, variance_ratios, correlations = [], [], [], []
+    for i, x in enumerate(x_obs):
+        exact = gaussian.posterior(x)
+        draws = npe.sample(10_000, x, seed=i)
+        sd = exact.variance.sqrt()
+        mean_errors.append(((draws.mean(0) - exact.mean) / sd).abs().max())
+        covariance = torch.cov(draws.T)
+        variance_ratios.append(covariance.diagonal() / exact.variance)
+        correlations.append(covariance[0, 1] / covariance.diagonal().prod().sqrt())
+        with seeded(i):
+            reference = exact.sample((4000,))
+        kls.append((exact.log_prob(reference) - npe.log_prob(reference, x)).mean())
+    kls, mean_errors = torch.stack(kls), torch.stack(mean_errors)
+    variance_ratios, correlations = torch.stack(variance_ratios), torch.stack(correlations)
+    print(
+        f"\nNPE (N={N_SIMULATIONS}, {len(npe.history.train_loss)} epochs): KL mean "
+        f"{kls.mean():.4f} max {kls.max():.4f}; |mean error|/σ max {mean_errors.max():.3f}; "
+        f"variance ratio {variance_ratios.min():.3f}..{variance_ratios.max():.3f}; "
+        f"|corr| max {correlations.abs().max():.3f}"
+    )
+    assert float(kls.mean()) < KL_TOLERANCE
+    assert float(mean_errors.max()) < math.sqrt(2 * KL_TOLERANCE) + 0.02
+    assert float((variance_ratios - 1).abs().max()) < 0.5
+    assert float(correlations.abs().max()) < 0.3
+    assert npe.acceptance_rate == 1.0  # a Gaussian prior has no boundary to leak across
+
+
+def test_npe_trains_only_on_rows_drawn_at_their_own_theta(gaussian):
+    data = simfer.simulate(
+        gaussian,
+        gaussian.prior(),
+        400,
+        theta_ref=[0.0, 0.0],
+        seed=1,
+        executor="serial",
+        progress=False,
+    )
+    npe = PosteriorEstimator("maf", max_epochs=1, **FAST).fit(data)
+    assert npe.dims["n_train"] == int((~data.from_reference).sum()) < len(data)
+
+
+def test_npe_rejects_leaked_draws_and_reports_the_acceptance(tmp_path):
+    """θ ~ U(0, 1), x ~ N(θ, 0.3²): at x = 0 the posterior is piled against θ = 0 and a
+    flow (support R) leaks across it.  Samples stay in the box, the reported acceptance is
+    the flow's own mass inside, and a prior the flow has no mass in is refused with the
+    rate in the message."""
+
+    def noisy(theta, generator):
+        return theta + 0.3 * torch.randn(theta.shape, generator=generator)
+
+    simulator = simfer.Simulator.from_function(noisy, theta_dim=1, x_shape=(1,))
+    prior = simfer.BoxUniform([0.0], [1.0])
+    data = simfer.simulate(simulator, prior, 2000, seed=0, executor="serial", progress=False)
+    npe = PosteriorEstimator(max_epochs=40, **FAST).fit(data, prior)
+    x = torch.tensor([-0.2])
+    draws = npe.sample(4000, x, seed=0)
+    assert draws.shape == (4000, 1)
+    assert bool(((draws >= 0) & (draws < 1)).all())
+    with torch.no_grad(), torch.random.fork_rng():
+        torch.manual_seed(1)
+        free = npe.network.sample(20_000, context=x[None])[0]
+    inside = float(((free >= 0) & (free < 1)).float().mean())
+    print(f"\nleakage at x = -0.2: acceptance {npe.acceptance_rate:.4f}, independent {inside:.4f}")
+    assert 0.5 < npe.acceptance_rate < 1.0
+    assert abs(npe.acceptance_rate - inside) < 4 * math.sqrt(0.25 / 4000) + 0.01
+    assert bool(torch.isinf(npe.log_prob(torch.tensor([[-0.1], [1.5]]), x)).all())
+    log_p = npe.log_prob(torch.tensor([0.1]), x)
+    corrected = npe.log_prob(torch.tensor([0.1]), x, leakage_correction=True)
+    assert 0 < float(corrected - log_p) < 1  # −log(acceptance) > 0
+    npe.save(tmp_path / "box.pt")  # the box prior travels with the model
+    assert torch.equal(load(tmp_path / "box.pt").sample(300, x, seed=2), npe.sample(300, x, seed=2))
+    with pytest.raises(SimferError, match=r"fell inside the prior's support.*min_acceptance"):
+        npe.sample(10, x, prior=simfer.BoxUniform([5.0], [5.001]))
+
+
+def test_npe_trains_an_embedding_and_reloads_it(gaussian, gaussian_data, tmp_path):
+    with seeded(0):
+        embedding = nn.Sequential(nn.Linear(2, 32), nn.SiLU(), nn.Linear(32, 4))
+    npe = PosteriorEstimator("maf", embedding=embedding, max_epochs=25, **FAST)
+    npe.fit(gaussian_data.subset(slice(0, 2000)))
+    x = torch.tensor([0.3, -0.4])
+    draws = npe.sample(4000, x, seed=0)
+    exact = gaussian.posterior(x)
+    assert float(((draws.mean(0) - exact.mean) / exact.variance.sqrt()).abs().max()) < 0.5
+    npe.save(tmp_path / "embedded.pt")
+    with pytest.raises(ModelFileError, match="embedding network.*PosteriorEstimator.load"):
+        simfer.load(tmp_path / "embedded.pt")
+    fresh = nn.Sequential(nn.Linear(2, 32), nn.SiLU(), nn.Linear(32, 4))
+    loaded = PosteriorEstimator.load(tmp_path / "embedded.pt", embedding=fresh)
+    theta = gaussian_data.theta[:50]
+    assert torch.equal(loaded.log_prob(theta, x), npe.log_prob(theta, x))
+    assert torch.equal(loaded.sample(100, x, seed=4), npe.sample(100, x, seed=4))
+
+
+# -- NLE and SCANDAL ---------------------------------------------------------------------------
+def test_nle_and_scandal_learn_the_exact_likelihood(
+    gaussian, gaussian_data, nle, scandal, held_out
+):
+    """On held-out pairs from the joint, E[log p − log q] is the expected KL (tolerance
+    as above, d = 2); the score is checked against the exact (x − θ)/σ².  GaussianLinear's
+    gold has no latent, so the joint score is the exact score and SCANDAL must learn it
+    far better than NLE, which sees the θ-dependence only through where the θ fall."""
+    exact = gaussian.log_likelihood(held_out.x, held_out.theta)
+    exact_score = (held_out.x - held_out.theta) / gaussian.noise_var
+    fisher = float((exact_score**2).sum(1).mean())
+    results = {}
+    for name, estimator in (("nle", nle), ("scandal", scandal)):
+        log_q = estimator.log_prob(held_out.x, held_out.theta)
+        score = estimator.score(held_out.x, held_out.theta)
+        results[name] = dict(
+            kl=float((exact - log_q).mean()),
+            corr=float(torch.corrcoef(torch.stack([log_q, exact]))[0, 1]),
+            rmse=float((log_q - exact).pow(2).mean().sqrt()),
+            score=float(((score - exact_score) ** 2).sum(1).mean()) / fisher,
+            epochs=len(estimator.history.train_loss),
+        )
+    print(f"\nNLE/SCANDAL (N={N_SIMULATIONS}, α={scandal.alpha_used:.4f}): {results}")
+    for result in results.values():
+        assert result["kl"] < KL_TOLERANCE
+        assert result["corr"] > 0.9
+    assert results["scandal"]["score"] < 0.1
+    assert results["scandal"]["score"] < 0.5 * results["nle"]["score"]
+    # the default α = ½/(E|t|²/d + 1/Var θ) = ½/(1/σ² + 1/σ₀²) = 0.025 here
+    assert scandal.alpha_used == pytest.approx(0.5 / (1 / 0.1 + 1 / 0.1), rel=0.05)
+    assert scandal.alpha_used == default_scandal_weight(
+        gaussian_data.joint_score, gaussian_data.theta
+    )
+    # one x broadcasts over many θ
+    theta = held_out.theta[:10]
+    assert torch.allclose(
+        nle.log_prob(held_out.x[0], theta), nle.log_prob(held_out.x[:1].expand(10, -1), theta)
+    )
+
+
+def test_scandal_score_term_vanishes_for_the_exact_likelihood(gaussian, gaussian_data):
+    """(a) Without a latent the joint score is the exact score: at q = p the score term is
+    zero row by row.  (b) With a latent, z ~ N(θ, 1), x ~ N(z, 1): t(x,z|θ) = z − θ while
+    t(x|θ) = (x − θ)/2.  At the exact q = N(θ, 2) the term is the irreducible E Var(z|x,θ)
+    = ½, and the gradient of the SCANDAL loss with respect to q's parameters vanishes in
+    expectation (it does not at a wrong q)."""
+    rows = gaussian_data.subset(slice(0, 500))
+    log_q, score = log_prob_and_score(gaussian.log_likelihood, rows.x, rows.theta)
+    assert float(((score - rows.joint_score) ** 2).sum(1).max()) < 1e-6 * float(
+        (rows.joint_score**2).sum(1).mean()
+    )
+    assert torch.allclose(
+        scandal_loss(log_q, score, rows.joint_score, 1.0), -log_q.mean(), atol=1e-5
+    )
+
+    generator = torch.Generator().manual_seed(0)
+    n, parts = 200_000, 20
+    theta = torch.rand(n, 1, generator=generator, dtype=torch.float64) * 4 - 2
+    z = theta + torch.randn(n, 1, generator=generator, dtype=torch.float64)
+    x = z + torch.randn(n, 1, generator=generator, dtype=torch.float64)
+    joint_score = z - theta
+
+    def gradients(a, b, log_var):
+        parameters = torch.tensor([a, b, log_var], dtype=torch.float64, requires_grad=True)
+
+        def log_prob(x, theta):
+            mean = parameters[0] * theta + parameters[1]
+            return torch.distributions.Normal(mean, (0.5 * parameters[2]).exp()).log_prob(x)[:, 0]
+
+        grads, terms = [], []
+        for part in torch.arange(n).chunk(parts):
+            log_q, score = log_prob_and_score(log_prob, x[part], theta[part], create_graph=True)
+            loss = scandal_loss(log_q, score, joint_score[part], 1.0)
+            grads.append(torch.autograd.grad(loss, parameters)[0])
+            terms.append(((score - joint_score[part]) ** 2).mean().detach())
+        grads = torch.stack(grads)
+        return grads.mean(0), grads.std(0) / math.sqrt(parts), torch.stack(terms).mean()
+
+    mean, error, term = gradients(1.0, 0.0, math.log(2.0))
+    assert bool((mean.abs() < 4 * error).all()), (mean, error)
+    assert float(term) == pytest.approx(0.5, abs=0.01)
+    wrong, wrong_error, _ = gradients(1.2, 0.0, math.log(2.0))
+    assert float(wrong.abs().max()) > 10 * float(wrong_error.max())
+
+
+def test_nle_learns_where_the_simulator_fails(tmp_path):
+    """x ~ N(θ, 0.3²) on θ ~ U(−1, 1), but the simulator fails (NaN) with probability
+    0.8·σ(4θ): mostly at large θ.  NLE folds the learnt log p(valid|θ) into the
+    likelihood; the posterior of an observed x then matches the exact one,
+    p(θ|x) ∝ p(θ)(1 − p_fail(θ)) N(x; θ, 0.3²), while the flow alone is biased to large θ."""
+
+    def fail_probability(theta):
+        return 0.8 * torch.sigmoid(4 * theta)
+
+    def fragile(theta, generator):
+        x = theta + 0.3 * torch.randn(theta.shape, generator=generator)
+        failed = torch.rand(theta.shape, generator=generator) < fail_probability(theta)
+        return torch.where(failed, torch.full_like(x, math.nan), x)
+
+    simulator = simfer.Simulator.from_function(fragile, theta_dim=1, x_shape=(1,))
+    prior = simfer.BoxUniform([-1.0], [1.0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", simfer.InvalidSimulationWarning)
+        data = simfer.simulate(simulator, prior, 3000, seed=0, executor="serial", progress=False)
+    assert 0.3 < data.n_invalid / len(data) < 0.5
+    nle = LikelihoodEstimator("nle", "maf", **FAST).fit(data, prior)
+    grid = torch.linspace(-0.95, 0.95, 39)[:, None]
+    exact_valid = torch.log1p(-fail_probability(grid[:, 0]))
+    learnt_valid = nle.log_prob_valid(grid)
+    # p(valid|θ) against the truth: a 0.1-wide bin of θ holds ~150 of the 3000 simulations,
+    # where p ≈ 0.2 at the edge that is a standard error √(0.2·0.8/150) ≈ 0.033; allow two.
+    error = float((learnt_valid.exp() - exact_valid.exp()).abs().max())
+    print(f"\np(valid|θ): max error {error:.4f}")
+    assert error < 0.07
+    x = torch.tensor([0.4])
+    exact_log_post = torch.distributions.Normal(grid[:, 0], 0.3).log_prob(x) + exact_valid
+    folded = nle.log_prob(x, grid)
+    flow_only = folded - learnt_valid
+
+    def grid_mean(log_density):
+        return float((torch.softmax(log_density, 0) * grid[:, 0]).sum())
+
+    exact_mean = grid_mean(exact_log_post)
+    errors = abs(grid_mean(folded) - exact_mean), abs(grid_mean(flow_only) - exact_mean)
+    print(f"posterior mean error: folded {errors[0]:.4f}, dropped failures {errors[1]:.4f}")
+    assert errors[0] < 0.03
+    assert errors[1] > 2 * errors[0]
+
+    nle.save(tmp_path / "fragile.pt")
+    loaded = load(tmp_path / "fragile.pt")
+    assert loaded.dims["validity"]
+    assert torch.equal(loaded.log_prob(x, grid), folded)
+
+
+# -- save and load -----------------------------------------------------------------------------
+def test_trained_flows_survive_save_and_load_bit_identically(npe, nle, scandal, held_out, tmp_path):
+    x, theta = held_out.x[:200], held_out.theta[:200]
+    npe.save(tmp_path / "npe.pt")
+    loaded = load(tmp_path / "npe.pt")
+    assert isinstance(loaded, PosteriorEstimator) and loaded.flow == "nsf"
+    assert torch.equal(loaded.log_prob(theta, x), npe.log_prob(theta, x))
+    assert torch.equal(loaded.sample(500, x[0], seed=3), npe.sample(500, x[0], seed=3))
+    assert loaded.history.train_loss == npe.history.train_loss
+    for name, estimator in (("nle", nle), ("scandal", scandal)):
+        estimator.save(tmp_path / f"{name}.pt")
+        again = LikelihoodEstimator.load(tmp_path / f"{name}.pt")
+        assert again.method == name and again.alpha_used == estimator.alpha_used
+        assert torch.equal(again.log_prob(x, theta), estimator.log_prob(x, theta))
+        assert torch.equal(again.score(x, theta), estimator.score(x, theta))
+        assert torch.equal(
+            again.sample(50, theta[0], seed=1), estimator.sample(50, theta[0], seed=1)
+        )
+    with pytest.raises(ModelFileError, match="holds a PosteriorEstimator"):
+        LikelihoodEstimator.load(tmp_path / "npe.pt")
+
+
+# -- bad input ---------------------------------------------------------------------------------
+def test_flow_estimators_name_bad_input(gaussian, gaussian_data, npe, nle):
+    with pytest.raises(ValueError, match="unknown flow 'realnvp'"):
+        PosteriorEstimator("realnvp")
+    with pytest.raises(ValueError, match="unknown likelihood method 'snle'"):
+        LikelihoodEstimator("snle")
+    with pytest.raises(TypeError, match="unknown arguments"):
+        PosteriorEstimator(epochs=3)
+    with pytest.raises(TypeError, match="embedding must be a torch.nn.Module"):
+        PosteriorEstimator(embedding="deepsets")
+    with pytest.raises(SimferError, match="not trained yet"):
+        PosteriorEstimator().sample(10, torch.zeros(2))
+    with pytest.raises(TypeError, match="SimulationData"):
+        PosteriorEstimator().fit((gaussian_data.theta, gaussian_data.x))
+    no_gold = simfer.simulate(
+        gaussian, gaussian.prior(), 50, seed=0, executor="serial", progress=False
+    )
+    with pytest.raises(SimferError, match="gold=True"):
+        LikelihoodEstimator("scandal").fit(no_gold)
+    with pytest.raises(ShapeError, match=r"x must have shape \[2\] or \[batch, 2\]"):
+        npe.sample(10, torch.zeros(3))
+    with pytest.raises(ValueError, match="x holds NaN"):
+        npe.log_prob(torch.zeros(2), torch.tensor([math.nan, 0.0]))
+    with pytest.raises(ShapeError, match="cannot pair them"):
+        nle.log_prob(torch.zeros(3, 2), torch.zeros(4, 2))
+    with pytest.raises(ValueError, match="n must be a positive integer"):
+        npe.sample(0, torch.zeros(2))
+    everything_failed = gaussian_data.subset(slice(0, 10))
+    everything_failed = type(everything_failed)(
+        theta=everything_failed.theta, x=torch.full_like(everything_failed.x, math.nan)
+    )
+    with pytest.raises(SimferError, match="fewer than two valid simulations"):
+        LikelihoodEstimator().fit(everything_failed)
+
+
+# -- C2ST --------------------------------------------------------------------------------------
+def test_c2st_is_one_half_for_one_distribution_and_one_for_disjoint_ones():
+    """Under P = Q each of the 2N held-out predictions is a fair coin: the accuracy has a
+    standard deviation √(¼/2N), 0.011 for N = 1000; the test allows four."""
+    generator = torch.Generator().manual_seed(0)
+    n = 1000
+    tolerance = 4 * math.sqrt(0.25 / (2 * n))
+    same = [
+        c2st(
+            torch.randn(n, 2, generator=generator),
+            torch.randn(n, 2, generator=generator),
+            seed=seed,
+        )
+        for seed in range(2)
+    ]
+    disjoint = c2st(
+        torch.rand(300, 2, generator=generator), 2 + torch.rand(300, 2, generator=generator)
+    )
+    shifted = c2st(
+        torch.randn(n, 2, generator=generator),
+        torch.randn(n, 2, generator=generator) + torch.tensor([1.0, 0.0]),
+    )
+    bayes = 0.5 + 0.5 * (2 * torch.distributions.Normal(0, 1).cdf(torch.tensor(0.5)) - 1)
+    print(
+        f"\nC2ST: same {same}, disjoint {disjoint:.4f}, shifted by 1σ {shifted:.4f} "
+        f"(Bayes {float(bayes):.4f})"
+    )
+    assert all(abs(value - 0.5) < tolerance for value in same)
+    assert disjoint > 0.99
+    assert abs(shifted - float(bayes)) < tolerance + 0.02
+    with pytest.raises(ShapeError, match="dimensions"):
+        c2st(torch.zeros(20, 2), torch.zeros(20, 3))
+
+
+# -- the documentation's examples run --------------------------------------------------------
+def test_the_examples_in_docs_flows_run(monkeypatch, tmp_path):
+    """Run every ```python block of docs/flows.md in order, in one namespace."""
+    monkeypatch.chdir(tmp_path)  # the examples save models
+    text = (ROOT / "docs" / "flows.md").read_text()
+    blocks = [
+        (text.count("\n", 0, match.start(1)), match.group(1))
+        for match in re.finditer(r"```python\n(.*?)```", text, flags=re.S)
+    ]
+    assert blocks
+    namespace: dict = {}
+    with torch.random.fork_rng():  # the examples seed the global generator
+        for first_line, block in blocks:  # padded so tracebacks give the line in the file
+            exec(compile("\n" * first_line + block, "docs/flows.md", "exec"), namespace)
