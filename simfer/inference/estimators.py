@@ -34,8 +34,7 @@ __all__ = ["posterior_for"]
 
 def posterior_for(estimator: Any, prior: Distribution | None, x_obs: Any, **options: Any):
     """The `Posterior` of a trained estimator given x_obs (one or ``[n, *x_shape]`` iid)."""
-    from ..estimators import LikelihoodEstimator, PosteriorEstimator, RatioEstimator
-    from ..estimators import ScoreEstimator
+    from ..estimators import LikelihoodEstimator, PosteriorEstimator, RatioEstimator, ScoreEstimator
 
     estimator._require_fitted()
     device = estimator.device
