@@ -278,6 +278,7 @@ class Posterior:
         method = self._method(method, n_observations=1)
         with seeded(seed) if seed is not None else contextlib.nullcontext():
             if method == "direct":
+                self.diagnostics = {"method": "direct"}
                 return self._direct(n, x)
             if method != "slice":
                 raise ValueError("sample_batched runs 'direct' (NPE) or 'slice'")
@@ -288,6 +289,7 @@ class Posterior:
                 lambda theta, rows: self._unnormalized(theta, x, owner[rows]),
                 init,
                 math.ceil(n / chains),
+                groups=m,
                 warmup=warmup,
                 thin=thin,
                 max_seconds=max_seconds,
@@ -331,7 +333,7 @@ class Posterior:
             else:
                 rows = torch.arange(groups, device=self.device).repeat_interleave(k)
                 log_w = self._unnormalized(theta, x, rows) - self.prior.log_prob(theta)
-        log_w = torch.nan_to_num(log_w.reshape(groups, k), nan=-math.inf)
+        log_w = torch.nan_to_num(log_w.reshape(groups, k), nan=-math.inf, neginf=-math.inf)
         finite = torch.isfinite(log_w).any(1)
         if not bool(finite.all()):
             raise SimferError(

@@ -44,7 +44,9 @@ def rejection_sample(
     while n_accepted < n:
         theta = prior.sample((batch_size,))
         with torch.no_grad():
-            log_l = torch.nan_to_num(log_target(theta) - prior.log_prob(theta), nan=-math.inf)
+            log_l = torch.nan_to_num(
+                log_target(theta) - prior.log_prob(theta), nan=-math.inf, neginf=-math.inf
+            )
         proposals += batch_size
         new_bound = max(bound, float(log_l.max()))
         if new_bound > bound and accepted:  # re-judge earlier acceptances against M'
