@@ -69,6 +69,9 @@ def make_posteriors(sim):
     return {
         "exact": posterior_from_likelihood(sim.log_likelihood, prior, x0, x_shape=(2,)),
         "tempered": posterior_from_likelihood(tempered, prior, x0, x_shape=(2,)),
+        "power": posterior_from_likelihood(
+            lambda x, theta: TEMPER * sim.log_likelihood(x, theta), prior, x0, x_shape=(2,)
+        ),
         "shifted": posterior_from_likelihood(
             lambda x, theta: sim.log_likelihood(x - SHIFT, theta), prior, x0, x_shape=(2,)
         ),
@@ -86,7 +89,7 @@ def draws(posteriors, pairs):
     return {
         name: posterior_samples(post, x, N_DRAWS, seed=2, warmup=50)
         for name, post in posteriors.items()
-        if name != "shifted"
+        if name in ("exact", "tempered")
     }
 
 
@@ -221,6 +224,20 @@ def test_tarp_of_an_overconfident_posterior(pairs, draws):
     print(f"tempered: ATC = {result.atc:.4f}, KS p = {result.ks_p_value():.2g}")
     assert result.atc < -result.atc_tolerance(ALPHA)
     assert result.ks_p_value() < ALPHA
+
+
+def test_a_biased_overconfident_posterior_fails_sbc_and_the_tarp_ks_test(posteriors, pairs):
+    """The likelihood to the power 4 is over-confident and pulled towards x: its TARP curve
+    crosses the diagonal, so the signed ATC may stay small (printed), but the KS test of
+    the whole curve and SBC reject it."""
+    theta, x = pairs
+    posterior = posteriors["power"]
+    samples = posterior_samples(posterior, x, N_DRAWS, seed=2, warmup=50)
+    balls = tarp(None, theta, samples=samples, seed=5)
+    result = sbc(posterior, theta, x, samples=samples, log_prob=True)
+    print(f"power: ATC = {balls.atc:.4f}, KS p = {balls.ks_p_value():.2g}; {result}")
+    assert balls.ks_p_value() < ALPHA
+    assert not result.passed(ALPHA)
 
 
 # -- posterior predictive checks -------------------------------------------------------------

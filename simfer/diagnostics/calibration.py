@@ -336,7 +336,7 @@ class TARPResult(CoverageCurve):
         return float(stats.norm.ppf(1 - alpha / 2)) * math.sqrt(5 / 192 / self.n)
 
 
-def _curve(credibility: Tensor, levels: Any, label: str) -> tuple[Tensor, Tensor]:
+def _curve(credibility: Tensor, levels: Any) -> tuple[Tensor, Tensor]:
     levels = torch.linspace(0, 1, 101, dtype=torch.float64) if levels is None else levels
     levels = torch.as_tensor(levels, dtype=torch.float64).reshape(-1)
     coverage = (credibility[:, None] <= levels[None]).double().mean(0)
@@ -389,7 +389,7 @@ def expected_coverage(
         values[:, :1].double().cpu(), values[:, 1:, None].double().cpu(), _generator(seed)
     )
     credibility = 1 - pit[:, 0]
-    levels, coverage = _curve(credibility, levels, "HPD")
+    levels, coverage = _curve(credibility, levels)
     return CoverageCurve(levels, coverage, credibility, label="HPD regions")
 
 
@@ -412,7 +412,8 @@ def tarp(
 
     With ``normalize``, θ and the draws are mapped to [0, 1]^d by the range of the true
     θ_i.  Each pair gets a reference point θ_ref,i (``references`` ``[N, d]`` in those
-    coordinates, default uniform on [0, 1]^d) and the credibility 1 − u_i, u_i the
+    coordinates, default uniform on the box spanned by the true θ_i: [0, 1]^d when
+    normalised) and the credibility 1 − u_i, u_i the
     randomised fraction of draws farther from θ_ref,i than θ_i (module docstring): the
     level of the ball around θ_ref,i whose surface passes through θ_i.  The coverage
     curve is the fraction of pairs with credibility ≤ c; ``atc`` = ∫_{½}^{1} (coverage(c)
@@ -428,12 +429,13 @@ def tarp(
     theta, samples = theta.double().cpu(), samples.double().cpu()
     n, _, d = samples.shape
     generator = _generator(seed)
+    low, high = theta.min(0).values, theta.max(0).values
+    scale = torch.where(high > low, high - low, torch.ones_like(high))
     if normalize:
-        low, high = theta.min(0).values, theta.max(0).values
-        scale = torch.where(high > low, high - low, torch.ones_like(high))
         theta, samples = (theta - low) / scale, (samples - low) / scale
+        low, scale = torch.zeros_like(low), torch.ones_like(scale)
     if references is None:
-        references = torch.rand(n, d, generator=generator, dtype=torch.float64)
+        references = low + scale * torch.rand(n, d, generator=generator, dtype=torch.float64)
     references = torch.as_tensor(references, dtype=torch.float64)
     if references.shape != (n, d):
         raise ShapeError(f"references must be [{n}, {d}], got {list(references.shape)}")
@@ -442,6 +444,6 @@ def tarp(
     # statistic −distance: u_i is the fraction of draws farther from the reference
     _, pit = _randomized_ranks(-distance_true[:, None], -distance_drawn[..., None], generator)
     credibility = 1 - pit[:, 0]
-    levels, coverage = _curve(credibility, levels, "TARP")
+    levels, coverage = _curve(credibility, levels)
     atc = float((1 - credibility.clamp_min(0.5)).mean()) - 3 / 8
     return TARPResult(levels, coverage, credibility, "TARP", atc=atc, references=references)

@@ -99,6 +99,9 @@ def posterior_predictive_check(
     seed=seed + 1)``, and returns P(T(x_rep) ≥ T(x_obs)) for each statistic T(x
     ``[reps, n_events, *x_shape]``) → ``[reps]`` (default: the mean over events of each
     coordinate of x, named ``x[j]``).  See the module docstring for how to read them.
+    θ always comes from ``posterior`` (conditioned on its own x_obs); passing another
+    x_obs asks whether the model fitted to the one data set reproduces the other.  The
+    simulator runs n_samples × n_events times, in one call.
     """
     x_obs = posterior.x_obs if x_obs is None else torch.as_tensor(x_obs)
     x_obs = x_obs.to(posterior.device, torch.get_default_dtype())
