@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+from matplotlib.colors import to_rgb
 from matplotlib.figure import Figure
 from scipy import stats
 
@@ -108,17 +109,15 @@ def corner(
             ax = fig.add_subplot(grid[i, j])
             axes[i, j] = ax
             if i == j:
+                shade = (*to_rgb(SAMPLE_COLOUR), 0.35)
                 ax.hist(
                     samples[:, j],
                     bins=edges[j],
                     density=True,
                     histtype="stepfilled",
-                    color=SAMPLE_COLOUR,
-                    alpha=0.35,
+                    facecolor=shade,
+                    edgecolor=SAMPLE_COLOUR,
                     label=names[0],
-                )
-                ax.hist(
-                    samples[:, j], bins=edges[j], density=True, histtype="step", color=SAMPLE_COLOUR
                 )
                 if reference is not None:
                     ax.hist(

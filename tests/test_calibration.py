@@ -35,14 +35,7 @@ N_DRAWS = 49  # L posterior draws per pair: ranks in {0, …, 49}
 TEMPER = 4.0  # the over-confident posterior is p(θ|x)^TEMPER
 SHIFT = 0.3  # the biased posterior uses the likelihood of x − SHIFT (≈ 0.7 posterior sd)
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Thousands of tiny chains run far faster on one thread on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

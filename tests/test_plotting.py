@@ -15,13 +15,7 @@ from simfer.diagnostics import expected_coverage, sbc, tarp  # noqa: E402
 from simfer.inference import likelihood_scan, posterior_from_likelihood  # noqa: E402
 from simulators import GaussianLinear  # noqa: E402
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

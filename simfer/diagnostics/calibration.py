@@ -110,6 +110,24 @@ def _pairs(theta: Any, samples: Tensor) -> tuple[Tensor, Tensor]:
     return theta, samples
 
 
+def _draws(
+    posterior: Posterior | None,
+    theta: Any,
+    x: Any,
+    samples: Tensor | None,
+    n_samples: int,
+    seed: int | None,
+    options: dict[str, Any],
+) -> tuple[Tensor, Tensor]:
+    """θ ``[N, d]`` and the given ``samples``, or ``n_samples`` fresh draws per row of x."""
+    if samples is None:
+        if posterior is None or x is None:
+            raise ValueError("pass a posterior and x, or the posterior samples")
+        x = _observations(posterior, x)
+        samples = posterior_samples(posterior, x, n_samples, seed=seed, **options)
+    return _pairs(theta, samples)
+
+
 def _randomized_ranks(
     true: Tensor, drawn: Tensor, generator: torch.Generator
 ) -> tuple[Tensor, Tensor]:
@@ -240,12 +258,7 @@ def sbc(
     """
     if test not in ("chi2", "ks"):
         raise ValueError(f"test must be 'chi2' or 'ks', got {test!r}")
-    if samples is None:
-        if posterior is None or x is None:
-            raise ValueError("pass a posterior and x, or the posterior samples")
-        x = _observations(posterior, x)
-        samples = posterior_samples(posterior, x, n_samples, seed=seed, **sample_options)
-    theta, samples = _pairs(theta, samples)
+    theta, samples = _draws(posterior, theta, x, samples, n_samples, seed, sample_options)
     n, n_draws, d = samples.shape
     true, drawn = [theta], [samples]
     names = [f"theta[{j}]" for j in range(d)]
@@ -374,9 +387,7 @@ def expected_coverage(
     ``log_prob(θ [b, d], x [b, *x_shape]) → [b]`` to rank by another density instead.
     """
     x = _observations(posterior, x)
-    if samples is None:
-        samples = posterior_samples(posterior, x, n_samples, seed=seed, **sample_options)
-    theta, samples = _pairs(theta, samples)
+    theta, samples = _draws(posterior, theta, x, samples, n_samples, seed, sample_options)
     everything = torch.cat([theta[:, None], samples], 1)
     if log_prob is None:
         values = per_observation_log_prob(posterior, everything, x)
@@ -420,12 +431,7 @@ def tarp(
     − c) dc = mean_i(1 − max(cred_i, ½)) − ⅜ (exact, no binning), about 0 ± `atc_tolerance`
     for a calibrated posterior; ``ks_p_value()`` tests the whole curve.
     """
-    if samples is None:
-        if posterior is None or x is None:
-            raise ValueError("pass a posterior and x, or the posterior samples")
-        x = _observations(posterior, x)
-        samples = posterior_samples(posterior, x, n_samples, seed=seed, **sample_options)
-    theta, samples = _pairs(theta, samples)
+    theta, samples = _draws(posterior, theta, x, samples, n_samples, seed, sample_options)
     theta, samples = theta.double().cpu(), samples.double().cpu()
     n, _, d = samples.shape
     generator = _generator(seed)
