@@ -197,7 +197,7 @@ def sbc_ranks(
         if fig is not None
         else Figure(figsize=(3.2 * columns, 2.6 * rows), layout="constrained")
     )
-    starts = np.floor(np.arange(bins) * (result.n_samples + 1) / bins)
+    starts = -((-np.arange(bins) * (result.n_samples + 1)) // bins)  # first rank of each bin
     widths = np.diff(np.append(starts, result.n_samples + 1))
     for c in range(k):
         ax = fig.add_subplot(rows, columns, c + 1)

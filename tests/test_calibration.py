@@ -290,6 +290,29 @@ def test_sbc_on_a_trained_npe(sim, pairs):
     assert curve.max_error() <= curve.dkw_tolerance(ALPHA)
 
 
+def test_the_tests_reject_a_calibrated_posterior_at_their_nominal_rate():
+    """200 exactly calibrated problems (θ_i and its L draws iid N(0, 1)): each test rejects
+    at level 0.05 in Binomial(200, 0.05) of them, inside [2, 21] with probability 0.999
+    (for the DKW bound, which is conservative, only the upper end applies)."""
+    generator = torch.Generator().manual_seed(11)
+    level, rejections = 0.05, {"chi2": 0, "ks": 0, "dkw": 0, "atc": 0, "tarp ks": 0}
+    for seed in range(200):
+        draws = torch.randn(N_PAIRS, N_DRAWS + 1, 2, generator=generator)
+        theta, samples = draws[:, 0], draws[:, 1:]
+        rejections["chi2"] += not sbc(None, theta, samples=samples, seed=seed).passed(level)
+        ks = sbc(None, theta, samples=samples, seed=seed, test="ks")
+        rejections["ks"] += not ks.passed(level)
+        balls = tarp(None, theta, samples=samples, seed=seed)
+        rejections["dkw"] += balls.max_error() > balls.dkw_tolerance(level)
+        rejections["atc"] += abs(balls.atc) > balls.atc_tolerance(level)
+        rejections["tarp ks"] += balls.ks_p_value() < level
+    print(rejections)
+    low, high = stats.binom.interval(0.999, 200, level)
+    assert rejections["dkw"] <= high
+    for name in ("chi2", "ks", "atc", "tarp ks"):
+        assert low <= rejections[name] <= high, name
+
+
 def test_null_distributions_used_above():
     """The constants behind the thresholds: χ² bins and the ATC variance 5/192."""
     assert stats.chi2.sf(0, df=19) == 1.0
