@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
-import math
 import platform
 import sys
 import time
@@ -37,8 +36,11 @@ sys.path.insert(0, str(ROOT))
 
 import simfer  # noqa: E402
 from simfer.diagnostics import c2st  # noqa: E402
-from simfer.inference import effective_sample_size, posterior_from_likelihood  # noqa: E402
-from simfer.inference import split_r_hat  # noqa: E402
+from simfer.inference import (  # noqa: E402
+    effective_sample_size,
+    posterior_from_likelihood,
+    split_r_hat,  # noqa: E402
+)
 from simulators import SLCP, GaussianLinear, TwoMoons  # noqa: E402
 
 BEGIN, END = "<!-- sampling:begin -->", "<!-- sampling:end -->"
@@ -105,12 +107,13 @@ def main(argv=None) -> None:
     rows, began = [], time.perf_counter()
     for name, posterior, exact in targets(args.quick):
         results = {}
-        for label, run in [
-            ("simfer slice (differential)", lambda: run_simfer(posterior, n, chains, warmup, "differential")),
-            ("simfer slice (coordinate)", lambda: run_simfer(posterior, n, chains, warmup, "coordinate")),
-            ("sbi slice_np_vectorized", lambda: run_sbi(posterior, n, chains, warmup)),
-        ]:
-            draws, per_chain, seconds = run()
+        samplers = [
+            ("simfer slice (differential)", run_simfer, {"move": "differential"}),
+            ("simfer slice (coordinate)", run_simfer, {"move": "coordinate"}),
+            ("sbi slice_np_vectorized", run_sbi, {}),
+        ]
+        for label, run, extra in samplers:
+            draws, per_chain, seconds = run(posterior, n, chains, warmup, **extra)
             ess = float(effective_sample_size(per_chain).min())
             r_hat = float(split_r_hat(per_chain).max())
             results[label] = draws
@@ -123,12 +126,17 @@ def main(argv=None) -> None:
             else:
                 accuracy = "—"
             rows.append((name, label, seconds, ess, ess / seconds, r_hat, accuracy))
-            print(f"{name:28s} {label:28s} {seconds:7.1f} s  ESS {ess:7.0f}  "
-                  f"ESS/s {ess / seconds:7.1f}  R̂ {r_hat:.3f}  {accuracy}", flush=True)
+            print(
+                f"{name:28s} {label:28s} {seconds:7.1f} s  ESS {ess:7.0f}  "
+                f"ESS/s {ess / seconds:7.1f}  R̂ {r_hat:.3f}  {accuracy}",
+                flush=True,
+            )
     versions = f"torch {torch.__version__}, sbi {importlib.metadata.version('sbi')}"
     lines = [
         BEGIN,
-        "Command: `.venv/bin/python benchmarks/sampling.py" + (" --quick" if args.quick else "") + "`  ",
+        "Command: `.venv/bin/python benchmarks/sampling.py"
+        + (" --quick" if args.quick else "")
+        + "`  ",
         f"Date: {datetime.now():%Y-%m-%d %H:%M}; machine: {torch.get_num_threads()} torch threads, "
         f"CPU, no GPU (none lent to this task); Python {platform.python_version()}, {versions}; "
         f"total {(time.perf_counter() - began) / 60:.1f} min.",
@@ -142,7 +150,8 @@ def main(argv=None) -> None:
     ]
     for name, label, seconds, ess, rate, r_hat, accuracy in rows:
         lines.append(
-            f"| {name} | {label} | {seconds:.1f} s | {ess:.0f} | {rate:.1f} | {r_hat:.3f} | {accuracy} |"
+            f"| {name} | {label} | {seconds:.1f} s | {ess:.0f} | {rate:.1f} | {r_hat:.3f} "
+            f"| {accuracy} |"
         )
     lines += ["", "Ratios (ESS/s of simfer differential slice / sbi slice_np_vectorized):", ""]
     for name in dict.fromkeys(r[0] for r in rows):

@@ -10,9 +10,11 @@ bounds |δ|/σ ≤ √(2·KL) and |r − 1| ≤ 2√KL.
 """
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
+from conftest import run_markdown_examples
 from scipy import stats
 
 import simfer
@@ -34,12 +36,7 @@ VARIANCE_TOLERANCE = 2 * math.sqrt(KL_TOLERANCE)  # on the variance ratio
 FAST = dict(progress=False, patience=10, seed=0)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -306,3 +303,8 @@ def test_npe_with_iid_observations_uses_the_product_of_posteriors(routes, gaussi
     check_moments(draws, exact.mean, exact.variance, math.sqrt(2 * kl), 2 * math.sqrt(kl))
     batched = posterior.sample_batched(200, x[:3], seed=0)
     assert batched.shape == (3, 200, 2) and posterior.diagnostics["method"] == "direct"
+
+
+def test_the_examples_in_docs_inference_run(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    run_markdown_examples(Path(__file__).resolve().parent.parent / "docs" / "inference.md")
