@@ -87,9 +87,7 @@ grid = torch.linspace(0.17, 0.29, 61)[:, None]
 scan = likelihood_scan(posterior, grid, steps=50)
 exact_scan = likelihood_scan(exact, grid, steps=50)
 pool = simulator.simulate(theta_true.expand(20_000, 1), seed=7)
-expected = expected_scans(
-    ratio.posterior(prior, pool), grid, n_events=1000, n_toys=10, steps=50
-)
+expected = expected_scans(ratio.posterior(prior, pool), grid, n_events=1000, n_toys=10, steps=50)
 for label, s in [("surrogate", scan), ("exact", exact_scan)]:
     low, high = s.interval(0.6827)
     print(f"{label}: θ̂ = {float(s.theta_hat[0]):.4f}, 68% CL [{low:.4f}, {high:.4f}]")
