@@ -308,3 +308,13 @@ def test_npe_with_iid_observations_uses_the_product_of_posteriors(routes, gaussi
 def test_the_examples_in_docs_inference_run(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
     run_markdown_examples(Path(__file__).resolve().parent.parent / "docs" / "inference.md")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_posterior_samples_on_the_gpu(routes, gaussian, observation):
+    posterior = routes["nle"].posterior(gaussian.prior(), observation).to("cuda")
+    draws = posterior.sample(2000, seed=0)
+    assert draws.device.type == "cuda" and posterior.diagnostics["num_chains"] == 1000
+    exact = gaussian.posterior(observation[None])
+    check_moments(draws.cpu(), exact.mean, exact.variance, MEAN_TOLERANCE, VARIANCE_TOLERANCE)
+    routes["nle"].to("cpu")
