@@ -27,7 +27,7 @@ from torch import Tensor
 from torch.distributions import Distribution
 
 from ..errors import SimferError
-from .posterior import Posterior
+from .posterior import Posterior, distribution_device
 
 __all__ = ["posterior_for"]
 
@@ -43,10 +43,14 @@ def posterior_for(estimator: Any, prior: Distribution | None, x_obs: Any, **opti
         prior = estimator._prior(prior, device)
         if prior is None:
             raise SimferError("pass the prior: this PosteriorEstimator was fitted without one")
+        prior_device = distribution_device(prior)
         return Posterior(
             prior,
             x_obs,
-            lambda x, theta: estimator.log_prob(theta, x) - prior.log_prob(theta),
+            lambda x, theta: (
+                estimator.log_prob(theta, x)
+                - prior.log_prob(theta.to(prior_device)).to(theta.device)
+            ),
             x_shape=x_shape,
             model=estimator,
             direct=lambda n, x: estimator.sample(n, x.reshape(-1, *x_shape), prior=prior),

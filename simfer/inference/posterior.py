@@ -79,6 +79,7 @@ class Posterior:
         device: str | torch.device = "cpu",
     ):
         self.prior = as_prior(prior)
+        self._prior_device = distribution_device(self.prior)
         self.theta_dim = int(self.prior.event_shape[0])
         self.x_shape = tuple(x_shape)
         self.device = torch.device(device)
@@ -138,10 +139,15 @@ class Posterior:
         try:
             inside = self.prior.support.check(theta)
         except NotImplementedError:
-            inside = torch.isfinite(self.prior.log_prob(theta))
+            inside = torch.isfinite(self.prior_log_prob(theta))
         while inside.ndim > 1:
             inside = inside.all(-1)
         return inside
+
+    def prior_log_prob(self, theta: Tensor) -> Tensor:
+        """log p(θ) ``[batch]``, evaluated on the prior's own device (a torch distribution
+        other than `BoxUniform` cannot move, so θ goes to it and the result comes back)."""
+        return self.prior.log_prob(theta.to(self._prior_device)).to(theta.device)
 
     def _sum_over_events(self, theta: Tensor, x: Tensor) -> Tensor:
         """Σ_i ℓ(x_i | θ_b) for every θ_b: θ ``[b, d]``, x ``[n, *x_shape]`` → ``[b]``."""
@@ -180,7 +186,7 @@ class Posterior:
                 term = self._sum_over_events(kept, x)
             else:
                 term = self.event_log_likelihood(x[rows[inside]], kept)
-            value = value.masked_scatter(inside, self.prior.log_prob(kept) + term)
+            value = value.masked_scatter(inside, self.prior_log_prob(kept) + term)
         return value
 
     # -- sampling -----------------------------------------------------------------------------
@@ -329,10 +335,10 @@ class Posterior:
         theta = self.prior.sample((groups * k,)).to(self.device)
         with torch.no_grad():
             if groups == 1:
-                log_w = self._unnormalized(theta, x) - self.prior.log_prob(theta)
+                log_w = self._unnormalized(theta, x) - self.prior_log_prob(theta)
             else:
                 rows = torch.arange(groups, device=self.device).repeat_interleave(k)
-                log_w = self._unnormalized(theta, x, rows) - self.prior.log_prob(theta)
+                log_w = self._unnormalized(theta, x, rows) - self.prior_log_prob(theta)
         log_w = torch.nan_to_num(log_w.reshape(groups, k), nan=-math.inf, neginf=-math.inf)
         finite = torch.isfinite(log_w).any(1)
         if not bool(finite.all()):
@@ -384,6 +390,7 @@ class Posterior:
         self.x_obs = self.x_obs.to(self.device)
         if isinstance(self.prior, BoxUniform):
             self.prior = self.prior.to(self.device)
+            self._prior_device = self.device
         if self.model is not None and hasattr(self.model, "to"):
             self.model.to(self.device)
         return self
@@ -398,6 +405,14 @@ class Posterior:
             f"Posterior(theta_dim={self.theta_dim}, {self.n_observations} observation(s), "
             f"from {what}, default method {self._method(None)!r})"
         )
+
+
+def distribution_device(distribution: Distribution) -> torch.device:
+    """The device a torch distribution's parameters live on (its mean's, without drawing)."""
+    try:
+        return distribution.mean.device
+    except (NotImplementedError, AttributeError):
+        return distribution.sample().device
 
 
 def posterior_from_likelihood(
