@@ -138,7 +138,8 @@ def unpack_sets(packed: Tensor) -> tuple[Tensor, Tensor]:
 
 
 class SetEmbedding(nn.Module):
-    """Call a set embedding on packed sets: ``forward(packed)`` = ``embedding(*unpack_sets(packed))``.
+    """A set embedding called on packed sets: ``forward(packed)`` is
+    ``embedding(*unpack_sets(packed))``.
 
     ``packed`` ``(B, N, F + 1)`` → ``(B, out_features)``; the wrapped module is ``.embedding``.
     """
