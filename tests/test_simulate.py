@@ -14,6 +14,7 @@ import torch
 
 import simfer
 from simfer import InvalidSimulationWarning, ShapeError, SimulatorError, StoreError, SupportError
+from simfer.data import RaggedSets
 from simulators import GaltonBoard
 
 PRIOR = simfer.BoxUniform([-1.0], [1.0])
@@ -22,7 +23,12 @@ PRIOR = simfer.BoxUniform([-1.0], [1.0])
 def assert_same_data(a: simfer.SimulationData, b: simfer.SimulationData) -> None:
     assert a.columns().keys() == b.columns().keys()
     for name, column in a.columns().items():
-        torch.testing.assert_close(column, b.columns()[name], rtol=0, atol=0, equal_nan=True)
+        other = b.columns()[name]
+        if isinstance(column, RaggedSets):  # set-valued x: the same sizes and elements
+            assert isinstance(other, RaggedSets), name
+            torch.testing.assert_close(column.offsets, other.offsets, rtol=0, atol=0)
+            column, other = column.values, other.values
+        torch.testing.assert_close(column, other, rtol=0, atol=0, equal_nan=True)
 
 
 @pytest.fixture(scope="module")
@@ -179,9 +185,18 @@ KILLABLE_SCRIPT = textwrap.dedent(
 )
 
 
-def run_script(tmp_path: Path, store: Path, executor: str, sleep: float, wait: bool = True):
+def run_script(
+    tmp_path: Path,
+    store: Path,
+    executor: str,
+    sleep: float,
+    wait: bool = True,
+    source: str = KILLABLE_SCRIPT,
+):
+    """Run ``source`` (a script simulating into ``store``) in a fresh process; each simulator
+    call appends a character to ``tmp_path/calls``.  ``wait=False`` returns the process."""
     script = tmp_path / "killable.py"
-    script.write_text(KILLABLE_SCRIPT)
+    script.write_text(source)
     env = dict(os.environ, MARKER=str(tmp_path / "calls"), SLEEP=str(sleep))
     process = subprocess.Popen(
         [sys.executable, str(script), str(store), executor],
