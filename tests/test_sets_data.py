@@ -2,14 +2,17 @@
 
 import math
 import shutil
-import signal
 import textwrap
-import time
 
 import h5py
 import pytest
 import torch
-from test_simulate import assert_same_data, run_script
+from test_simulate import (
+    assert_same_data,
+    kill_after_calls,
+    run_script,
+    simulate_on_local_dask,
+)
 
 import simfer
 from simfer import InvalidSimulationWarning, ModelFileError, ShapeError, StoreError
@@ -107,22 +110,12 @@ def jets():
     return ToyJets()
 
 
+JET_RUN = dict(gold=True, theta_ref=[4.0], seed=5, chunk_size=30, progress=False)
+
+
 @pytest.fixture(scope="module")
 def serial_jets(jets):
-    return simfer.simulate(
-        jets,
-        jets.prior(),
-        160,
-        gold=True,
-        theta_ref=[4.0],
-        seed=5,
-        chunk_size=30,
-        executor="serial",
-        progress=False,
-    )
-
-
-JET_RUN = dict(gold=True, theta_ref=[4.0], seed=5, chunk_size=30, progress=False)
+    return simfer.simulate(jets, jets.prior(), 160, executor="serial", **JET_RUN)
 
 
 def test_ragged_runs_are_the_same_in_processes_and_through_the_store(jets, serial_jets, tmp_path):
@@ -146,15 +139,7 @@ def test_ragged_runs_are_the_same_in_processes_and_through_the_store(jets, seria
 
 @pytest.mark.slow
 def test_ragged_runs_are_the_same_on_a_dask_cluster(jets, serial_jets):
-    distributed = pytest.importorskip("distributed")
-    with (
-        distributed.LocalCluster(
-            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
-        ) as cluster,
-        distributed.Client(cluster) as client,
-    ):
-        data = simfer.simulate(jets, jets.prior(), 160, executor=client.get_executor(), **JET_RUN)
-    assert_same_data(data, serial_jets)
+    assert_same_data(simulate_on_local_dask(jets, jets.prior(), 160, **JET_RUN), serial_jets)
 
 
 def test_a_half_written_ragged_chunk_is_discarded(jets, tmp_path):
@@ -270,15 +255,7 @@ RAGGED_KILLABLE_SCRIPT = textwrap.dedent(
 def test_a_killed_ragged_run_resumes_with_whole_sets(tmp_path):
     store = tmp_path / "killed.h5"
     calls = tmp_path / "calls"
-    process = run_script(
-        tmp_path, store, "serial", sleep=0.1, wait=False, source=RAGGED_KILLABLE_SCRIPT
-    )
-    deadline = time.time() + 120
-    while (not calls.exists() or len(calls.read_text()) < 6) and time.time() < deadline:
-        time.sleep(0.05)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    partial = simfer.load_simulations(store)
+    partial = kill_after_calls(tmp_path, store, RAGGED_KILLABLE_SCRIPT)
     assert 0 < len(partial) < 400 and len(partial) % 20 == 0
     assert_sparks(partial)
     calls.write_text("")
@@ -350,16 +327,8 @@ def test_toyjets_joint_score_has_mean_zero_at_the_true_theta(jets, lam):
 # -- estimators on sets ------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def jet_data(jets):
-    return simfer.simulate(
-        jets,
-        jets.prior(),
-        300,
-        gold=True,
-        theta_ref=[4.0],
-        seed=11,
-        executor="serial",
-        progress=False,
-    )
+    run = {**JET_RUN, "seed": 11, "chunk_size": 100}
+    return simfer.simulate(jets, jets.prior(), 300, executor="serial", **run)
 
 
 def small_lorentz_net() -> LorentzNet:

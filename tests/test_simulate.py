@@ -78,7 +78,8 @@ def test_local_processes_give_the_same_data(board, serial_run):
     assert_same_data(parallel, serial_run)
 
 
-def test_dask_local_cluster_gives_the_same_data(board, serial_run):
+def simulate_on_local_dask(*args, **kwargs) -> simfer.SimulationData:
+    """`simfer.simulate(*args, **kwargs)` on a two-worker local Dask cluster."""
     distributed = pytest.importorskip("distributed")
     with (
         distributed.LocalCluster(
@@ -86,17 +87,13 @@ def test_dask_local_cluster_gives_the_same_data(board, serial_run):
         ) as cluster,
         distributed.Client(cluster) as client,
     ):
-        data = simfer.simulate(
-            board,
-            PRIOR,
-            300,
-            gold=True,
-            theta_ref=[0.0],
-            seed=42,
-            chunk_size=40,
-            executor=client.get_executor(),
-            progress=False,
-        )
+        return simfer.simulate(*args, executor=client.get_executor(), **kwargs)
+
+
+def test_dask_local_cluster_gives_the_same_data(board, serial_run):
+    data = simulate_on_local_dask(
+        board, PRIOR, 300, gold=True, theta_ref=[0.0], seed=42, chunk_size=40, progress=False
+    )
     assert_same_data(data, serial_run)
 
 
@@ -212,16 +209,25 @@ def run_script(
     return process
 
 
-def test_a_killed_run_resumes_without_lost_or_duplicated_rows(tmp_path):
-    store = tmp_path / "killed.h5"
-    calls = tmp_path / "calls"
-    process = run_script(tmp_path, store, "serial", sleep=0.1, wait=False)
+def kill_after_calls(
+    tmp_path: Path, store: Path, source: str = KILLABLE_SCRIPT, calls: int = 6
+) -> simfer.SimulationData:
+    """Start ``source`` serially, SIGKILL it after ``calls`` simulator calls, and return
+    what its store holds then."""
+    marker = tmp_path / "calls"
+    process = run_script(tmp_path, store, "serial", sleep=0.1, wait=False, source=source)
     deadline = time.time() + 120
-    while (not calls.exists() or len(calls.read_text()) < 6) and time.time() < deadline:
+    while (not marker.exists() or len(marker.read_text()) < calls) and time.time() < deadline:
         time.sleep(0.05)
     process.send_signal(signal.SIGKILL)
     process.wait()
-    partial = simfer.load_simulations(store)
+    return simfer.load_simulations(store)
+
+
+def test_a_killed_run_resumes_without_lost_or_duplicated_rows(tmp_path):
+    store = tmp_path / "killed.h5"
+    calls = tmp_path / "calls"
+    partial = kill_after_calls(tmp_path, store)
     assert 0 < len(partial) < 400
     assert len(partial) % 20 == 0  # whole chunks only
     calls.write_text("")
