@@ -45,6 +45,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import platform
 import sys
 import time
@@ -283,8 +284,9 @@ def main(argv=None) -> None:
         "command": "python benchmarks/set_embeddings.py --budgets "
         + " ".join(map(str, args.budgets)),
         "date": datetime.now().strftime("%Y-%m-%d %H:%M"),
-        "machine": f"{torch.get_num_threads()} torch threads, {platform.processor() or 'CPU'}, "
-        f"Python {platform.python_version()}, torch {torch.__version__}",
+        "machine": f"{os.cpu_count()} CPU cores (shared with other jobs), no GPU, "
+        f"{torch.get_num_threads()} torch threads; Python {platform.python_version()}, "
+        f"torch {torch.__version__}",
         "why_not": args.why_not,
         "n_test": n_test,
         "references": {
