@@ -3,6 +3,7 @@
 import math
 import shutil
 import textwrap
+import warnings
 
 import h5py
 import pytest
@@ -15,6 +16,7 @@ from test_simulate import (
 )
 
 import simfer
+import simfer.cli
 from simfer import InvalidSimulationWarning, ModelFileError, ShapeError, StoreError
 from simfer.data import RaggedSets, SimulationData
 from simfer.nn import DeepSets, LorentzNet, pad_sets, set_sizes, unpack_sets
@@ -161,7 +163,7 @@ def test_a_half_written_ragged_chunk_is_discarded(jets, tmp_path):
     assert not bool((resumed.x.values == 99.0).any())
 
 
-def test_damaged_or_mismatched_ragged_stores_name_the_problem(jets, tmp_path):
+def test_damaged_or_mismatched_ragged_stores_name_the_problem(jets, tmp_path, capsys):
     good = tmp_path / "good.h5"
     simfer.simulate(jets, jets.prior(), 60, seed=1, chunk_size=30, path=good, executor="serial")
 
@@ -184,6 +186,8 @@ def test_damaged_or_mismatched_ragged_stores_name_the_problem(jets, tmp_path):
 
     with pytest.raises(StoreError, match="non-decreasing"):
         simfer.load_simulations(damaged("decreasing", decrease))
+    assert simfer.cli.main(["inspect", str(good)]) == 0
+    assert "RaggedSets(n=60" in capsys.readouterr().out
     with SimulationStore.open(good, SimulationStore.read_fingerprint(good)) as store:
         dense = SimulationData(theta=torch.ones(2, 1), x=torch.zeros(2, 4))
         with pytest.raises(StoreError, match="fixed-shape 'x', the store holds set-valued"):
@@ -401,3 +405,8 @@ def test_nle_keeps_its_embedding_fixed(jets, jet_data, tmp_path):
     torch.testing.assert_close(loaded.log_prob(jet_data.x[0], theta), log_q)
     with pytest.raises(simfer.SimferError, match="cannot draw x"):
         nle.sample(3, theta[0])
+    with warnings.catch_warnings():  # a frozen embedding is what NLE wants: no warning
+        warnings.simplefilter("error")
+        simfer.LikelihoodEstimator(
+            embedding=small_lorentz_net().requires_grad_(False), hidden=16, n_transforms=1, **TINY
+        ).fit(jet_data)

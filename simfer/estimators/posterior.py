@@ -24,7 +24,7 @@ log q(θ|x) − log P_q(θ ∈ support | x).
 
 An ``embedding`` (any ``torch.nn.Module`` mapping x ``[batch, *x_shape]`` to
 ``[batch, k]``, or, for set-valued x, a set embedding called as ``embedding(x, mask)``)
-is trained jointly with the flow: the summary is then learnt to be sufficient for θ.
+is trained jointly with the flow, so the summary learns to keep what the posterior needs.
 A model file cannot hold the embedding's code, only its weights: load such a model with
 ``PosteriorEstimator.load(path, embedding=<a fresh instance>)``.  See
 `simfer.estimators.embedding` for the forms set-valued x may take.
