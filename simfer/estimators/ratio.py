@@ -335,7 +335,7 @@ class RatioEstimator(EmbeddingMixin, Estimator):
             x = torch.as_tensor(x, dtype=dtype, device=device)
             x = x[:, None] if x.ndim == 1 and x.shape[0] != 1 else x
         x, _ = x_batch(x, self.dims, parameter)
-        with torch.no_grad():
+        with torch.set_grad_enabled(torch.is_grad_enabled() and x.requires_grad):
             summary = network.summarize(x if self.embedding is not None else x.flatten(1))
         theta0 = torch.as_tensor(theta0, dtype=dtype, device=device)
         if theta0.ndim == 1:
@@ -374,9 +374,12 @@ class RatioEstimator(EmbeddingMixin, Estimator):
         return head(summary, theta0)
 
     def log_ratio_ensemble(self, x: Tensor, theta0: Tensor, theta1: Tensor | None = None) -> Tensor:
-        """log r̂(x|θ0,θ1) of every member, ``[E, batch]``."""
+        """log r̂(x|θ0,θ1) of every member, ``[E, batch]``; differentiable when θ0 (or x)
+        requires grad."""
         network, x, theta0, theta1 = self._inputs(x, theta0, theta1)
-        with torch.no_grad():
+        with torch.set_grad_enabled(
+            torch.is_grad_enabled() and (theta0.requires_grad or x.requires_grad)
+        ):
             return self._log_ratio_members(network, x, theta0, theta1)
 
     def log_ratio(
