@@ -222,6 +222,8 @@ def _inspect(args: argparse.Namespace) -> int:
     fingerprint = SimulationStore.read_fingerprint(args.path)
     data = load_simulations(args.path)
     print(f"{args.path}: {data}")
+    if data.is_set:
+        print(f"x: {data.x}")
     print(json.dumps(fingerprint, indent=2))
     return 0
 

@@ -6,7 +6,8 @@ One row per simulator call.  The columns (``n`` rows, all torch tensors):
 column                    shape                  meaning
 ========================  =====================  ==================================================
 ``theta``                 ``[n, theta_dim]``     θ: the parameter point the row belongs to
-``x``                     ``[n, *x_shape]``      the observation (NaN/inf where ``valid`` is False)
+``x``                     ``[n, *x_shape]``      the observation (NaN/inf where ``valid`` is False),
+                                                 or a `RaggedSets` of n variable-size sets
 ``design``                ``[n, design_dim]``    the experimental design, or None
 ``theta_ref``             ``[n, theta_dim]``     the reference point θ_ref, or None
 ``from_reference``        ``[n]`` bool           x was drawn at θ_ref instead of θ (the reference
@@ -24,17 +25,27 @@ point each x was really drawn at.
 
 Invalid rows are kept (with their θ) rather than dropped: estimators that must
 correct for a θ-dependent failure rate need them; `valid_only` drops them.
+
+Set-valued x.  When every event is a set of elements (the particles of a jet, the hits
+of a track), x is a `RaggedSets`: the elements of all n sets stacked into ``values``
+``[total_elements, features]`` and ``offsets`` ``[n + 1]``, set i being
+``values[offsets[i]:offsets[i+1]]``.  Nothing is padded on the way from the simulator
+to the store; batches are padded to their own largest set when an estimator trains
+(`RaggedSets.padded`).  A failed simulation's set is one element of NaN, so NaN keeps
+meaning "failed" for sets too, and an empty set stays a legitimate observation.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, fields, replace
 
 import torch
 from torch import Tensor
 
-__all__ = ["SimulationData", "COLUMNS"]
+from .errors import ShapeError
+
+__all__ = ["SimulationData", "RaggedSets", "COLUMNS", "rows_finite"]
 
 COLUMNS = (
     "theta",
@@ -49,6 +60,226 @@ COLUMNS = (
 )
 
 
+class RaggedSets:
+    """n sets of different sizes, stored without padding.
+
+    ``values`` ``[total_elements, features]`` holds the elements of all sets one after
+    the other, ``offsets`` ``[n + 1]`` (int64, ``offsets[0] = 0``, non-decreasing) where
+    each set starts: set i is ``values[offsets[i]:offsets[i+1]]``, of size
+    ``sizes[i] = offsets[i+1] − offsets[i]`` (0 is allowed).
+
+    Indexing mirrors a tensor's first dimension: ``sets[i]`` (an int) is set i,
+    ``[n_i, features]``; a slice, a boolean mask ``[n]`` or an index tensor gives a new
+    `RaggedSets` of those sets, in that order (vectorised, no Python loop over sets).
+    `padded` turns them into the ``(x, mask)`` pair the set embeddings take.
+    """
+
+    __slots__ = ("values", "offsets")
+
+    def __init__(self, values: Tensor, offsets: Tensor):
+        values, offsets = torch.as_tensor(values), torch.as_tensor(offsets)
+        if values.ndim != 2:
+            raise ShapeError(
+                f"RaggedSets values must be [total_elements, features], got {list(values.shape)}"
+            )
+        if offsets.ndim != 1 or len(offsets) < 1 or offsets.is_floating_point():
+            raise ShapeError(
+                f"RaggedSets offsets must be an integer tensor [n + 1], got {offsets.dtype} "
+                f"{list(offsets.shape)}"
+            )
+        offsets = offsets.to(device=values.device, dtype=torch.int64)
+        if int(offsets[0]) != 0 or int(offsets[-1]) != len(values):
+            raise ShapeError(
+                f"RaggedSets offsets must run from 0 to the number of values ({len(values)}), "
+                f"got {int(offsets[0])} … {int(offsets[-1])}"
+            )
+        if bool((offsets[1:] < offsets[:-1]).any()):
+            raise ShapeError("RaggedSets offsets must be non-decreasing (sizes ≥ 0)")
+        self.values = values
+        self.offsets = offsets
+
+    # -- construction --
+    @classmethod
+    def from_sizes(cls, values: Tensor, sizes: Tensor | Sequence[int]) -> RaggedSets:
+        """From the stacked elements and each set's size ``[n]``."""
+        sizes = torch.as_tensor(sizes, dtype=torch.int64, device=values.device)
+        offsets = torch.zeros(len(sizes) + 1, dtype=torch.int64, device=values.device)
+        torch.cumsum(sizes, 0, out=offsets[1:])
+        return cls(values, offsets)
+
+    @classmethod
+    def from_list(cls, sets: Sequence[Tensor]) -> RaggedSets:
+        """From per-event tensors ``[n_i, features]`` (all with the same features, dtype and
+        device)."""
+        if len(sets) == 0:
+            raise ShapeError("RaggedSets.from_list needs at least one set")
+        sets = [torch.as_tensor(s) for s in sets]
+        first = sets[0]
+        for i, s in enumerate(sets):
+            if s.ndim != 2 or s.shape[1] != first.shape[1] or s.dtype != first.dtype:
+                raise ShapeError(
+                    f"set {i} is {s.dtype} {list(s.shape)}; every set must be "
+                    f"[n_elements, {first.shape[1] if first.ndim == 2 else 'features'}] "
+                    f"like set 0 ({first.dtype} {list(first.shape)})"
+                )
+        return cls.from_sizes(torch.cat(sets), [len(s) for s in sets])
+
+    @classmethod
+    def nan_sets(
+        cls, n: int, features: int, dtype: torch.dtype = torch.float32, device=None
+    ) -> RaggedSets:
+        """n failed simulations: each set is one element of NaN."""
+        values = torch.full((n, features), float("nan"), dtype=dtype, device=device)
+        return cls(values, torch.arange(n + 1, device=device))
+
+    @staticmethod
+    def concatenate(parts: Sequence[RaggedSets]) -> RaggedSets:
+        """The sets of ``parts`` one after the other."""
+        if not parts:
+            raise ValueError("nothing to concatenate")
+        features = {p.features for p in parts}
+        if len(features) > 1:
+            raise ShapeError(f"cannot concatenate sets with different features {features}")
+        return RaggedSets.from_sizes(
+            torch.cat([p.values for p in parts]), torch.cat([p.sizes for p in parts])
+        )
+
+    # -- shape --
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    @property
+    def sizes(self) -> Tensor:
+        """``[n]`` int64: the number of elements of every set."""
+        return self.offsets[1:] - self.offsets[:-1]
+
+    @property
+    def features(self) -> int:
+        return self.values.shape[1]
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.values.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.values.device
+
+    @property
+    def max_size(self) -> int:
+        return int(self.sizes.max()) if len(self) else 0
+
+    def to(self, device=None, dtype: torch.dtype | None = None) -> RaggedSets:
+        offsets = self.offsets if device is None else self.offsets.to(device)
+        return RaggedSets(self.values.to(device=device, dtype=dtype), offsets)
+
+    def detach(self) -> RaggedSets:
+        return RaggedSets(self.values.detach(), self.offsets)
+
+    def row_ids(self) -> Tensor:
+        """``[total_elements]``: the set each element belongs to."""
+        return torch.repeat_interleave(torch.arange(len(self), device=self.device), self.sizes)
+
+    # -- selection --
+    def _positions(self, rows: Tensor) -> tuple[Tensor, Tensor]:
+        """The value positions of the sets ``rows`` ``[m]`` (in that order) and their sizes."""
+        sizes = self.sizes[rows]
+        starts = self.offsets[:-1][rows]
+        new_starts = torch.cumsum(sizes, 0) - sizes
+        total = int(sizes.sum())
+        within = torch.arange(total, device=self.device) - torch.repeat_interleave(
+            new_starts, sizes, output_size=total
+        )
+        return torch.repeat_interleave(starts, sizes, output_size=total) + within, sizes
+
+    def _rows(self, index) -> Tensor:
+        n = len(self)
+        if isinstance(index, slice):
+            return torch.arange(n, device=self.device)[index]
+        index = torch.as_tensor(index, device=self.device)
+        if index.dtype == torch.bool:
+            if index.shape != (n,):
+                raise ShapeError(f"a boolean mask over {n} sets must be [{n}], got {index.shape}")
+            return index.nonzero().flatten()
+        if index.ndim != 1 or index.is_floating_point():
+            raise ShapeError("sets are indexed by an int, a slice, a bool mask or 1-D indices")
+        return torch.where(index < 0, index + n, index)
+
+    def __getitem__(self, index) -> Tensor | RaggedSets:
+        if isinstance(index, int):
+            if not -len(self) <= index < len(self):
+                raise IndexError(f"set {index} of {len(self)}")
+            index %= len(self)
+            return self.values[self.offsets[index] : self.offsets[index + 1]]
+        positions, sizes = self._positions(self._rows(index))
+        return RaggedSets.from_sizes(self.values[positions], sizes)
+
+    def padded(
+        self, device: str | torch.device | None = None, max_n: int | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """``x`` ``[n, max_n, features]`` (zeros in the padding) and ``mask`` ``[n, max_n]``
+        (True = a real element); ``max_n`` defaults to the largest set here."""
+        sets = self.to(device) if device is not None else self
+        sizes = sets.sizes
+        longest = sets.max_size
+        max_n = longest if max_n is None else int(max_n)
+        if max_n < longest:
+            raise ShapeError(f"max_n={max_n} is smaller than the largest set ({longest})")
+        rows = sets.row_ids()
+        columns = torch.arange(len(sets.values), device=sets.device) - sets.offsets[:-1][rows]
+        x = sets.values.new_zeros(len(sets), max_n, sets.features)
+        x[rows, columns] = sets.values
+        mask = torch.arange(max_n, device=sets.device) < sizes[:, None]
+        return x, mask
+
+    def as_list(self) -> list[Tensor]:
+        """The sets as per-event tensors ``[n_i, features]``."""
+        return list(torch.split(self.values, self.sizes.tolist()))
+
+    def rows_finite(self) -> Tensor:
+        """``[n]`` bool: the sets whose elements are all finite (an empty set is)."""
+        bad = (~torch.isfinite(self.values).all(1)).to(torch.int64)
+        count = torch.zeros(len(self), dtype=torch.int64, device=self.device)
+        return count.index_add_(0, self.row_ids(), bad) == 0
+
+    def equal(self, other: RaggedSets) -> bool:
+        """Same sizes and the same values (NaN equal to NaN)."""
+        return bool(
+            torch.equal(self.offsets.cpu(), other.offsets.cpu())
+            and self.values.shape == other.values.shape
+            and torch.equal(self.values.isnan(), other.values.isnan())
+            and torch.equal(self.values.nan_to_num(), other.values.nan_to_num())
+        )
+
+    def __repr__(self) -> str:
+        sizes = self.sizes
+        span = f"{int(sizes.min())}…{int(sizes.max())}" if len(self) else "-"
+        return (
+            f"RaggedSets(n={len(self)}, sizes {span}, features={self.features}, dtype={self.dtype})"
+        )
+
+
+def rows_finite(x: Tensor | RaggedSets) -> Tensor:
+    """``[n]`` bool: the rows of x (a tensor ``[n, …]`` or sets) that hold no NaN or inf."""
+    if isinstance(x, RaggedSets):
+        return x.rows_finite()
+    return torch.isfinite(x.reshape(x.shape[0], -1)).all(dim=1)
+
+
+def _cat(values: list[Tensor | RaggedSets]) -> Tensor | RaggedSets:
+    if isinstance(values[0], RaggedSets):
+        if not all(isinstance(v, RaggedSets) for v in values):
+            raise ValueError("cannot concatenate set-valued x with fixed-shape x")
+        return RaggedSets.concatenate(values)
+    return torch.cat(values)
+
+
+def _shape(value: Tensor | RaggedSets) -> list:
+    if isinstance(value, RaggedSets):
+        return [None, value.features]
+    return list(value.shape[1:])
+
+
 @dataclass(frozen=True)
 class SimulationData:
     """A table of simulations; see the module docstring for the columns.
@@ -59,7 +290,7 @@ class SimulationData:
     """
 
     theta: Tensor
-    x: Tensor
+    x: Tensor | RaggedSets
     design: Tensor | None = None
     theta_ref: Tensor | None = None
     from_reference: Tensor | None = None
@@ -71,16 +302,15 @@ class SimulationData:
     def __post_init__(self) -> None:
         n = self.theta.shape[0]
         for name, value in self.columns().items():
-            if value.shape[0] != n:
+            if len(value) != n:
                 raise ValueError(
-                    f"SimulationData column '{name}' has {value.shape[0]} rows, theta has {n}."
+                    f"SimulationData column '{name}' has {len(value)} rows, theta has {n}."
                 )
         if self.valid is None:
-            flat = self.x.reshape(n, -1)
-            object.__setattr__(self, "valid", torch.isfinite(flat).all(dim=1))
+            object.__setattr__(self, "valid", rows_finite(self.x))
 
     # -- table access -----------------------------------------------------------
-    def columns(self) -> dict[str, Tensor]:
+    def columns(self) -> dict[str, Tensor | RaggedSets]:
         """The columns that are present, by name."""
         return {
             f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None
@@ -95,8 +325,14 @@ class SimulationData:
         return self.theta.shape[1]
 
     @property
-    def x_shape(self) -> tuple[int, ...]:
-        return tuple(self.x.shape[1:])
+    def x_shape(self) -> tuple[int | None, ...]:
+        """The shape of one x; ``(None, features)`` for set-valued x."""
+        return tuple(_shape(self.x))
+
+    @property
+    def is_set(self) -> bool:
+        """Whether x is set-valued (a `RaggedSets`)."""
+        return isinstance(self.x, RaggedSets)
 
     @property
     def n_invalid(self) -> int:
@@ -141,8 +377,8 @@ class SimulationData:
         for part in parts[1:]:
             if part.columns().keys() != names:
                 raise ValueError("cannot concatenate SimulationData with different columns")
-        return SimulationData(**{k: torch.cat([p.columns()[k] for p in parts]) for k in names})
+        return SimulationData(**{k: _cat([p.columns()[k] for p in parts]) for k in names})
 
     def __repr__(self) -> str:
-        cols = ", ".join(f"{k}{list(v.shape[1:])}" for k, v in self.columns().items())
+        cols = ", ".join(f"{k}{_shape(v)}" for k, v in self.columns().items())
         return f"SimulationData(n={len(self)}, invalid={self.n_invalid}, columns: {cols})"

@@ -10,7 +10,9 @@ Each worker runs a whole chunk as one batched simulator call (per-call overhead
 stays small).  Simulators travel to workers with cloudpickle, so one defined in a
 notebook or in a user's ``__main__`` works.  A chunk whose batched call raises is
 retried one row at a time: rows that still raise, and rows whose output holds NaN
-or inf, are kept with ``valid = False`` and reported in one warning.
+or inf, are kept with ``valid = False`` and reported in one warning.  A simulator whose
+x is a variable-size set per event gives a `simfer.data.RaggedSets` column, stored
+ragged; a failed row's set is one element of NaN.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from torch import Tensor
 from torch.distributions import Distribution
 from tqdm.auto import tqdm
 
-from .data import SimulationData
+from .data import RaggedSets, SimulationData
 from .errors import GoldNotAvailableError, InvalidSimulationWarning, SimulatorError
 from .prior import as_prior, describe_prior
 from .simulator import Simulator
@@ -139,6 +141,8 @@ def _failed_rows(template: SimulationData, chunk: _Chunk, rows: list[int]) -> Si
             columns[name] = value[:1].expand(len(rows), -1).clone()
         elif name == "valid":
             columns[name] = torch.zeros(len(rows), dtype=torch.bool)
+        elif isinstance(value, RaggedSets):
+            columns[name] = RaggedSets.nan_sets(len(rows), value.features, value.dtype)
         elif name != "theta":
             columns[name] = torch.full(
                 (len(rows), *value.shape[1:]), float("nan"), dtype=value.dtype

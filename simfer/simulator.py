@@ -28,7 +28,13 @@ How a simulator provides gold is a choice of three levels, from least to most wo
 
 Everything batched: θ is ``[batch, theta_dim]``, x is ``[batch, *x_shape]``, the
 design ``[batch, design_dim]`` (one ``[design_dim]`` design is broadcast).  A
-scalar observation per event is returned as ``[batch, 1]``.  Results live on θ's
+scalar observation per event is returned as ``[batch, 1]``.
+
+Set-valued x (a variable number of elements per event: particles, hits) is returned
+as a list of ``batch`` tensors ``[n_i, features]`` or as a `simfer.data.RaggedSets`;
+it becomes a `RaggedSets` (no padding) and keeps the floating dtype the simulator
+returns, so 4-momenta can stay in float64 for Lorentz invariants.  Such a simulator
+declares ``x_shape=(None, features)``.  Results live on θ's
 device and are reproducible from ``seed`` (an int or a ``torch.Generator``).
 """
 
@@ -42,7 +48,7 @@ import torch
 from torch import Tensor
 from torch.distributions import constraints
 
-from .data import SimulationData
+from .data import RaggedSets, SimulationData, rows_finite
 from .errors import (
     GoldNotAvailableError,
     LikelihoodNotAvailableError,
@@ -97,7 +103,8 @@ class Simulator:
 
     Args:
         theta_dim: number of parameters.
-        x_shape: shape of one observation; None to learn it from the first call.
+        x_shape: shape of one observation; None to learn it from the first call;
+            ``(None, features)`` for set-valued x.
         design_dim: number of design variables (0: the simulator takes no design).
         default_design: ``[design_dim]`` design used when none is given.
         theta_support: a ``torch.distributions.constraints`` constraint that every
@@ -118,7 +125,9 @@ class Simulator:
         if not isinstance(theta_dim, int) or theta_dim < 1:
             raise ValueError(f"theta_dim must be a positive int, got {theta_dim!r}")
         self.theta_dim = theta_dim
-        self.x_shape = None if x_shape is None else tuple(int(s) for s in x_shape)
+        self.x_shape = (
+            None if x_shape is None else tuple(None if s is None else int(s) for s in x_shape)
+        )
         self.design_dim = int(design_dim)
         self.default_design = (
             None if default_design is None else torch.as_tensor(default_design, dtype=torch.float64)
@@ -256,7 +265,7 @@ class Simulator:
         gold_ok = ~torch.isnan(score).any(1) & ~torch.isnan(log_p)
         if theta_ref is not None:
             gold_ok &= ~torch.isnan(columns["joint_score_ref"]).any(1)
-        valid = torch.isfinite(x.reshape(len(x), -1)).all(1) & gold_ok
+        valid = rows_finite(x) & gold_ok
         return SimulationData(
             theta=theta,
             x=x,
@@ -364,12 +373,11 @@ class Simulator:
                 f"(batch of {theta.shape[0]}, theta rows like {theta[0].tolist()})"
             ) from error
 
-    def _checked_x(self, x: Any, theta: Tensor) -> Tensor:
+    def _checked_x(self, x: Any, theta: Tensor) -> Tensor | RaggedSets:
         if isinstance(x, tuple | list) and len(x) and not isinstance(x[0], int | float):
-            raise SimulatorError(
-                f"simulator '{self.name}' returned a {type(x).__name__} of arrays; "
-                f"return one array [batch, *x_shape]."
-            )
+            x = self._checked_sets(x, theta)
+        if isinstance(x, RaggedSets):
+            return self._checked_set_shape(x, theta)
         try:
             x = _as_float_tensor(
                 x, f"the output of simulator '{self.name}'", device=theta.device, dtype=theta.dtype
@@ -392,6 +400,42 @@ class Simulator:
                 f"declared x_shape is {list(self.x_shape)}"
             )
         return x.detach()
+
+    def _checked_sets(self, x: list | tuple, theta: Tensor) -> RaggedSets:
+        """A list of per-event sets ``[n_i, features]`` as `RaggedSets` (their own float dtype)."""
+        try:
+            sets = [torch.as_tensor(s, device=theta.device) for s in x]
+        except (TypeError, ValueError, RuntimeError) as error:
+            raise SimulatorError(
+                f"simulator '{self.name}' returned a {type(x).__name__} that is not a list of "
+                f"per-event sets [n_i, features] ({error}); return one array [batch, *x_shape] "
+                f"or one set per event."
+            ) from error
+        sets = [s if s.is_floating_point() else s.to(theta.dtype) for s in sets]
+        try:
+            return RaggedSets.from_list(sets)
+        except ShapeError as error:
+            raise SimulatorError(
+                f"simulator '{self.name}' returned a {type(x).__name__} of arrays that are not "
+                f"sets [n_i, features] of one dtype: {error}"
+            ) from error
+
+    def _checked_set_shape(self, x: RaggedSets, theta: Tensor) -> RaggedSets:
+        batch = theta.shape[0]
+        if len(x) != batch:
+            raise SimulatorError(
+                f"simulator '{self.name}' returned {len(x)} sets for {batch} parameter rows; "
+                f"it must return one set [n_i, features] per row."
+            )
+        shape = (None, x.features)
+        if self.x_shape is None:
+            self.x_shape = shape
+        elif self.x_shape != shape:
+            raise SimulatorError(
+                f"simulator '{self.name}' returned sets of {x.features} features per element, "
+                f"declared x_shape is {list(self.x_shape)}"
+            )
+        return x.to(theta.device).detach()
 
     def _log_prob_and_score(
         self, x: Tensor, latent: Any, theta: Tensor, design: Tensor | None

@@ -18,6 +18,9 @@ members share no parameter each receives the gradient of its own loss.
   checkpoint continues from the last finished epoch.
 * The data stay on the device: batches are gathered there by index, with no
   per-batch host copies.
+* Set-valued columns (`simfer.data.RaggedSets`) stay ragged; each batch is padded to
+  its own largest set and handed to ``loss_fn`` packed (`simfer.nn.pack_sets`:
+  ``[batch, max_n, features + 1]``, the mask in the last channel).
 """
 
 from __future__ import annotations
@@ -31,6 +34,9 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
+
+from .data import RaggedSets
+from .nn.sets import pack_sets
 
 __all__ = ["TrainingConfig", "TrainingHistory", "fit_network"]
 
@@ -82,12 +88,20 @@ def _clip_per_member(parameters: list[nn.Parameter], n_members: int, max_norm: f
         g.mul_(scale.reshape(n_members, *([1] * (g.ndim - 1))))
 
 
+def gather(tensors: dict[str, Tensor | RaggedSets], index: Tensor) -> dict[str, Tensor]:
+    """The rows ``index`` of every column; sets padded to the batch's largest and packed."""
+    return {
+        k: pack_sets(*v[index].padded()) if isinstance(v, RaggedSets) else v[index]
+        for k, v in tensors.items()
+    }
+
+
 def _evaluate(network, loss_fn, tensors, rows: Tensor, batch_size: int, n_members: int) -> Tensor:
     """Mean loss of every member over ``rows`` ``[E]`` (no parameter update)."""
     total = torch.zeros(n_members, device=rows.device)
     for start in range(0, len(rows), batch_size):
         index = rows[start : start + batch_size]
-        batch = {k: v[index] for k, v in tensors.items()}
+        batch = gather(tensors, index)
         total += loss_fn(network, batch, False).detach() * len(index)
     return total / max(len(rows), 1)
 
@@ -95,14 +109,15 @@ def _evaluate(network, loss_fn, tensors, rows: Tensor, batch_size: int, n_member
 def fit_network(
     network: nn.Module,
     loss_fn: LossFunction,
-    tensors: dict[str, Tensor],
+    tensors: dict[str, Tensor | RaggedSets],
     config: TrainingConfig,
 ) -> TrainingHistory:
-    """Train ``network`` in place on ``tensors`` (all with the same number of rows)."""
+    """Train ``network`` in place on ``tensors`` (all with the same number of rows; a
+    `RaggedSets` column reaches ``loss_fn`` padded per batch and packed)."""
     device = torch.device(config.device)
     network.to(device)
     tensors = {k: v.to(device) for k, v in tensors.items()}
-    n = next(iter(tensors.values())).shape[0]
+    n = len(next(iter(tensors.values())))
     n_members = _members(network)
     generator = torch.Generator(device).manual_seed(config.seed)
     order = torch.randperm(n, generator=generator, device=device)
@@ -150,7 +165,7 @@ def fit_network(
         running = torch.zeros(n_members, device=device)
         for start in range(0, len(permutation), config.batch_size):
             index = permutation[start : start + config.batch_size]
-            batch = {k: v[index] for k, v in tensors.items()}
+            batch = gather(tensors, index)
             losses = loss_fn(network, batch, True)
             optimizer.zero_grad(set_to_none=True)
             losses.sum().backward()

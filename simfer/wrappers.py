@@ -42,6 +42,7 @@ import torch
 from torch import Tensor
 from torch.distributions import constraints
 
+from .data import RaggedSets
 from .errors import SimulatorError
 from .simulator import Simulator
 
@@ -84,7 +85,10 @@ class FunctionSimulator(Simulator):
 
     Args:
         fn: vectorised: ``[batch, theta_dim] -> [batch, *x_shape]``; otherwise
-            ``[theta_dim] -> x_shape`` called once per row.
+            ``[theta_dim] -> x_shape`` called once per row.  Set-valued x (declare
+            ``x_shape=(None, features)``): vectorised, a list of ``batch`` sets
+            ``[n_i, features]`` (or a `simfer.data.RaggedSets`); otherwise one set
+            ``[n_i, features]`` per call.
         numpy: hand ``fn`` numpy arrays instead of torch tensors.
         Other arguments as for `Simulator`.
     """
@@ -137,19 +141,29 @@ class FunctionSimulator(Simulator):
     def sample(self, theta: Tensor, design: Tensor | None, generator: torch.Generator):
         if self.vectorized:
             out = self._call_once(self._convert_in(theta), self._convert_in(design), generator)
+            if isinstance(out, RaggedSets) or (isinstance(out, list | tuple) and self.set_valued):
+                return out  # one set per row: Simulator checks and stacks them ragged
             return torch.as_tensor(np.asarray(out) if not isinstance(out, Tensor) else out)
         rows = []
         for i in range(theta.shape[0]):
             row_design = None if design is None else self._convert_in(design[i])
             out = self._call_once(self._convert_in(theta[i]), row_design, generator)
             rows.append(torch.as_tensor(out if isinstance(out, Tensor) else np.asarray(out)))
+        if self.set_valued:
+            return rows
         try:
             return torch.stack([r.to(torch.get_default_dtype()) for r in rows])
         except RuntimeError as error:
             shapes = sorted({tuple(r.shape) for r in rows})
             raise SimulatorError(
-                f"simulator '{self.name}' returned rows of different shapes {shapes}"
+                f"simulator '{self.name}' returned rows of different shapes {shapes}; for a "
+                f"set of variable size per event declare x_shape=(None, features)"
             ) from error
+
+    @property
+    def set_valued(self) -> bool:
+        """Whether x was declared a variable-size set, ``x_shape=(None, features)``."""
+        return self.x_shape is not None and len(self.x_shape) > 0 and self.x_shape[0] is None
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), **_code_identity(self.fn)}

@@ -2,12 +2,14 @@
 
 * `GaltonBoard`: generalized Galton board, gold from its latent path, exact likelihood.
 * `WeinbergAngle`: e+e- → μ+μ- forward-backward asymmetry, exact per-event likelihood.
+* `ToyJets`: a toy parton shower; x is a variable-size set of 4-momenta, gold from its tree.
 * The benchmarks of the field (as in sbibm): `GaussianLinear`, `TwoMoons`, `SLCP`,
   `GaussianMixture`, `LotkaVolterra`, `SIR`.
 """
 
 from .benchmarks import SIR, SLCP, GaussianLinear, GaussianMixture, LotkaVolterra, TwoMoons
 from .galton import GaltonBoard
+from .toyjets import ToyJets
 from .weinberg import WeinbergAngle
 
 __all__ = [
@@ -17,6 +19,7 @@ __all__ = [
     "LotkaVolterra",
     "SIR",
     "SLCP",
+    "ToyJets",
     "TwoMoons",
     "WeinbergAngle",
 ]

@@ -14,6 +14,7 @@ import torch
 
 import simfer
 from simfer import InvalidSimulationWarning, ShapeError, SimulatorError, StoreError, SupportError
+from simfer.data import RaggedSets
 from simulators import GaltonBoard
 
 PRIOR = simfer.BoxUniform([-1.0], [1.0])
@@ -22,7 +23,12 @@ PRIOR = simfer.BoxUniform([-1.0], [1.0])
 def assert_same_data(a: simfer.SimulationData, b: simfer.SimulationData) -> None:
     assert a.columns().keys() == b.columns().keys()
     for name, column in a.columns().items():
-        torch.testing.assert_close(column, b.columns()[name], rtol=0, atol=0, equal_nan=True)
+        other = b.columns()[name]
+        if isinstance(column, RaggedSets):  # set-valued x: the same sizes and elements
+            assert isinstance(other, RaggedSets), name
+            torch.testing.assert_close(column.offsets, other.offsets, rtol=0, atol=0)
+            column, other = column.values, other.values
+        torch.testing.assert_close(column, other, rtol=0, atol=0, equal_nan=True)
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +78,8 @@ def test_local_processes_give_the_same_data(board, serial_run):
     assert_same_data(parallel, serial_run)
 
 
-def test_dask_local_cluster_gives_the_same_data(board, serial_run):
+def simulate_on_local_dask(*args, **kwargs) -> simfer.SimulationData:
+    """`simfer.simulate(*args, **kwargs)` on a two-worker local Dask cluster."""
     distributed = pytest.importorskip("distributed")
     with (
         distributed.LocalCluster(
@@ -80,17 +87,13 @@ def test_dask_local_cluster_gives_the_same_data(board, serial_run):
         ) as cluster,
         distributed.Client(cluster) as client,
     ):
-        data = simfer.simulate(
-            board,
-            PRIOR,
-            300,
-            gold=True,
-            theta_ref=[0.0],
-            seed=42,
-            chunk_size=40,
-            executor=client.get_executor(),
-            progress=False,
-        )
+        return simfer.simulate(*args, executor=client.get_executor(), **kwargs)
+
+
+def test_dask_local_cluster_gives_the_same_data(board, serial_run):
+    data = simulate_on_local_dask(
+        board, PRIOR, 300, gold=True, theta_ref=[0.0], seed=42, chunk_size=40, progress=False
+    )
     assert_same_data(data, serial_run)
 
 
@@ -179,9 +182,18 @@ KILLABLE_SCRIPT = textwrap.dedent(
 )
 
 
-def run_script(tmp_path: Path, store: Path, executor: str, sleep: float, wait: bool = True):
+def run_script(
+    tmp_path: Path,
+    store: Path,
+    executor: str,
+    sleep: float,
+    wait: bool = True,
+    source: str = KILLABLE_SCRIPT,
+):
+    """Run ``source`` (a script simulating into ``store``) in a fresh process; each simulator
+    call appends a character to ``tmp_path/calls``.  ``wait=False`` returns the process."""
     script = tmp_path / "killable.py"
-    script.write_text(KILLABLE_SCRIPT)
+    script.write_text(source)
     env = dict(os.environ, MARKER=str(tmp_path / "calls"), SLEEP=str(sleep))
     process = subprocess.Popen(
         [sys.executable, str(script), str(store), executor],
@@ -197,16 +209,25 @@ def run_script(tmp_path: Path, store: Path, executor: str, sleep: float, wait: b
     return process
 
 
-def test_a_killed_run_resumes_without_lost_or_duplicated_rows(tmp_path):
-    store = tmp_path / "killed.h5"
-    calls = tmp_path / "calls"
-    process = run_script(tmp_path, store, "serial", sleep=0.1, wait=False)
+def kill_after_calls(
+    tmp_path: Path, store: Path, source: str = KILLABLE_SCRIPT, calls: int = 6
+) -> simfer.SimulationData:
+    """Start ``source`` serially, SIGKILL it after ``calls`` simulator calls, and return
+    what its store holds then."""
+    marker = tmp_path / "calls"
+    process = run_script(tmp_path, store, "serial", sleep=0.1, wait=False, source=source)
     deadline = time.time() + 120
-    while (not calls.exists() or len(calls.read_text()) < 6) and time.time() < deadline:
+    while (not marker.exists() or len(marker.read_text()) < calls) and time.time() < deadline:
         time.sleep(0.05)
     process.send_signal(signal.SIGKILL)
     process.wait()
-    partial = simfer.load_simulations(store)
+    return simfer.load_simulations(store)
+
+
+def test_a_killed_run_resumes_without_lost_or_duplicated_rows(tmp_path):
+    store = tmp_path / "killed.h5"
+    calls = tmp_path / "calls"
+    partial = kill_after_calls(tmp_path, store)
     assert 0 < len(partial) < 400
     assert len(partial) % 20 == 0  # whole chunks only
     calls.write_text("")

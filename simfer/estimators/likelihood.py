@@ -42,12 +42,27 @@ log q(x|θ, valid) + log p(valid|θ).
 
 Only rows drawn at their own θ train the estimator: the reference-class rows of
 ``simfer.simulate(..., theta_ref=...)`` would put half the training mass at θ_ref.
+
+A fixed embedding.  For x without a fixed shape (sets) or of high dimension, the flow can
+model the density q(s(x)|θ) of a summary s(x) instead of x itself.  The summary must be
+*fixed*: trained jointly, maximising log q(s(x)|θ) would reward s for shrinking its
+spread (s(x) = ε·u(x) gains −dim·log ε, unbounded as ε → 0), so the fit degenerates into
+a collapsing summary and an infinite density.  `LikelihoodEstimator` therefore never
+trains its ``embedding``: it uses a frozen copy, warns when the module given still has
+trainable parameters, and computes every summary once before the flow trains.  A good
+fixed summary is the embedding of a `PosteriorEstimator` trained on the same kind of
+data (``npe.embedding``), which is learnt to be informative about θ.  p(s(x)|θ) is a
+proper likelihood of the summary, so NLE and SCANDAL stay consistent for it (the joint
+score is unbiased for ∇_θ log p(s(x)|θ) too, s(x) being a function of x); it equals the
+likelihood of x, up to a θ-independent factor, only when s is sufficient.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
@@ -65,6 +80,7 @@ from ..nn.flows import FLOWS, ConditionalFlow, build_flow, seeded
 from ..prior import as_prior, describe_prior
 from ..training import TrainingHistory, fit_network
 from .base import Estimator
+from .embedding import EmbeddingMixin, summarize, x_batch
 from .posterior import as_batch, pair_rows
 
 __all__ = [
@@ -152,12 +168,23 @@ class ValidityNetwork(nn.Module):
 
 class LikelihoodNetwork(nn.Module):
     """log q(x|θ) = log q(x|θ, valid) + log p(valid|θ) (the second term when failures were
-    seen in training): x ``[batch, x_dim]``, θ ``[batch, theta_dim]`` → ``[batch]``."""
+    seen in training): x ``[batch, x_dim]``, θ ``[batch, theta_dim]`` → ``[batch]``.  With a
+    (fixed) embedding, x here is the summary s(x) made by `summarize`."""
 
-    def __init__(self, flow: ConditionalFlow, validity: ValidityNetwork | None):
+    def __init__(
+        self,
+        flow: ConditionalFlow,
+        validity: ValidityNetwork | None,
+        embedding: nn.Module | None = None,
+    ):
         super().__init__()
         self.flow = flow
         self.validity = validity
+        self.embedding = embedding
+
+    def summarize(self, x: Tensor) -> Tensor:
+        """x flattened ``[batch, x_dim]``, or its summary by the fixed embedding."""
+        return x.flatten(1) if self.embedding is None else self.embedding(x)
 
     def log_prob_valid(self, theta: Tensor) -> Tensor:
         if self.validity is None:
@@ -168,7 +195,7 @@ class LikelihoodNetwork(nn.Module):
         return self.flow.log_prob(x, context=theta) + self.log_prob_valid(theta)
 
 
-class LikelihoodEstimator(Estimator):
+class LikelihoodEstimator(EmbeddingMixin, Estimator):
     """Learn the likelihood q(x|θ) with a conditional normalizing flow (NLE, SCANDAL).
 
     Args:
@@ -180,10 +207,12 @@ class LikelihoodEstimator(Estimator):
         hidden, n_transforms, bins, tail_bound: the flow's architecture.
         validity_hidden: hidden widths of the p(valid|θ) classifier (trained only when the
             training rows hold failed simulations).
+        embedding: a *fixed* summary s(x) (``[batch, *x_shape]`` → ``[batch, k]``, or for
+            set-valued x ``embedding(x, mask)``): the flow then models q(s(x)|θ).  It is
+            never trained (see the module docstring for why); pass a pre-trained one such
+            as ``npe.embedding``.  A frozen copy is kept; load a saved model with
+            ``LikelihoodEstimator.load(path, embedding=...)``.
         **training: settings of `simfer.training.TrainingConfig`.
-
-    There is no ``embedding`` of x: q must be a density over x itself, and a learned
-    summary of x is not invertible.  (Embed x for NPE or the ratio estimators.)
     """
 
     def __init__(
@@ -197,6 +226,7 @@ class LikelihoodEstimator(Estimator):
         bins: int = 10,
         tail_bound: float = 4.0,
         validity_hidden: Sequence[int] = (64, 64),
+        embedding: nn.Module | dict | None = None,
         **training: Any,
     ):
         method, flow = str(method).lower(), str(flow).lower()
@@ -216,6 +246,9 @@ class LikelihoodEstimator(Estimator):
         self.tail_bound = float(tail_bound)
         self.validity_hidden = tuple(int(h) for h in validity_hidden)
         self.validity_history: TrainingHistory | None = None
+        self._init_embedding(embedding)
+        if isinstance(embedding, dict) and self.embedding is not None:
+            self.embedding.requires_grad_(False)  # an instance given to load(): fixed weights
 
     def hyperparameters(self) -> dict[str, Any]:
         return {
@@ -227,6 +260,7 @@ class LikelihoodEstimator(Estimator):
             "bins": self.bins,
             "tail_bound": self.tail_bound,
             "validity_hidden": list(self.validity_hidden),
+            "embedding": self._embedding_hyperparameter(),
         }
 
     @property
@@ -235,6 +269,7 @@ class LikelihoodEstimator(Estimator):
         return self.dims.get("alpha")
 
     def _build(self, dims: dict[str, Any]) -> LikelihoodNetwork:
+        self._require_embedding(dims)
         flow = build_flow(
             self.flow,
             dims["x_dim"],
@@ -249,7 +284,23 @@ class LikelihoodEstimator(Estimator):
         if dims.get("validity"):
             with seeded(self.training.seed + 1):
                 validity = ValidityNetwork(dims["theta_dim"], self.validity_hidden)
-        return LikelihoodNetwork(flow, validity)
+        return LikelihoodNetwork(flow, validity, self._embedding_module(dims))
+
+    def _freeze_embedding(self) -> None:
+        """Replace the embedding by a frozen copy, warning if it had trainable parameters."""
+        trainable = sum(p.numel() for p in self.embedding.parameters() if p.requires_grad)
+        if trainable:
+            warnings.warn(
+                f"LikelihoodEstimator keeps its embedding fixed: it learns the density "
+                f"q(s(x)|θ) of the summary s, and a summary trained with it would collapse "
+                f"(a shrinking s has an unbounded density). The {trainable} trainable "
+                f"parameters of {type(self.embedding).__name__} are NOT trained here; a frozen "
+                f"copy is used. Pass a pre-trained embedding (e.g. npe.embedding of a fitted "
+                f"PosteriorEstimator) and call embedding.requires_grad_(False) to silence this.",
+                UserWarning,
+                stacklevel=3,
+            )
+        self.embedding = copy.deepcopy(self.embedding).requires_grad_(False).eval()
 
     # -- training ---------------------------------------------------------------------------
     def fit(self, data: SimulationData, prior: Distribution | None = None) -> LikelihoodEstimator:
@@ -271,7 +322,11 @@ class LikelihoodEstimator(Estimator):
                 "method='nle'"
             )
         good = data.valid_only()
-        x, theta = good.x.reshape(len(good), -1), good.theta
+        x, x_dims = self._training_x(good)
+        if self.embedding is not None:
+            self._freeze_embedding()
+            x = summarize(self._embedding_module(x_dims), x).to(good.theta.dtype)
+        theta = good.theta
         tensors = {"x": x, "theta": theta}
         alpha = None
         if self.method == "scandal":
@@ -285,7 +340,7 @@ class LikelihoodEstimator(Estimator):
         self.dims = {
             "x_dim": x.shape[1],
             "theta_dim": data.theta_dim,
-            "x_shape": list(data.x_shape),
+            **x_dims,
             "alpha": alpha,
             "validity": learn_validity,
             "valid_fraction": n_valid / len(data),
@@ -322,10 +377,10 @@ class LikelihoodEstimator(Estimator):
     # -- evaluation --------------------------------------------------------------------------
     def _inputs(self, x: Any, theta: Any) -> tuple[LikelihoodNetwork, Tensor, Tensor]:
         network = self._require_fitted()
-        parameter = next(network.parameters())
-        x = as_batch(x, tuple(self.dims["x_shape"]), "x", parameter)
+        parameter = next(network.flow.parameters())
+        x, _ = x_batch(x, self.dims, parameter)
         theta = as_batch(theta, (self.dims["theta_dim"],), "theta", parameter)
-        x, theta = pair_rows(x.reshape(x.shape[0], -1), theta, ("x", "theta"))
+        x, theta = pair_rows(network.summarize(x).to(theta.dtype), theta, ("x", "theta"))
         return network, x, theta
 
     def log_prob(self, x: Any, theta: Any) -> Tensor:
@@ -356,6 +411,11 @@ class LikelihoodEstimator(Estimator):
         if not isinstance(n, int) or isinstance(n, bool) or n < 1:
             raise ValueError(f"n must be a positive integer, got {n!r}")
         network = self._require_fitted()
+        if self.dims.get("embedding"):
+            raise SimferError(
+                "this LikelihoodEstimator models the summary s(x) of its embedding, not x: it "
+                "cannot draw x (draw from the simulator instead)"
+            )
         single = tuple(torch.as_tensor(theta).shape) == (self.dims["theta_dim"],)
         theta = as_batch(theta, (self.dims["theta_dim"],), "theta", next(network.parameters()))
         context = seeded(seed) if seed is not None else contextlib.nullcontext()

@@ -23,17 +23,17 @@ training simulations).  `log_prob` is −∞ outside the support and, with
 log q(θ|x) − log P_q(θ ∈ support | x).
 
 An ``embedding`` (any ``torch.nn.Module`` mapping x ``[batch, *x_shape]`` to
-``[batch, k]``, e.g. a set embedding) is trained jointly with the flow.  A model file
-cannot hold the embedding's code, only its weights: load such a model with
-``PosteriorEstimator.load(path, embedding=<a fresh instance>)``.
+``[batch, k]``, or, for set-valued x, a set embedding called as ``embedding(x, mask)``)
+is trained jointly with the flow, so the summary learns to keep what the posterior needs.
+A model file cannot hold the embedding's code, only its weights: load such a model with
+``PosteriorEstimator.load(path, embedding=<a fresh instance>)``.  See
+`simfer.estimators.embedding` for the forms set-valued x may take.
 """
 
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import math
-import os
 from typing import Any
 
 import torch
@@ -41,17 +41,14 @@ from torch import Tensor, nn
 from torch.distributions import Distribution
 
 from ..data import SimulationData
-from ..errors import ModelFileError, ShapeError, SimferError
+from ..errors import ShapeError, SimferError
 from ..nn.flows import FLOWS, ConditionalFlow, build_flow, seeded
 from ..prior import BoxUniform, as_prior, describe_prior
 from ..training import fit_network
 from .base import Estimator
+from .embedding import EmbeddingMixin, x_batch
 
 __all__ = ["PosteriorEstimator"]
-
-_LOADING_EMBEDDING: contextvars.ContextVar[nn.Module | None] = contextvars.ContextVar(
-    "simfer_loading_embedding", default=None
-)
 
 
 # -- helpers shared with likelihood.py -------------------------------------------------------
@@ -105,7 +102,7 @@ def prior_from_description(description: dict | None) -> Distribution | None:
     return None
 
 
-class PosteriorEstimator(Estimator):
+class PosteriorEstimator(EmbeddingMixin, Estimator):
     """Learn the posterior q(θ|x) with a conditional normalizing flow (NPE).
 
     Args:
@@ -116,8 +113,10 @@ class PosteriorEstimator(Estimator):
         bins: spline bins (NSF).
         tail_bound: half-width of the spline window, in standardised units (NSF).
         embedding: a ``torch.nn.Module`` mapping x ``[batch, *x_shape]`` to ``[batch, k]``,
-            trained jointly with the flow (``fit`` trains this instance in place).  Without
-            it x is flattened and standardised.
+            or for set-valued x a set embedding ``embedding(x [batch, max_n, features],
+            mask [batch, max_n]) → [batch, k]`` (`simfer.nn.LorentzNet`, …); trained
+            jointly with the flow (``fit`` trains this instance in place).  Without it x is
+            flattened and standardised; set-valued x needs one.
         min_acceptance: `sample` raises when fewer than this fraction of its proposals fall
             inside the prior's support.
         **training: settings of `simfer.training.TrainingConfig` (max_epochs, batch_size,
@@ -148,57 +147,23 @@ class PosteriorEstimator(Estimator):
         self.bins = int(bins)
         self.tail_bound = float(tail_bound)
         self.min_acceptance = float(min_acceptance)
-        self._embedding_name: str | None = None
-        if isinstance(embedding, dict):  # from a model file: only the class name is stored
-            self._embedding_name = embedding.get("class", "?")
-            embedding = _LOADING_EMBEDDING.get()
-        elif embedding is not None and not isinstance(embedding, nn.Module):
-            raise TypeError(f"embedding must be a torch.nn.Module, got {type(embedding).__name__}")
-        self.embedding = embedding
+        self._init_embedding(embedding)
         self.prior: Distribution | None = None
         self.acceptance_rate: float | Tensor | None = None
 
     def hyperparameters(self) -> dict[str, Any]:
-        embedding = None
-        if self.embedding is not None:
-            embedding = {"class": type(self.embedding).__qualname__}
-        elif self._embedding_name is not None:
-            embedding = {"class": self._embedding_name}
         return {
             "flow": self.flow,
             "hidden": self.hidden,
             "n_transforms": self.n_transforms,
             "bins": self.bins,
             "tail_bound": self.tail_bound,
-            "embedding": embedding,
+            "embedding": self._embedding_hyperparameter(),
             "min_acceptance": self.min_acceptance,
         }
 
-    @classmethod
-    def load(
-        cls,
-        path: str | os.PathLike,
-        device: str | torch.device = "cpu",
-        *,
-        embedding: nn.Module | None = None,
-    ) -> PosteriorEstimator:
-        """Load a saved model; pass a fresh ``embedding`` of the class it was trained with
-        (its weights come from the file)."""
-        token = _LOADING_EMBEDDING.set(embedding)
-        try:
-            estimator = super().load(path, device)
-        finally:
-            _LOADING_EMBEDDING.reset(token)
-        return estimator
-
     def _build(self, dims: dict[str, Any]) -> ConditionalFlow:
-        if dims.get("embedding") and self.embedding is None:
-            raise ModelFileError(
-                f"this PosteriorEstimator was trained with an embedding network "
-                f"({dims['embedding']}); a model file holds its weights but never its code. "
-                f"Load it with simfer.PosteriorEstimator.load(path, embedding={dims['embedding']}"
-                f"(...)) built as for training."
-            )
+        self._require_embedding(dims)
         return build_flow(
             self.flow,
             dims["theta_dim"],
@@ -207,7 +172,7 @@ class PosteriorEstimator(Estimator):
             n_transforms=self.n_transforms,
             bins=self.bins,
             tail_bound=self.tail_bound,
-            embedding=self.embedding,
+            embedding=self._embedding_module(dims),
             seed=self.training.seed,
         )
 
@@ -228,26 +193,19 @@ class PosteriorEstimator(Estimator):
             )
         data = data.subset(keep)
         theta = data.theta
-        x = data.x if self.embedding is not None else data.x.reshape(len(data), -1)
+        x, x_dims = self._training_x(data)
         if prior is not None:
             self.prior = as_prior(prior, data.theta_dim)
             self.prior_description = describe_prior(self.prior)
-        context_features = x.shape[1]
         if self.embedding is not None:
-            with torch.no_grad():
-                out = self.embedding.to(x.device)(x[:2])
-            if out.ndim != 2 or out.shape[0] != min(2, len(x)):
-                raise ShapeError(
-                    f"the embedding must map x [batch, {', '.join(map(str, data.x_shape))}] to "
-                    f"[batch, k]; it returned {list(out.shape)}"
-                )
-            context_features = out.shape[1]
+            context_features = self._embedding_features(x, x_dims)
+        else:
+            context_features = x.shape[1]
         self.dims = {
             "theta_dim": data.theta_dim,
-            "x_shape": list(data.x_shape),
             "context_features": context_features,
-            "embedding": None if self.embedding is None else type(self.embedding).__qualname__,
             "n_train": len(data),
+            **x_dims,
         }
         network = self._build(self.dims)
         network.fit_standardization(theta, x)
@@ -260,13 +218,13 @@ class PosteriorEstimator(Estimator):
         return self
 
     # -- evaluation --------------------------------------------------------------------------
-    def _context(self, x: Any) -> tuple[ConditionalFlow, Tensor]:
+    def _context(self, x: Any) -> tuple[ConditionalFlow, Tensor, bool]:
+        """The network, x as its context ``[batch, …]``, and whether x was one observation."""
         network = self._require_fitted()
-        parameter = next(network.parameters())
-        x = as_batch(x, tuple(self.dims["x_shape"]), "x", parameter)
+        x, single = x_batch(x, self.dims, next(network.parameters()))
         if self.embedding is None:
             x = x.reshape(x.shape[0], -1)
-        return network, x
+        return network, x, single
 
     def _prior(self, prior: Distribution | None, device: torch.device) -> Distribution | None:
         if prior is None and self.prior is None:  # a loaded model: its saved BoxUniform
@@ -291,7 +249,7 @@ class PosteriorEstimator(Estimator):
         With a bounded prior (the one given to `fit`, or ``prior``) it is −∞ outside the
         support; ``leakage_correction`` subtracts log P_q(θ ∈ support | x), estimated from
         ``n_estimate`` draws (one x only).  Differentiable when θ requires grad."""
-        network, context = self._context(x)
+        network, context, _ = self._context(x)
         parameter = next(network.parameters())
         theta = as_batch(theta, (self.dims["theta_dim"],), "theta", parameter)
         theta, context = pair_rows(theta, context, ("theta", "x"))
@@ -333,8 +291,7 @@ class PosteriorEstimator(Estimator):
         reproducible (the global generator is left as it was)."""
         if not isinstance(n, int) or isinstance(n, bool) or n < 1:
             raise ValueError(f"n must be a positive integer, got {n!r}")
-        network, context = self._context(x)
-        single = tuple(torch.as_tensor(x).shape) == tuple(self.dims["x_shape"])
+        network, context, single = self._context(x)
         prior = self._prior(prior, context.device)
         with torch.no_grad(), seeded(seed) if seed is not None else contextlib.nullcontext():
             draws, rates = [], []

@@ -11,6 +11,11 @@ without gold or a reference class; log r̂(x|θ0,θ1) is then g(x,θ0) − g(x,�
 
 An ensemble (``n_ensemble`` > 1) trains E members in one batched pass; their mean
 is the estimate and their standard deviation an uncertainty.
+
+An ``embedding`` summarises x before the network sees it, s = e(x), and is trained
+jointly: g(e(x), θ0[, θ1]).  It is required for set-valued x (a set embedding called as
+``embedding(x, mask)``, see `simfer.estimators.embedding`) and is computed once per
+batch even when a loss evaluates g at several θ.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from ..nn import EnsembleMLP, Standardize, seeded
 from ..prior import describe_prior
 from ..training import fit_network
 from .base import Estimator
+from .embedding import EmbeddingMixin, check_no_ensemble, x_batch
 
 __all__ = ["RatioEstimator", "RatioNetwork"]
 
@@ -46,22 +52,33 @@ def _member_leaf(theta: Tensor, n_members: int, requires_grad: bool) -> Tensor:
 
 
 class RatioNetwork(nn.Module):
-    """g(x, θ0[, θ1]) → log r̂ ``[E, batch]``; x and θ standardised by stored buffers."""
+    """g(s(x), θ0[, θ1]) → log r̂ ``[E, batch]``; θ standardised by stored buffers, and s(x)
+    either x standardised the same way or the output ``[batch, x_dim]`` of an embedding."""
 
-    def __init__(self, x_dim, theta_dim, double, hidden, n_members):
+    def __init__(self, x_dim, theta_dim, double, hidden, n_members, embedding=None):
         super().__init__()
         self.n_members = n_members
         self.double = double
-        self.x_standardize = Standardize(x_dim)
+        self.embedding = embedding
+        self.x_standardize = Standardize(x_dim) if embedding is None else None
         self.theta_standardize = Standardize(theta_dim)
         in_features = x_dim + theta_dim * (2 if double else 1)
         self.mlp = EnsembleMLP(in_features, 1, hidden, n_members)
 
+    def summarize(self, x: Tensor) -> Tensor:
+        """s(x) ``[batch, x_dim]``: x ``[batch, x_dim]`` standardised, or the embedding of x."""
+        return self.x_standardize(x) if self.embedding is None else self.embedding(x)
+
     def forward(self, x: Tensor, theta0: Tensor, theta1: Tensor | None = None) -> Tensor:
-        """x ``[batch, x_dim]``; θ ``[batch, theta_dim]`` or per member ``[E, batch, d]``."""
+        """x as `summarize` takes it; θ ``[batch, theta_dim]`` or per member ``[E, batch, d]``."""
+        return self.head(self.summarize(x), theta0, theta1)
+
+    def head(self, summary: Tensor, theta0: Tensor, theta1: Tensor | None = None) -> Tensor:
+        """log r̂ ``[E, batch]`` from s(x) ``[batch, x_dim]`` (so that a loss evaluating
+        several θ embeds x once)."""
         theta0 = theta0.expand(self.n_members, *theta0.shape[-2:])
         parts = [
-            self.x_standardize(x).expand(self.n_members, *x.shape),
+            summary.to(theta0.dtype).expand(self.n_members, *summary.shape),
             self.theta_standardize(theta0),
         ]
         if self.double:
@@ -69,7 +86,7 @@ class RatioNetwork(nn.Module):
         return self.mlp(torch.cat(parts, dim=-1))[..., 0]
 
 
-class RatioEstimator(Estimator):
+class RatioEstimator(EmbeddingMixin, Estimator):
     """Learn log r(x|θ0,θ1) from simulations.
 
     Args:
@@ -84,6 +101,10 @@ class RatioEstimator(Estimator):
         bootstrap: give each ensemble member its own Poisson(1) bootstrap weights of the
             rows (bagging), so the members' spread reflects the finite simulation budget
             and not only their random initialisation.
+        embedding: a ``torch.nn.Module`` summarising x, trained jointly (needs
+            ``n_ensemble=1``): ``[batch, *x_shape]`` → ``[batch, k]``, or for set-valued x
+            ``embedding(x [batch, max_n, features], mask [batch, max_n]) → [batch, k]``.
+            Load a model trained with one by ``RatioEstimator.load(path, embedding=...)``.
         **training: settings of `simfer.training.TrainingConfig` (max_epochs, batch_size,
             learning_rate, validation_fraction, patience, device, checkpoint, …).
     """
@@ -97,6 +118,7 @@ class RatioEstimator(Estimator):
         alpha: float | None = None,
         bnre_lambda: float = 100.0,
         bootstrap: bool = True,
+        embedding: nn.Module | dict | None = None,
         **training: Any,
     ):
         method = method.lower()
@@ -111,6 +133,8 @@ class RatioEstimator(Estimator):
         self.alpha = alpha
         self.bnre_lambda = float(bnre_lambda)
         self.bootstrap = bool(bootstrap)
+        self._init_embedding(embedding)
+        check_no_ensemble(self.n_ensemble, self.embedding)
 
     def hyperparameters(self) -> dict[str, Any]:
         return {
@@ -120,6 +144,7 @@ class RatioEstimator(Estimator):
             "alpha": self.alpha,
             "bnre_lambda": self.bnre_lambda,
             "bootstrap": self.bootstrap,
+            "embedding": self._embedding_hyperparameter(),
         }
 
     @property
@@ -128,12 +153,19 @@ class RatioEstimator(Estimator):
         return self.dims.get("alpha")
 
     def _build(self, dims: dict[str, Any]) -> RatioNetwork:
+        self._require_embedding(dims)
         return RatioNetwork(
-            dims["x_dim"], dims["theta_dim"], dims["double"], self.hidden, self.n_ensemble
+            dims["x_dim"],
+            dims["theta_dim"],
+            dims["double"],
+            self.hidden,
+            self.n_ensemble,
+            self._embedding_module(dims),
         )
 
     # -- training ---------------------------------------------------------------------------
-    def _training_rows(self, data: SimulationData) -> dict[str, Tensor]:
+    def _training_rows(self, data: SimulationData) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The training columns and the dims describing x."""
         if not isinstance(data, SimulationData):
             raise TypeError(f"fit() takes the SimulationData of simfer.simulate, got {type(data)}")
         data = data.valid_only()
@@ -142,7 +174,8 @@ class RatioEstimator(Estimator):
         if self.method in CONTRASTIVE_METHODS:
             if data.from_reference is not None:
                 data = data.subset(~data.from_reference)
-            return {"x": data.x.reshape(len(data), -1), "theta": data.theta}
+            x, x_dims = self._training_x(data)
+            return {"x": x, "theta": data.theta}, x_dims
         if data.from_reference is None:
             raise SimferError(
                 f"method '{self.method}' contrasts x drawn at θ with x drawn at θ_ref: simulate "
@@ -152,8 +185,9 @@ class RatioEstimator(Estimator):
             raise SimferError(
                 f"method '{self.method}' mines gold: simulate with gold=True (or use 'carl'/'nre')"
             )
+        x, x_dims = self._training_x(data)
         rows = {
-            "x": data.x.reshape(len(data), -1),
+            "x": x,
             "theta": data.theta,
             "theta_ref": data.theta_ref,
             "from_reference": data.from_reference,
@@ -162,24 +196,29 @@ class RatioEstimator(Estimator):
             rows["joint_log_ratio"] = data.joint_log_ratio
             rows["joint_score"] = data.joint_score
             rows["joint_score_ref"] = data.joint_score_ref
-        return rows
+        return rows, x_dims
 
     def fit(self, data: SimulationData, prior=None) -> RatioEstimator:
         """Train on ``data`` (invalid rows are skipped); returns the estimator."""
-        rows = self._training_rows(data)
+        rows, x_dims = self._training_rows(data)
         double = "theta_ref" in rows and not bool((rows["theta_ref"] == rows["theta_ref"][0]).all())
+        if self.embedding is not None:
+            x_dim = self._embedding_features(rows["x"], x_dims)
+        else:
+            x_dim = rows["x"].shape[1]
         self.dims = {
-            "x_dim": rows["x"].shape[1],
+            "x_dim": x_dim,
             "theta_dim": rows["theta"].shape[1],
-            "x_shape": list(data.x_shape),
             "double": double,
             "theta_ref": None if "theta_ref" not in rows else rows["theta_ref"][0].tolist(),
+            **x_dims,
         }
         if prior is not None:
             self.prior_description = describe_prior(prior)
         with seeded(self.training.seed):  # the initial weights follow the seed
             network = self._build(self.dims)
-        network.x_standardize.fit(rows["x"])
+        if network.x_standardize is not None:
+            network.x_standardize.fit(rows["x"])
         network.theta_standardize.fit(rows["theta"])
         alpha = self.alpha
         if self.method in SCORE_METHODS and alpha is None:
@@ -195,7 +234,8 @@ class RatioEstimator(Estimator):
         if self.n_ensemble > 1 and self.bootstrap:
             generator = torch.Generator().manual_seed(self.training.seed + 1)
             rates = torch.ones(len(rows["x"]), self.n_ensemble)
-            rows["bootstrap_weight"] = torch.poisson(rates, generator=generator).to(rows["x"].dtype)
+            weights = torch.poisson(rates, generator=generator)
+            rows["bootstrap_weight"] = weights.to(rows["theta"].dtype)
         self.network = network
         self.history = fit_network(network, self._loss_function(alpha), rows, self.training)
         return self
@@ -211,9 +251,10 @@ class RatioEstimator(Estimator):
             def weight(e: int) -> Tensor | None:  # member e's bootstrap weights, when training
                 return None if bootstrap is None else bootstrap[:, e]
 
+            summary = network.summarize(batch["x"])
             if method in CONTRASTIVE_METHODS:
-                joint = network(batch["x"], batch["theta"])
-                marginal = network(batch["x"], torch.roll(batch["theta"], 1, dims=0))
+                joint = network.head(summary, batch["theta"])
+                marginal = network.head(summary, torch.roll(batch["theta"], 1, dims=0))
                 if method == "nre":
                     return torch.stack(
                         [
@@ -227,16 +268,16 @@ class RatioEstimator(Estimator):
                         for e in range(n_members)
                     ]
                 )
-            x, theta_ref, y = batch["x"], batch.get("theta_ref"), batch["from_reference"]
+            theta_ref, y = batch.get("theta_ref"), batch["from_reference"]
             score = score_ref = None
             with torch.enable_grad():
                 theta0 = _member_leaf(batch["theta"], n_members, needs_score)
-                log_r = network(x, theta0, theta_ref)
+                log_r = network.head(summary, theta0, theta_ref)
                 if needs_score:
                     (score,) = torch.autograd.grad(log_r.sum(), theta0, create_graph=training)
                     # rows drawn at θ1 teach the score at θ1: t̂(x|θ1) = ∇θ0 log r̂ at θ0 = θ1
                     theta1 = _member_leaf(theta_ref, n_members, True)
-                    log_r_at_ref = network(x, theta1, theta_ref)
+                    log_r_at_ref = network.head(summary, theta1, theta_ref)
                     (score_ref,) = torch.autograd.grad(
                         log_r_at_ref.sum(), theta1, create_graph=training
                     )
@@ -285,51 +326,52 @@ class RatioEstimator(Estimator):
 
     # -- evaluation --------------------------------------------------------------------------
     def _inputs(self, x, theta0, theta1):
+        """The network, s(x) ``[batch, x_dim]`` and θ0, θ1 paired row by row (one row of
+        either side broadcasts over the other's); x is embedded once, before pairing."""
         network = self._require_fitted()
-        device = next(network.parameters()).device
-        dtype = next(network.parameters()).dtype
-        x = torch.as_tensor(x, dtype=dtype, device=device)
+        parameter = next(network.parameters())
+        device, dtype = parameter.device, parameter.dtype
+        if self.dims.get("x_kind") != "set" and list(self.dims["x_shape"]) == [1]:
+            x = torch.as_tensor(x, dtype=dtype, device=device)
+            x = x[:, None] if x.ndim == 1 and x.shape[0] != 1 else x
+        x, _ = x_batch(x, self.dims, parameter)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and x.requires_grad):
+            summary = network.summarize(x if self.embedding is not None else x.flatten(1))
         theta0 = torch.as_tensor(theta0, dtype=dtype, device=device)
         if theta0.ndim == 1:
             theta0 = theta0[None]
-        x_shape = tuple(self.dims["x_shape"])
-        if x.shape == x_shape:
-            x = x[None]
-        if tuple(x.shape[1:]) != x_shape and not (x.ndim == 1 and x_shape == (1,)):
-            raise ShapeError(
-                f"x must have shape [batch, {', '.join(map(str, x_shape))}], got {list(x.shape)}"
-            )
-        x = x.reshape(x.shape[0], -1)
         if theta0.shape[-1] != self.dims["theta_dim"]:
             raise ShapeError(
                 f"theta0 must be [batch, {self.dims['theta_dim']}], got {list(theta0.shape)}"
             )
-        batch = max(x.shape[0], theta0.shape[0])
-        if {x.shape[0], theta0.shape[0]} - {1, batch}:
+        batch = max(summary.shape[0], theta0.shape[0])
+        if {summary.shape[0], theta0.shape[0]} - {1, batch}:
             raise ShapeError(
-                f"x has {x.shape[0]} rows and theta0 {theta0.shape[0]}: cannot pair them"
+                f"x has {summary.shape[0]} rows and theta0 {theta0.shape[0]}: cannot pair them"
             )
-        x, theta0 = x.expand(batch, -1), theta0.expand(batch, -1)
+        summary, theta0 = summary.expand(batch, -1), theta0.expand(batch, -1)
         if theta1 is not None:
             theta1 = torch.as_tensor(theta1, dtype=dtype, device=device)
             theta1 = (theta1[None] if theta1.ndim == 1 else theta1).expand(batch, -1)
-        return network, x, theta0, theta1
+        return network, summary, theta0, theta1
 
-    def _log_ratio_members(self, network, x, theta0, theta1) -> Tensor:
+    def _log_ratio_members(self, network, summary, theta0, theta1) -> Tensor:
+        """log r̂ of every member ``[E, batch]`` from s(x) (see `_inputs`)."""
+        head = network.head
         if self.method in CONTRASTIVE_METHODS:
-            value = network(x, theta0)
-            return value if theta1 is None else value - network(x, theta1)
+            value = head(summary, theta0)
+            return value if theta1 is None else value - head(summary, theta1)
         if self.dims["double"]:
             if theta1 is None:
                 raise ValueError("this estimator is double-parameterized: pass theta1")
-            return network(x, theta0, theta1)
+            return head(summary, theta0, theta1)
         if theta1 is not None and not torch.allclose(
             theta1,
             torch.as_tensor(self.dims["theta_ref"], dtype=theta1.dtype, device=theta1.device),
         ):
             # a single-parameterized estimator knows r(x|θ, θ_ref): chain through the reference
-            return network(x, theta0) - network(x, theta1)
-        return network(x, theta0)
+            return head(summary, theta0) - head(summary, theta1)
+        return head(summary, theta0)
 
     def log_ratio_ensemble(self, x: Tensor, theta0: Tensor, theta1: Tensor | None = None) -> Tensor:
         """log r̂(x|θ0,θ1) of every member, ``[E, batch]``; differentiable when θ0 (or x)

@@ -13,10 +13,13 @@ from .sets import (
     EGNNLayer,
     LorentzNet,
     LorentzNetLayer,
+    SetEmbedding,
     count_parameters,
     masked_pool,
+    pack_sets,
     pad_sets,
     set_sizes,
+    unpack_sets,
 )
 
 __all__ = [
@@ -29,12 +32,15 @@ __all__ = [
     "EnsembleMLP",
     "LorentzNet",
     "LorentzNetLayer",
+    "SetEmbedding",
     "Standardize",
     "StandardizeTransform",
     "build_flow",
     "count_parameters",
     "masked_pool",
+    "pack_sets",
     "pad_sets",
     "seeded",
     "set_sizes",
+    "unpack_sets",
 ]

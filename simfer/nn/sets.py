@@ -38,6 +38,12 @@ means divide by the true size n (pooling) or n − 1 (the coordinate updates), n
 empty set (an all-False row) pools to the zero vector, so its summary is ρ(0): finite, the
 same for every empty set.  A one-element set has no messages; its coordinates stay put.
 
+Packed sets.  Some interfaces take one tensor per batch (the context of an nflows flow, the
+batches of `simfer.training.fit_network`).  There a set batch travels *packed*: x and its mask
+in one tensor ``(B, N, F + 1)`` whose last channel is the mask as 0/1 (`pack_sets`,
+`unpack_sets`), and `SetEmbedding` wraps any embedding so that it takes the packed tensor.
+The estimators pack and unpack; a user never needs to.
+
 Edges.  The fully connected graph is processed in one of two layouts, chosen by the ``edges``
 attribute of `EGNN` and `LorentzNet`: ``"padded"`` computes all B·N·N pairs and masks the
 unreal ones (the faster one when sets have nearly equal sizes), ``"edge_list"`` gathers only
@@ -62,10 +68,13 @@ __all__ = [
     "EGNNLayer",
     "LorentzNet",
     "LorentzNetLayer",
+    "SetEmbedding",
     "count_parameters",
     "masked_pool",
+    "pack_sets",
     "pad_sets",
     "set_sizes",
+    "unpack_sets",
 ]
 
 POOLINGS = ("mean", "sum", "mean+sum")
@@ -106,6 +115,41 @@ def pad_sets(
         x[b, : s.shape[0]] = s
     mask = torch.arange(max_n, device=first.device) < sizes[:, None]
     return x, mask
+
+
+def pack_sets(x: Tensor, mask: Tensor) -> Tensor:
+    """x ``(B, N, F)`` and mask ``(B, N)`` as one tensor ``(B, N, F + 1)`` (the mask last, as
+    0/1 in x's dtype; padded slots of x set to 0)."""
+    if x.ndim != 3 or mask.shape != x.shape[:2] or mask.dtype != torch.bool:
+        raise ShapeError(
+            f"pack_sets takes x (batch, max_n, features) and a bool mask (batch, max_n); got "
+            f"x {tuple(x.shape)} and mask {mask.dtype} {tuple(mask.shape)}"
+        )
+    return torch.cat([torch.where(mask[..., None], x, 0), mask[..., None].to(x.dtype)], -1)
+
+
+def unpack_sets(packed: Tensor) -> tuple[Tensor, Tensor]:
+    """The inverse of `pack_sets`: ``(B, N, F + 1)`` → x ``(B, N, F)``, mask ``(B, N)``."""
+    if packed.ndim != 3 or packed.shape[-1] < 2:
+        raise ShapeError(
+            f"a packed set batch is (batch, max_n, features + 1), got {tuple(packed.shape)}"
+        )
+    return packed[..., :-1], packed[..., -1] > 0.5
+
+
+class SetEmbedding(nn.Module):
+    """A set embedding called on packed sets: ``forward(packed)`` is
+    ``embedding(*unpack_sets(packed))``.
+
+    ``packed`` ``(B, N, F + 1)`` → ``(B, out_features)``; the wrapped module is ``.embedding``.
+    """
+
+    def __init__(self, embedding: nn.Module):
+        super().__init__()
+        self.embedding = embedding
+
+    def forward(self, packed: Tensor) -> Tensor:
+        return self.embedding(*unpack_sets(packed))
 
 
 def set_sizes(mask: Tensor) -> Tensor:

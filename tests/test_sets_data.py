@@ -1,0 +1,412 @@
+"""Set-valued x end to end: RaggedSets, simulate → store → load → estimators, and ToyJets."""
+
+import math
+import shutil
+import textwrap
+import warnings
+
+import h5py
+import pytest
+import torch
+from test_simulate import (
+    assert_same_data,
+    kill_after_calls,
+    run_script,
+    simulate_on_local_dask,
+)
+
+import simfer
+import simfer.cli
+from simfer import InvalidSimulationWarning, ModelFileError, ShapeError, StoreError
+from simfer.data import RaggedSets, SimulationData
+from simfer.nn import DeepSets, LorentzNet, pad_sets, set_sizes, unpack_sets
+from simfer.store import SimulationStore
+from simfer.training import TrainingConfig, fit_network, gather
+from simulators import ToyJets
+from simulators.toyjets import truncated_exponential_log_prob
+
+PRIOR = simfer.BoxUniform([-1.0], [1.0])
+
+
+def sets_4_2_1() -> RaggedSets:
+    """Two-feature sets of true sizes [4, 2, 1], with all-zero elements among them (the
+    case where a mask derived from the values, as sbi's NaN padding does, miscounts)."""
+    return RaggedSets.from_list(
+        [
+            torch.tensor([[0.0, 0.0], [1.0, 2.0], [0.0, 0.0], [3.0, 0.0]]),
+            torch.tensor([[0.0, 0.0], [0.0, 5.0]]),
+            torch.tensor([[0.0, 0.0]]),
+        ]
+    )
+
+
+# -- RaggedSets and SimulationData -----------------------------------------------------------
+def test_ragged_sizes_survive_padding_indexing_and_batching():
+    sets = sets_4_2_1()
+    assert sets.sizes.tolist() == [4, 2, 1]
+    x, mask = sets.padded()
+    assert x.shape == (3, 4, 2) and set_sizes(mask).tolist() == [4, 2, 1]
+    reference_x, reference_mask = pad_sets(sets.as_list())
+    assert torch.equal(x, reference_x) and torch.equal(mask, reference_mask)
+    assert set_sizes(sets.padded(max_n=7)[1]).tolist() == [4, 2, 1]
+    # a training batch is padded to its own largest set, not to the largest of all
+    packed = gather({"x": sets}, torch.tensor([2, 1]))["x"]
+    assert packed.shape == (2, 2, 3)
+    batch_x, batch_mask = unpack_sets(packed)
+    assert set_sizes(batch_mask).tolist() == [1, 2]
+    assert torch.equal(batch_x[1], sets[1])
+    assert sets[1:].sizes.tolist() == [2, 1]
+    assert sets[torch.tensor([True, False, True])].sizes.tolist() == [4, 1]
+    assert sets[torch.tensor([2, 0, 0])].sizes.tolist() == [1, 4, 4]
+    assert torch.equal(sets[-1], torch.zeros(1, 2))
+    assert RaggedSets.concatenate([sets, sets[1:]]).sizes.tolist() == [4, 2, 1, 2, 1]
+    empty = RaggedSets.from_list([torch.zeros(0, 2), torch.ones(3, 2)])
+    assert empty.sizes.tolist() == [0, 3] and empty.rows_finite().all()
+    assert RaggedSets.nan_sets(2, 2).rows_finite().tolist() == [False, False]
+    with pytest.raises(ShapeError, match="offsets must run from 0"):
+        RaggedSets(torch.zeros(5, 2), torch.tensor([0, 2, 4]))
+    with pytest.raises(ShapeError, match="non-decreasing"):
+        RaggedSets(torch.zeros(5, 2), torch.tensor([0, 3, 2, 5]))
+
+
+def test_simulation_data_subsets_and_concatenates_sets():
+    x = RaggedSets.concatenate([sets_4_2_1(), RaggedSets.nan_sets(1, 2)])
+    data = SimulationData(
+        theta=torch.arange(4.0)[:, None],
+        x=x,
+        theta_ref=torch.full((4, 1), -1.0),
+        from_reference=torch.tensor([False, True, False, False]),
+    )
+    assert data.is_set and data.x_shape == (None, 2)
+    assert data.valid.tolist() == [True, True, True, False]  # NaN marks the failed row only
+    assert data.valid_only().x.sizes.tolist() == [4, 2, 1]
+    assert data.subset(torch.tensor([2, 0])).x.sizes.tolist() == [1, 4]
+    assert data.theta_simulated[:, 0].tolist() == [0.0, -1.0, 2.0, 3.0]
+    both = SimulationData.concatenate([data, data.subset(slice(1, 3))])
+    assert both.x.sizes.tolist() == [4, 2, 1, 1, 2, 1] and len(both) == 6
+    assert torch.equal(data[0]["x"], x[0])
+    with pytest.raises(ValueError, match="set-valued x with fixed-shape x"):
+        dense = SimulationData(**{**data.columns(), "x": torch.zeros(4, 2)})
+        SimulationData.concatenate([data, dense])
+
+
+def test_fit_network_pads_each_batch_to_its_own_largest_set():
+    sizes = [1, 1, 1, 1, 9, 1, 1, 1]
+    sets = RaggedSets.from_list([torch.ones(n, 2) for n in sizes])
+    torch.manual_seed(0)
+    network = DeepSets(2, 1, hidden=4)
+    widths = []
+
+    def loss_fn(net, batch, training):
+        widths.append(batch["x"].shape[1])
+        return net(*unpack_sets(batch["x"])).square().mean()[None]
+
+    config = TrainingConfig(max_epochs=1, batch_size=2, validation_fraction=0.25, progress=False)
+    fit_network(network, loss_fn, {"x": sets}, config)
+    assert min(widths) == 1 and max(widths) == 9
+
+
+# -- simulate and the store --------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def jets():
+    return ToyJets()
+
+
+JET_RUN = dict(gold=True, theta_ref=[4.0], seed=5, chunk_size=30, progress=False)
+
+
+@pytest.fixture(scope="module")
+def serial_jets(jets):
+    return simfer.simulate(jets, jets.prior(), 160, executor="serial", **JET_RUN)
+
+
+def test_ragged_runs_are_the_same_in_processes_and_through_the_store(jets, serial_jets, tmp_path):
+    assert serial_jets.x.sizes.unique().numel() > 3  # sizes vary
+    assert serial_jets.x.dtype == torch.float64
+    processes = simfer.simulate(
+        jets, jets.prior(), 160, executor="processes", n_workers=2, **JET_RUN
+    )
+    assert_same_data(processes, serial_jets)
+    path = tmp_path / "jets.h5"
+    stored = simfer.simulate(jets, jets.prior(), 160, path=path, executor="serial", **JET_RUN)
+    assert_same_data(stored, serial_jets)
+    assert_same_data(simfer.load_simulations(path), serial_jets)
+    with h5py.File(path, "r") as file:
+        assert "x" not in file  # no padded copy
+        assert file["x.values"].shape == (int(serial_jets.x.sizes.sum()), 4)
+        assert file["x.ends"].shape == (160,)
+    longer = simfer.simulate(jets, jets.prior(), 220, path=path, executor="serial", **JET_RUN)
+    assert_same_data(longer.subset(slice(0, 160)), serial_jets)
+
+
+@pytest.mark.slow
+def test_ragged_runs_are_the_same_on_a_dask_cluster(jets, serial_jets):
+    assert_same_data(simulate_on_local_dask(jets, jets.prior(), 160, **JET_RUN), serial_jets)
+
+
+def test_a_half_written_ragged_chunk_is_discarded(jets, tmp_path):
+    path = tmp_path / "jets.h5"
+    run = dict(seed=7, chunk_size=30, executor="serial", progress=False)
+    first = simfer.simulate(jets, jets.prior(), 90, path=path, **run)
+    # a kill while appending a fourth chunk: its elements and rows written, nothing committed
+    with h5py.File(path, "r+") as file:
+        n_values = file["x.values"].shape[0]
+        file["x.values"].resize(n_values + 7, axis=0)
+        file["x.values"][n_values:] = 99.0
+        for name in file:
+            if name != "x.values":
+                file[name].resize(93, axis=0)
+        file["x.ends"][90:] = n_values + torch.tensor([2, 5, 7]).numpy()
+    assert_same_data(simfer.load_simulations(path), first)
+    resumed = simfer.simulate(jets, jets.prior(), 120, path=path, **run)
+    assert_same_data(resumed, simfer.simulate(jets, jets.prior(), 120, **run))
+    assert not bool((resumed.x.values == 99.0).any())
+
+
+def test_damaged_or_mismatched_ragged_stores_name_the_problem(jets, tmp_path, capsys):
+    good = tmp_path / "good.h5"
+    simfer.simulate(jets, jets.prior(), 60, seed=1, chunk_size=30, path=good, executor="serial")
+
+    def damaged(name, edit):
+        path = tmp_path / f"{name}.h5"
+        shutil.copy(good, path)
+        with h5py.File(path, "r+") as file:
+            edit(file)
+        return path
+
+    no_ends = damaged("no_ends", lambda f: f.__delitem__("x.ends"))
+    with pytest.raises(StoreError, match="no 'x.ends'"):
+        simfer.load_simulations(no_ends)
+    short = damaged("short", lambda f: f["x.values"].resize(3, axis=0))
+    with pytest.raises(StoreError, match="holds only 3"):
+        simfer.load_simulations(short)
+
+    def decrease(file):
+        file["x.ends"][5] = 0
+
+    with pytest.raises(StoreError, match="non-decreasing"):
+        simfer.load_simulations(damaged("decreasing", decrease))
+    assert simfer.cli.main(["inspect", str(good)]) == 0
+    assert "RaggedSets(n=60" in capsys.readouterr().out
+    with SimulationStore.open(good, SimulationStore.read_fingerprint(good)) as store:
+        dense = SimulationData(theta=torch.ones(2, 1), x=torch.zeros(2, 4))
+        with pytest.raises(StoreError, match="fixed-shape 'x', the store holds set-valued"):
+            store.append(5, 60, dense)
+
+
+def sparks_sets(theta):
+    """1 + ⌊5|θ|⌋ elements (θ, k), k = 0, 1, …: a set simulator whose output is checkable."""
+    sizes = (1 + (5 * theta[:, 0].abs()).long()).tolist()
+    return [
+        torch.stack([t.expand(n), torch.arange(n, dtype=t.dtype)], 1)
+        for t, n in zip(theta[:, 0], sizes, strict=True)
+    ]
+
+
+def assert_sparks(data: SimulationData) -> None:
+    sets = data.x
+    assert torch.equal(sets.sizes, 1 + (5 * data.theta[:, 0].abs()).long())
+    rows = sets.row_ids()
+    torch.testing.assert_close(sets.values[:, 0], data.theta[rows, 0])
+    within = torch.arange(len(sets.values)) - sets.offsets[:-1][rows]
+    torch.testing.assert_close(sets.values[:, 1], within.to(sets.dtype))
+
+
+def test_failed_set_simulations_are_one_nan_element_and_stored(tmp_path):
+    def sparks(theta):
+        if float(theta[0]) > 0.6:
+            raise ValueError("too hot")
+        return sparks_sets(theta[None])[0]
+
+    simulator = simfer.Simulator.from_function(
+        sparks, theta_dim=1, x_shape=(None, 2), vectorized=False
+    )
+    path = tmp_path / "sparks.h5"
+    with pytest.warns(InvalidSimulationWarning, match="raised"):
+        data = simfer.simulate(
+            simulator, PRIOR, 80, seed=2, chunk_size=10, path=path, executor="serial"
+        )
+    failed = ~data.valid
+    assert bool(failed.any()) and torch.equal(failed, data.theta[:, 0] > 0.6)
+    assert bool((data.x.sizes[failed] == 1).all())
+    assert bool(data.x[failed].values.isnan().all())
+    assert_sparks(data.valid_only())
+    assert_same_data(simfer.load_simulations(path), data)
+
+
+RAGGED_KILLABLE_SCRIPT = textwrap.dedent(
+    """
+    import os, sys, time, torch, simfer
+
+    def sparks(theta):  # 1 + floor(5|θ|) elements (θ, k), k = 0, 1, …
+        with open(os.environ["MARKER"], "a") as f:
+            f.write("x")
+        time.sleep(float(os.environ.get("SLEEP", "0")))
+        sizes = (1 + (5 * theta[:, 0].abs()).long()).tolist()
+        return [torch.stack([t.expand(n), torch.arange(n, dtype=t.dtype)], 1)
+                for t, n in zip(theta[:, 0], sizes)]
+
+    sim = simfer.Simulator.from_function(sparks, theta_dim=1, x_shape=(None, 2))
+    prior = simfer.BoxUniform([-1.0], [1.0])
+    data = simfer.simulate(sim, prior, 400, seed=9, chunk_size=20, path=sys.argv[1],
+                           executor=sys.argv[2], n_workers=2, progress=False)
+    print(len(data), int(data.x.sizes.sum()), float(data.x.values.sum()))
+    """
+)
+
+
+@pytest.mark.slow
+def test_a_killed_ragged_run_resumes_with_whole_sets(tmp_path):
+    store = tmp_path / "killed.h5"
+    calls = tmp_path / "calls"
+    partial = kill_after_calls(tmp_path, store, RAGGED_KILLABLE_SCRIPT)
+    assert 0 < len(partial) < 400 and len(partial) % 20 == 0
+    assert_sparks(partial)
+    calls.write_text("")
+    out = run_script(tmp_path, store, "serial", sleep=0.0, source=RAGGED_KILLABLE_SCRIPT)
+    assert len(calls.read_text()) == (400 - len(partial)) // 20  # only the missing chunks
+    data = simfer.load_simulations(store)
+    assert len(data) == 400
+    assert_sparks(data)
+    assert_same_data(data.subset(slice(0, len(partial))), partial)
+    fresh = run_script(
+        tmp_path, tmp_path / "fresh.h5", "processes", sleep=0.0, source=RAGGED_KILLABLE_SCRIPT
+    )
+    assert fresh == out
+
+
+# -- ToyJets -----------------------------------------------------------------------------------
+def test_toyjets_conserves_four_momentum_and_sizes_vary(jets):
+    theta = torch.linspace(2.0, 6.0, 400, dtype=torch.float64)[:, None]
+    x = jets.simulate(theta, seed=0)
+    assert isinstance(x, RaggedSets) and x.dtype == torch.float64 and x.features == 4
+    total = torch.zeros(400, 4, dtype=torch.float64).index_add(0, x.row_ids(), x.values)
+    energy = float(jets.root(1)[0, 0])
+    torch.testing.assert_close(total, jets.root(400), rtol=0, atol=1e-9 * energy)
+    mass2 = x.values[:, 0] ** 2 - x.values[:, 1:].square().sum(1)
+    assert bool((mass2 <= jets.t_cut + 1e-6 * energy**2).all())
+    assert bool((mass2 >= -1e-6 * energy**2).all())
+    sizes = x.sizes
+    assert int(sizes.min()) >= 2 and sizes.unique().numel() > 5
+    assert sizes[:100].double().mean() > sizes[-100:].double().mean()  # larger λ, fewer
+    _, latent = jets.sample_with_latent(theta, None, torch.Generator().manual_seed(0))
+    assert torch.equal(latent.sizes, sizes - 1)  # a binary tree: one splitting fewer
+
+
+def test_truncated_exponential_density_is_normalised():
+    rate = torch.tensor([0.01, 1.0, 7.0], dtype=torch.float64)[:, None]
+    upper = torch.tensor([3.0, 0.5, 2.0], dtype=torch.float64)[:, None]
+    t = torch.linspace(0, 1, 20001, dtype=torch.float64)[None, :] * upper
+    density = truncated_exponential_log_prob(t, rate, upper).exp()
+    integral = torch.trapezoid(density, t, dim=1)
+    torch.testing.assert_close(integral, torch.ones(3, dtype=torch.float64), rtol=1e-7, atol=0)
+
+
+def test_toyjets_gold_matches_finite_differences_and_the_joint_ratio(jets):
+    theta = torch.linspace(2.0, 6.0, 50, dtype=torch.float64)[:, None]
+    theta_ref = torch.full_like(theta, 4.0)
+    x, latent = jets.sample_with_latent(theta, None, torch.Generator().manual_seed(3))
+    data = jets.simulate(theta, gold=True, theta_ref=theta_ref, seed=3)
+    assert data.x.equal(x)
+
+    def log_p(at):
+        return jets.joint_log_prob(x, latent, at, None)
+
+    torch.testing.assert_close(data.joint_log_ratio, log_p(theta) - log_p(theta_ref))
+    h = 1e-5
+    finite_difference = (log_p(theta + h) - log_p(theta - h)) / (2 * h)
+    torch.testing.assert_close(data.joint_score[:, 0], finite_difference, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("lam", [2.5, 5.0])
+def test_toyjets_joint_score_has_mean_zero_at_the_true_theta(jets, lam):
+    """E_{x,z ~ p(·|θ)} t(x,z|θ) = 0: a z-test with the standard error of the mean."""
+    n = 10_000
+    theta = torch.full((n, 1), lam, dtype=torch.float64)
+    score = jets.simulate(theta, gold=True, seed=int(lam * 10)).joint_score[:, 0]
+    z = score.mean() / (score.std() / math.sqrt(n))
+    assert abs(float(z)) < 4.0, f"mean joint score {float(score.mean()):.4g}, z = {float(z):.2f}"
+
+
+# -- estimators on sets ------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def jet_data(jets):
+    run = {**JET_RUN, "seed": 11, "chunk_size": 100}
+    return simfer.simulate(jets, jets.prior(), 300, executor="serial", **run)
+
+
+def small_lorentz_net() -> LorentzNet:
+    with simfer.nn.seeded(0):
+        return LorentzNet(4, 6, hidden=8, n_layers=1)
+
+
+TINY = dict(max_epochs=2, seed=0, progress=False, batch_size=64)
+
+
+def test_npe_on_sets_takes_every_form_of_x_and_saves(jets, jet_data, tmp_path):
+    npe = simfer.PosteriorEstimator(
+        embedding=small_lorentz_net(), hidden=16, n_transforms=1, **TINY
+    ).fit(jet_data, jets.prior())
+    assert npe.dims["x_kind"] == "set" and npe.dims["context_features"] == 6
+    theta = torch.tensor([[3.0], [5.0]])
+    one = jet_data.x[0]
+    expected = npe.log_prob(theta, one)
+    assert torch.isfinite(expected).all()
+    padded, mask = jet_data.x[:1].padded(max_n=40)  # extra padding changes nothing
+    for form in ([one], jet_data.x[:1], (padded, mask)):
+        torch.testing.assert_close(npe.log_prob(theta, form), expected)
+    assert npe.sample(5, one, seed=0).shape == (5, 1)
+    assert npe.sample(5, jet_data.x[:3], seed=0).shape == (3, 5, 1)
+    path = tmp_path / "npe.pt"
+    npe.save(path)
+    loaded = simfer.PosteriorEstimator.load(path, embedding=LorentzNet(4, 6, hidden=8, n_layers=1))
+    torch.testing.assert_close(loaded.log_prob(theta, one), expected)
+    with pytest.raises(ModelFileError, match="embedding=LorentzNet"):
+        simfer.PosteriorEstimator.load(path)
+    with pytest.raises(ShapeError, match=r"one set \[n, 4\]"):
+        npe.log_prob(theta, torch.zeros(5, 3))
+    with pytest.raises(ShapeError, match="needs embedding="):
+        simfer.PosteriorEstimator(**TINY).fit(jet_data)
+
+
+def test_alices_on_sets_with_an_embedding(jets, jet_data, tmp_path):
+    ratio = simfer.RatioEstimator(
+        "alices", embedding=small_lorentz_net(), hidden=(16,), **TINY
+    ).fit(jet_data)
+    theta = torch.tensor([[3.0], [5.0]])
+    log_r = ratio.log_ratio(jet_data.x[0], theta)
+    assert log_r.shape == (2,) and torch.isfinite(log_r).all()
+    assert ratio.score(jet_data.x[:2], theta).shape == (2, 1)
+    path = tmp_path / "ratio.pt"
+    ratio.save(path)
+    loaded = simfer.RatioEstimator.load(path, embedding=LorentzNet(4, 6, hidden=8, n_layers=1))
+    torch.testing.assert_close(loaded.log_ratio(jet_data.x[0], theta), log_r)
+    with pytest.raises(ValueError, match="n_ensemble must be 1"):
+        simfer.RatioEstimator("alices", embedding=small_lorentz_net(), n_ensemble=2)
+
+
+def test_nle_keeps_its_embedding_fixed(jets, jet_data, tmp_path):
+    embedding = small_lorentz_net()
+    before = {k: v.clone() for k, v in embedding.state_dict().items()}
+    with pytest.warns(UserWarning, match="NOT trained here"):
+        nle = simfer.LikelihoodEstimator(
+            "scandal", embedding=embedding, hidden=16, n_transforms=1, **TINY
+        ).fit(jet_data)
+    # the user's module is neither trained nor frozen; the estimator holds a frozen copy
+    assert all(torch.equal(v, before[k]) for k, v in embedding.state_dict().items())
+    assert all(p.requires_grad for p in embedding.parameters())
+    assert not any(p.requires_grad for p in nle.embedding.parameters())
+    theta = torch.tensor([[3.0], [5.0]])
+    log_q = nle.log_prob(jet_data.x[0], theta)
+    assert torch.isfinite(log_q).all() and nle.score(jet_data.x[0], theta).shape == (2, 1)
+    path = tmp_path / "nle.pt"
+    nle.save(path)
+    loaded = simfer.LikelihoodEstimator.load(path, embedding=LorentzNet(4, 6, hidden=8, n_layers=1))
+    torch.testing.assert_close(loaded.log_prob(jet_data.x[0], theta), log_q)
+    with pytest.raises(simfer.SimferError, match="cannot draw x"):
+        nle.sample(3, theta[0])
+    with warnings.catch_warnings():  # a frozen embedding is what NLE wants: no warning
+        warnings.simplefilter("error")
+        simfer.LikelihoodEstimator(
+            embedding=small_lorentz_net().requires_grad_(False), hidden=16, n_transforms=1, **TINY
+        ).fit(jet_data)
