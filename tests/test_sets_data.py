@@ -410,3 +410,26 @@ def test_nle_keeps_its_embedding_fixed(jets, jet_data, tmp_path):
         simfer.LikelihoodEstimator(
             embedding=small_lorentz_net().requires_grad_(False), hidden=16, n_transforms=1, **TINY
         ).fit(jet_data)
+
+
+def test_posteriors_from_set_estimators(jets, jet_data):
+    """est.posterior takes observed jets: one jet (NPE draws directly) or iid jets (MCMC)."""
+    npe = simfer.PosteriorEstimator(
+        embedding=small_lorentz_net(), hidden=16, n_transforms=1, **TINY
+    ).fit(jet_data, jets.prior())
+    ratio = simfer.RatioEstimator(
+        "alices", embedding=small_lorentz_net(), hidden=(16,), **TINY
+    ).fit(jet_data)
+    one, three = jet_data.x[0], jet_data.x[:3]
+    posterior = npe.posterior(jets.prior(), one)
+    theta = torch.tensor([[3.0], [5.0]])
+    torch.testing.assert_close(posterior.log_prob(theta), npe.log_prob(theta, one))
+    assert posterior.sample(20, seed=0).shape == (20, 1)
+    for estimator in (npe, ratio):
+        iid = estimator.posterior(jets.prior(), three)
+        assert iid.n_observations == 3
+        draws = iid.sample(40, seed=0, num_chains=8, warmup=10)
+        assert draws.shape == (40, 1) and bool(jets.prior().support.check(draws).all())
+    # the sum over three jets is the sum of each jet's term
+    single = [ratio.posterior(jets.prior(), jet_data.x[i]).log_likelihood(theta) for i in range(3)]
+    torch.testing.assert_close(iid.log_likelihood(theta), sum(single))

@@ -27,6 +27,8 @@ from torch import Tensor
 from torch.distributions import Distribution
 
 from ..errors import SimferError
+from ..estimators.embedding import x_batch
+from ..nn.sets import unpack_sets
 from .posterior import Posterior, distribution_device
 
 __all__ = ["posterior_for"]
@@ -36,9 +38,13 @@ def posterior_for(estimator: Any, prior: Distribution | None, x_obs: Any, **opti
     """The `Posterior` of a trained estimator given x_obs (one or ``[n, *x_shape]`` iid)."""
     from ..estimators import LikelihoodEstimator, PosteriorEstimator, RatioEstimator, ScoreEstimator
 
-    estimator._require_fitted()
+    network = estimator._require_fitted()
     device = estimator.device
     x_shape = tuple(estimator.dims["x_shape"])
+    as_x = _as_estimator_x(estimator)
+    if estimator.dims.get("x_kind") == "set":  # pad the observed sets once, then as arrays
+        x_obs, _ = x_batch(x_obs, estimator.dims, next(network.parameters()))
+        x_shape = tuple(x_obs.shape[1:])
     if isinstance(estimator, PosteriorEstimator):
         prior = estimator._prior(prior, device)
         if prior is None:
@@ -48,13 +54,15 @@ def posterior_for(estimator: Any, prior: Distribution | None, x_obs: Any, **opti
             prior,
             x_obs,
             lambda x, theta: (
-                estimator.log_prob(theta, x)
+                estimator.log_prob(theta, as_x(x))
                 - prior.log_prob(theta.to(prior_device)).to(theta.device)
             ),
             x_shape=x_shape,
             model=estimator,
-            direct=lambda n, x: estimator.sample(n, x.reshape(-1, *x_shape), prior=prior),
-            normalized_log_prob=lambda theta, x: estimator.log_prob(theta, x[0], prior=prior),
+            direct=lambda n, x: estimator.sample(n, as_x(x), prior=prior),
+            normalized_log_prob=lambda theta, x: estimator.log_prob(
+                theta, as_x(x[:1]), prior=prior
+            ),
             default_method="slice",
             device=device,
             **options,
@@ -62,7 +70,10 @@ def posterior_for(estimator: Any, prior: Distribution | None, x_obs: Any, **opti
     if prior is None:
         raise SimferError(f"{type(estimator).__name__}.posterior needs the prior")
     if isinstance(estimator, LikelihoodEstimator):
-        term = estimator.log_prob
+
+        def term(x: Tensor, theta: Tensor) -> Tensor:
+            return estimator.log_prob(as_x(x), theta)
+
     elif isinstance(estimator, RatioEstimator):
         theta_ref = estimator.dims.get("theta_ref")
         theta1 = None
@@ -70,13 +81,21 @@ def posterior_for(estimator: Any, prior: Distribution | None, x_obs: Any, **opti
             theta1 = torch.as_tensor(theta_ref if theta_ref is not None else prior.mean)
 
         def term(x: Tensor, theta: Tensor) -> Tensor:
-            return estimator.log_ratio_ensemble(x, theta, theta1).mean(0)
+            return estimator.log_ratio_ensemble(as_x(x), theta, theta1).mean(0)
 
     elif isinstance(estimator, ScoreEstimator):
         term = _local_model(estimator, x_obs, options.pop("fisher_information", None))
     else:
         raise TypeError(f"no posterior for a {type(estimator).__name__}")
     return Posterior(prior, x_obs, term, x_shape=x_shape, model=estimator, device=device, **options)
+
+
+def _as_estimator_x(estimator: Any):
+    """What the estimator takes for the Posterior's rows of x: the rows themselves, or for
+    set-valued x (held packed, ``[n, max_n, features + 1]``) padded ``(x, mask)`` pairs."""
+    if estimator.dims.get("x_kind") == "set":
+        return unpack_sets
+    return lambda x: x
 
 
 def _local_model(estimator: Any, x_obs: Any, fisher_information: Tensor | None):

@@ -128,7 +128,7 @@ def likelihood_scan(
     events (Asimov: a large sample at θ_true standing for its expectation)."""
     d = posterior.theta_dim
     parameters = tuple(range(d)) if parameters is None else tuple(int(p) for p in parameters)
-    grid = torch.as_tensor(grid, device=posterior.device, dtype=posterior.x_obs.dtype)
+    grid = torch.as_tensor(grid, device=posterior.device, dtype=torch.get_default_dtype())
     if grid.ndim == 1 and len(parameters) == 1:
         grid = grid[:, None]
     if grid.ndim != 2 or grid.shape[1] != len(parameters):

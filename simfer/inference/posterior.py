@@ -96,7 +96,9 @@ class Posterior:
 
     # -- shapes -------------------------------------------------------------------------------
     def _as_observations(self, x: Any) -> Tensor:
-        x = torch.as_tensor(x, dtype=torch.get_default_dtype(), device=self.device)
+        x = torch.as_tensor(x, device=self.device)
+        if not x.is_floating_point():  # float64 observations (4-momenta) stay float64
+            x = x.to(torch.get_default_dtype())
         if tuple(x.shape) == self.x_shape:
             x = x[None]
         elif self.x_shape == (1,) and x.ndim == 1:
