@@ -2,7 +2,7 @@
 
 __version__ = "0.1.0"
 
-from . import diagnostics, losses
+from . import diagnostics, inference, losses
 from .data import SimulationData
 from .errors import (
     GoldNotAvailableError,
@@ -48,6 +48,7 @@ __all__ = [
     "TractableSimulator",
     "as_prior",
     "diagnostics",
+    "inference",
     "load",
     "load_simulations",
     "losses",
