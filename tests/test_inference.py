@@ -283,8 +283,8 @@ def routes(gaussian, data):
 )
 def test_every_route_recovers_the_analytic_posterior(routes, gaussian, observation, route, method):
     posterior = routes[route].posterior(gaussian.prior(), observation)
-    n = 600 if method == "nuts" else 4000
-    options = dict(num_chains=2, warmup=100) if method == "nuts" else {}
+    n = 300 if method == "nuts" else 4000
+    options = dict(num_chains=2, warmup=60) if method == "nuts" else {}
     draws = posterior.sample(n, method=method, seed=0, **options)
     exact = gaussian.posterior(observation[None])
     check_moments(draws, exact.mean, exact.variance, MEAN_TOLERANCE, VARIANCE_TOLERANCE)
@@ -295,7 +295,7 @@ def test_npe_with_iid_observations_uses_the_product_of_posteriors(routes, gaussi
     x = gaussian.simulate(torch.tensor([[0.2, -0.3]]).expand(8, -1), seed=4)
     posterior = routes["npe"].posterior(gaussian.prior(), x)
     assert not posterior.normalized
-    draws = posterior.sample(2000, seed=0, num_chains=50)
+    draws = posterior.sample(1000, seed=0, num_chains=50, warmup=50)
     assert posterior.diagnostics["method"] == "slice"
     exact = gaussian.posterior(x)
     # eight events multiply eight errors of the single-event fit: 8× the KL budget
