@@ -4,6 +4,12 @@ import pytest
 import torch
 
 
+def pytest_configure(config):
+    """The whole suite runs on one torch thread: its networks are small, and intra-op
+    threads that compete with another process for the cores slow it down many times."""
+    torch.set_num_threads(1)
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """Run a module on one torch thread: small networks and thousands of tiny MCMC chains
