@@ -29,7 +29,7 @@ from simulators import GaltonBoard
 matplotlib.use("Agg")
 OUT = Path(os.environ.get("SIMFER_TUTORIAL_OUT", Path.cwd() / "tutorial_output"))
 OUT.mkdir(parents=True, exist_ok=True)
-torch.set_num_threads(2)
+torch.set_num_threads(1)  # small networks: one thread is fastest, and steady on a busy machine
 
 # %% [markdown]
 # ## 1. One budget of simulations, with gold
