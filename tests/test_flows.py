@@ -12,12 +12,12 @@ next to that.
 """
 
 import math
-import re
 import warnings
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import run_markdown_examples
 from torch import nn
 
 import simfer
@@ -452,13 +452,4 @@ def test_c2st_is_one_half_for_one_distribution_and_one_for_disjoint_ones():
 def test_the_examples_in_docs_flows_run(monkeypatch, tmp_path):
     """Run every ```python block of docs/flows.md in order, in one namespace."""
     monkeypatch.chdir(tmp_path)  # the examples save models
-    text = (ROOT / "docs" / "flows.md").read_text()
-    blocks = [
-        (text.count("\n", 0, match.start(1)), match.group(1))
-        for match in re.finditer(r"```python\n(.*?)```", text, flags=re.S)
-    ]
-    assert blocks
-    namespace: dict = {}
-    with torch.random.fork_rng():  # the examples seed the global generator
-        for first_line, block in blocks:  # padded so tracebacks give the line in the file
-            exec(compile("\n" * first_line + block, "docs/flows.md", "exec"), namespace)
+    run_markdown_examples(ROOT / "docs" / "flows.md")

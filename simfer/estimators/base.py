@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 
 import torch
 from torch import nn
+from torch.distributions import Distribution
 
 from .. import __version__
 from ..errors import ModelFileError, SimferError
@@ -75,6 +76,16 @@ class Estimator:
         if self.network is not None:
             self.network.to(device)
         return self
+
+    def posterior(self, prior: Distribution | None = None, x_obs: Any = None, **options: Any):
+        """The `simfer.inference.Posterior` p(θ | x_obs) of this estimator: x_obs is one
+        observation or ``[n, *x_shape]`` iid ones; see `simfer.inference.posterior_for`
+        for what each estimator type contributes and its default sampler."""
+        from ..inference import posterior_for
+
+        if x_obs is None:
+            raise TypeError("posterior(prior, x_obs) needs the observation(s) x_obs")
+        return posterior_for(self, prior, x_obs, **options)
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the trained model to ``path`` (tensors and JSON only)."""

@@ -290,13 +290,14 @@ class PosteriorEstimator(Estimator):
 
         With a bounded prior (the one given to `fit`, or ``prior``) it is −∞ outside the
         support; ``leakage_correction`` subtracts log P_q(θ ∈ support | x), estimated from
-        ``n_estimate`` draws (one x only)."""
+        ``n_estimate`` draws (one x only).  Differentiable when θ requires grad."""
         network, context = self._context(x)
         parameter = next(network.parameters())
         theta = as_batch(theta, (self.dims["theta_dim"],), "theta", parameter)
         theta, context = pair_rows(theta, context, ("theta", "x"))
         prior = self._prior(prior, theta.device)
-        with torch.no_grad():
+        grad = torch.is_grad_enabled() and theta.requires_grad
+        with torch.set_grad_enabled(grad):
             log_q = network.log_prob(theta, context=context)
             if prior is not None:
                 log_q = torch.where(

@@ -332,9 +332,12 @@ class RatioEstimator(Estimator):
         return network(x, theta0)
 
     def log_ratio_ensemble(self, x: Tensor, theta0: Tensor, theta1: Tensor | None = None) -> Tensor:
-        """log r̂(x|θ0,θ1) of every member, ``[E, batch]``."""
+        """log r̂(x|θ0,θ1) of every member, ``[E, batch]``; differentiable when θ0 (or x)
+        requires grad."""
         network, x, theta0, theta1 = self._inputs(x, theta0, theta1)
-        with torch.no_grad():
+        with torch.set_grad_enabled(
+            torch.is_grad_enabled() and (theta0.requires_grad or x.requires_grad)
+        ):
             return self._log_ratio_members(network, x, theta0, theta1)
 
     def log_ratio(

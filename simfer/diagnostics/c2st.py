@@ -29,8 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .errors import ShapeError
-from .nn.mlp import EnsembleLinear
+from ..errors import ShapeError
+from ..nn.mlp import EnsembleLinear
 
 __all__ = ["c2st"]
 

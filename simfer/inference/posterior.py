@@ -1,0 +1,417 @@
+r"""`Posterior`: what the observations x_obs say about θ, from any likelihood-like term.
+
+For n iid observations x_1 … x_n (one event or thousands, the LHC case) the posterior is
+
+    log p(θ | x_1…n) = log p(θ) + Σ_i ℓ(x_i | θ) + const,
+
+where the per-event term ℓ is anything equal to log p(x|θ) up to a θ-independent
+constant: the exact log-likelihood, a learnt log q(x|θ) (NLE), a learnt log-ratio
+log r̂(x|θ, θ_ref) (CARL, ALICES, NRE, …: the constant is log p(x|θ_ref) or log p(x)), or
+for NPE log q(θ|x_i) − log p(θ), since p(θ|x_i) / p(θ) = p(x_i|θ) / p(x_i).  The last
+identity gives NPE with iid data the correct target p(θ) Π_i [q(θ|x_i) / p(θ)]
+(the product of the single-event posteriors divided by the prior n − 1 times), which
+MCMC then samples; with one observation NPE samples q(θ|x) directly.
+
+The sum over events is taken in chunks of at most ``max_rows`` (θ, x) pairs on the
+estimator's device, so the memory does not grow with the number of events.
+
+Samplers (``method=``): ``"direct"`` (NPE, one observation: flow draws truncated to the
+prior), ``"slice"`` (many parallel chains, `simfer.inference.slice`), ``"nuts"``/``"hmc"``
+(Pyro, on the prior's support mapped to R^d), ``"rejection"`` (prior proposals; exact).
+`log_prob` is normalised only for NPE with one observation (``normalized`` says which);
+otherwise it is the log-density up to a constant.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.distributions import Distribution, biject_to
+
+from ..errors import ShapeError, SimferError
+from ..nn.flows import seeded
+from ..prior import BoxUniform, as_prior
+from .chains import effective_sample_size, split_r_hat
+from .slice import slice_sample
+
+__all__ = ["Posterior", "posterior_from_likelihood"]
+
+EventLogLikelihood = Callable[[Tensor, Tensor], Tensor]
+"""ℓ(x ``[b, *x_shape]``, θ ``[b, theta_dim]``) → ``[b]``: log p(x|θ) up to a constant."""
+
+METHODS = ("direct", "slice", "nuts", "hmc", "rejection")
+
+
+class Posterior:
+    """p(θ | x_obs) ∝ p(θ) Π_i exp ℓ(x_i | θ) for one or n iid observations.
+
+    Args:
+        prior: the prior over θ (a torch/Pyro distribution, event shape ``[theta_dim]``).
+        x_obs: one observation ``x_shape`` or n iid observations ``[n, *x_shape]``.
+        event_log_likelihood: ℓ(x, θ) (see the module docstring); differentiable in θ for
+            ``nuts``/``hmc`` and `map`.
+        x_shape: the shape of one observation.
+        model: the estimator behind ℓ (moved by `to`), or None.
+        direct: for NPE, a function ``(n, x [m, *x_shape]) → θ [m, n, theta_dim]`` drawing
+            from the (normalised) posterior directly, and ``normalized_log_prob``
+            ``(θ, x) → [batch]`` its log-density.
+        default_method: the sampler `sample` uses unless told otherwise.
+        max_rows: the largest number of (θ, x) pairs ℓ is called with at once.
+    """
+
+    def __init__(
+        self,
+        prior: Distribution,
+        x_obs: Any,
+        event_log_likelihood: EventLogLikelihood,
+        *,
+        x_shape: tuple[int, ...],
+        model: Any = None,
+        direct: Callable[[int, Tensor], Tensor] | None = None,
+        normalized_log_prob: Callable[[Tensor, Tensor], Tensor] | None = None,
+        default_method: str = "slice",
+        max_rows: int = 2**16,
+        device: str | torch.device = "cpu",
+    ):
+        self.prior = as_prior(prior)
+        self.theta_dim = int(self.prior.event_shape[0])
+        self.x_shape = tuple(x_shape)
+        self.device = torch.device(device)
+        self.x_obs = self._as_observations(x_obs)
+        self.event_log_likelihood = event_log_likelihood
+        self.model = model
+        self._direct = direct
+        self._normalized_log_prob = normalized_log_prob
+        if default_method not in METHODS:
+            raise ValueError(f"unknown method {default_method!r}; choose one of {METHODS}")
+        self.default_method = default_method
+        self.max_rows = int(max_rows)
+        self.diagnostics: dict[str, Any] = {}
+
+    # -- shapes -------------------------------------------------------------------------------
+    def _as_observations(self, x: Any) -> Tensor:
+        x = torch.as_tensor(x, dtype=torch.get_default_dtype(), device=self.device)
+        if tuple(x.shape) == self.x_shape:
+            x = x[None]
+        elif self.x_shape == (1,) and x.ndim == 1:
+            x = x[:, None]
+        if tuple(x.shape[1:]) != self.x_shape:
+            shape = ", ".join(map(str, self.x_shape))
+            raise ShapeError(
+                f"x_obs must be one observation [{shape}] or n iid observations "
+                f"[n, {shape}], got {list(x.shape)}"
+            )
+        if not bool(torch.isfinite(x).all()):
+            raise ValueError("x_obs holds NaN or inf: a failed simulation is not an observation")
+        return x
+
+    def _as_theta(self, theta: Any) -> Tensor:
+        theta = torch.as_tensor(theta, device=self.device)
+        if not theta.is_floating_point():
+            theta = theta.to(torch.get_default_dtype())
+        single = theta.ndim == 1
+        theta = theta[None] if single else theta
+        if theta.ndim != 2 or theta.shape[1] != self.theta_dim:
+            raise ShapeError(
+                f"theta must be [batch, {self.theta_dim}] or [{self.theta_dim}], "
+                f"got {list(theta.shape)}"
+            )
+        return theta
+
+    @property
+    def n_observations(self) -> int:
+        return self.x_obs.shape[0]
+
+    @property
+    def normalized(self) -> bool:
+        """True when `log_prob` is the normalised log-density (NPE, one observation)."""
+        return self._normalized_log_prob is not None and self.n_observations == 1
+
+    # -- densities ----------------------------------------------------------------------------
+    def inside(self, theta: Tensor) -> Tensor:
+        """Whether each row of θ ``[batch, theta_dim]`` lies in the prior's support."""
+        try:
+            inside = self.prior.support.check(theta)
+        except NotImplementedError:
+            inside = torch.isfinite(self.prior.log_prob(theta))
+        while inside.ndim > 1:
+            inside = inside.all(-1)
+        return inside
+
+    def _sum_over_events(self, theta: Tensor, x: Tensor) -> Tensor:
+        """Σ_i ℓ(x_i | θ_b) for every θ_b: θ ``[b, d]``, x ``[n, *x_shape]`` → ``[b]``."""
+        b, n = theta.shape[0], x.shape[0]
+        per_chunk = max(1, self.max_rows // max(b, 1))
+        total = theta.new_zeros(b)
+        for start in range(0, n, per_chunk):
+            events = x[start : start + per_chunk]
+            k = events.shape[0]
+            value = self.event_log_likelihood(
+                events.repeat(b, *([1] * len(self.x_shape))), theta.repeat_interleave(k, dim=0)
+            )
+            total = total + value.reshape(b, k).sum(1)
+        return total
+
+    def log_likelihood(self, theta: Any) -> Tensor:
+        """Σ_i ℓ(x_i | θ) ``[batch]`` (log-likelihood up to a θ-independent constant)."""
+        return self._sum_over_events(self._as_theta(theta), self.x_obs)
+
+    def log_prob(self, theta: Any) -> Tensor:
+        """log p(θ | x_obs) ``[batch]`` for θ ``[batch, theta_dim]``: −∞ outside the prior's
+        support; normalised only when `normalized` is True, else up to a constant."""
+        theta = self._as_theta(theta)
+        if self.normalized:
+            return self._normalized_log_prob(theta, self.x_obs)
+        return self._unnormalized(theta, self.x_obs)
+
+    def _unnormalized(self, theta: Tensor, x: Tensor, rows: Tensor | None = None) -> Tensor:
+        """log p(θ) + Σ ℓ on the rows inside the support, −∞ elsewhere.  With ``rows``,
+        θ's row b belongs to observation ``rows[b]`` of x (one event each)."""
+        inside = self.inside(theta)
+        value = torch.full(theta.shape[:1], -math.inf, dtype=theta.dtype, device=theta.device)
+        if bool(inside.any()):
+            kept = theta[inside]
+            if rows is None:
+                term = self._sum_over_events(kept, x)
+            else:
+                term = self.event_log_likelihood(x[rows[inside]], kept)
+            value = value.masked_scatter(inside, self.prior.log_prob(kept) + term)
+        return value
+
+    # -- sampling -----------------------------------------------------------------------------
+    def sample(
+        self,
+        n: int,
+        *,
+        method: str | None = None,
+        seed: int | None = None,
+        num_chains: int | None = None,
+        warmup: int | None = None,
+        thin: int = 1,
+        max_seconds: float | None = None,
+        progress: bool = False,
+        **options: Any,
+    ) -> Tensor:
+        """n draws θ ~ p(θ | x_obs) ``[n, theta_dim]``.
+
+        ``method``: one of ``direct`` (NPE with one observation, its default), ``slice``
+        (the default otherwise), ``nuts``, ``hmc``, ``rejection``.  MCMC runs
+        ``num_chains`` chains (slice: 100 on a CPU, 1000 on a GPU; NUTS/HMC: 4) for
+        ``warmup`` sweeps (slice 100, NUTS 300) and keeps every ``thin``-th; chains start
+        from prior draws resampled by their likelihood.  ``diagnostics`` then holds R̂,
+        effective sample size, acceptance and timings.  ``max_seconds`` bounds the wall
+        time; rejection also takes ``max_proposals``.  ``seed`` makes the draws
+        reproducible without touching the global random state.
+        """
+        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+            raise ValueError(f"n must be a positive integer, got {n!r}")
+        method = self._method(method)
+        with seeded(seed) if seed is not None else contextlib.nullcontext():
+            if method == "direct":
+                draws = self._direct(n, self.x_obs)[0]
+                self.diagnostics = {"method": "direct", **getattr(self, "_direct_info", {})}
+                return draws
+            if method == "rejection":
+                from .rejection import rejection_sample
+
+                draws, info = rejection_sample(
+                    self._target(), self.prior, n, max_seconds=max_seconds, **options
+                )
+                self.diagnostics = {"method": "rejection", **info}
+                return draws
+            if method in ("nuts", "hmc"):
+                from .mcmc import pyro_mcmc
+
+                chains = num_chains or 4
+                init = self._initial_points(chains, self.x_obs)
+                samples, info = pyro_mcmc(
+                    self._target(),
+                    self.prior,
+                    init,
+                    n,
+                    kernel=method,
+                    warmup=300 if warmup is None else warmup,
+                    thin=thin,
+                    max_seconds=max_seconds,
+                    progress=progress,
+                    **options,
+                )
+                self.diagnostics = {"method": method, **info}
+                return samples
+            chains = num_chains or self._default_chains(n)
+            init = self._initial_points(chains, self.x_obs)
+            result = slice_sample(
+                lambda theta, rows: self._unnormalized(theta, self.x_obs),
+                init,
+                math.ceil(n / chains),
+                warmup=100 if warmup is None else warmup,
+                thin=thin,
+                max_seconds=max_seconds,
+                progress=progress,
+                **options,
+            )
+            self.diagnostics = {"method": "slice", **result.summary()}
+            return result.chains.transpose(0, 1).reshape(-1, self.theta_dim)[:n]
+
+    def sample_batched(
+        self,
+        n: int,
+        x_batch: Any,
+        *,
+        method: str | None = None,
+        seed: int | None = None,
+        num_chains: int | None = None,
+        warmup: int = 100,
+        thin: int = 1,
+        max_seconds: float | None = None,
+        progress: bool = False,
+    ) -> Tensor:
+        """n draws for each of m observations at once: x_batch ``[m, *x_shape]`` (each row
+        its own single-event posterior) → ``[m, n, theta_dim]``.  NPE draws directly; the
+        others run ``num_chains`` slice chains per observation (default 20), all together."""
+        x = self._as_observations(x_batch)
+        method = self._method(method, n_observations=1)
+        with seeded(seed) if seed is not None else contextlib.nullcontext():
+            if method == "direct":
+                self.diagnostics = {"method": "direct"}
+                return self._direct(n, x)
+            if method != "slice":
+                raise ValueError("sample_batched runs 'direct' (NPE) or 'slice'")
+            m, chains = x.shape[0], num_chains or 20
+            init = self._initial_points(chains, x, batched=True)  # [m * chains, d]
+            owner = torch.arange(m, device=x.device).repeat_interleave(chains)
+            result = slice_sample(
+                lambda theta, rows: self._unnormalized(theta, x, owner[rows]),
+                init,
+                math.ceil(n / chains),
+                groups=m,
+                warmup=warmup,
+                thin=thin,
+                max_seconds=max_seconds,
+                progress=progress,
+            )
+        self.diagnostics = {"method": "slice", **result.summary()}
+        draws = result.chains.reshape(m, chains, -1, self.theta_dim).transpose(1, 2)
+        return draws.reshape(m, -1, self.theta_dim)[:, :n]
+
+    def _method(self, method: str | None, n_observations: int | None = None) -> str:
+        single = (n_observations or self.n_observations) == 1
+        if method is None:
+            return "direct" if self._direct is not None and single else self.default_method
+        if method not in METHODS:
+            raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
+        if method == "direct" and (self._direct is None or not single):
+            raise ValueError(
+                "method='direct' needs an NPE posterior with one observation; with iid "
+                "observations the product of posteriors is sampled by 'slice' or 'nuts'"
+            )
+        return method
+
+    def _default_chains(self, n: int) -> int:
+        return min(n, 1000 if self.device.type == "cuda" else 100)
+
+    def _target(self) -> Callable[[Tensor], Tensor]:
+        return lambda theta: self._unnormalized(theta, self.x_obs)
+
+    def _initial_points(
+        self, chains: int, x: Tensor, *, batched: bool = False, per_chain: int = 10
+    ) -> Tensor:
+        """Start points: ``max(per_chain·chains, 1000)`` prior draws resampled in proportion
+        to their likelihood (sampling importance resampling), for the whole x, or with
+        ``batched`` for each row of x on its own (observation-major ``[m * chains, d]``)."""
+        groups = x.shape[0] if batched else 1
+        k = max(per_chain * chains, 1000)
+        theta = self.prior.sample((groups * k,)).to(self.device)
+        with torch.no_grad():
+            if groups == 1:
+                log_w = self._unnormalized(theta, x) - self.prior.log_prob(theta)
+            else:
+                rows = torch.arange(groups, device=self.device).repeat_interleave(k)
+                log_w = self._unnormalized(theta, x, rows) - self.prior.log_prob(theta)
+        log_w = torch.nan_to_num(log_w.reshape(groups, k), nan=-math.inf, neginf=-math.inf)
+        finite = torch.isfinite(log_w).any(1)
+        if not bool(finite.all()):
+            raise SimferError(
+                f"the likelihood is −∞ or NaN at all {k} prior draws for {int((~finite).sum())} "
+                f"observation(s): is x_obs far outside what the estimator was trained on?"
+            )
+        weights = torch.softmax(log_w, dim=1)
+        picks = torch.multinomial(weights, chains, replacement=True)
+        return (
+            theta.reshape(groups, k, -1)
+            .gather(1, picks[..., None].expand(-1, -1, self.theta_dim))
+            .reshape(groups * chains, self.theta_dim)
+        )
+
+    # -- point estimate, device ---------------------------------------------------------------
+    def map(
+        self,
+        *,
+        num_starts: int = 16,
+        steps: int = 300,
+        learning_rate: float = 0.05,
+        seed: int | None = 0,
+    ) -> Tensor:
+        """The maximum a posteriori θ ``[theta_dim]``: Adam on the log-density in the
+        unconstrained space of the prior's support, from the ``num_starts`` best of 1000
+        prior draws; the best end point wins."""
+        transform = biject_to(self.prior.support)
+        with seeded(seed) if seed is not None else contextlib.nullcontext():
+            candidates = self.prior.sample((max(1000, num_starts),)).to(self.device)
+        with torch.no_grad():
+            start = candidates[self.log_prob(candidates).topk(num_starts).indices]
+        unconstrained = transform.inv(start).detach().clone().requires_grad_(True)
+        optimizer = torch.optim.Adam([unconstrained], lr=learning_rate)
+        for _ in range(steps):
+            optimizer.zero_grad()
+            loss = -self.log_prob(transform(unconstrained)).sum()
+            if not loss.requires_grad:
+                raise SimferError("map() needs a log-likelihood that is differentiable in θ")
+            loss.backward()
+            optimizer.step()
+        with torch.no_grad():
+            end = transform(unconstrained)
+            return end[self.log_prob(end).argmax()].detach()
+
+    def to(self, device: str | torch.device) -> Posterior:
+        """Move the observations, a `BoxUniform` prior and the estimator to ``device``."""
+        self.device = torch.device(device)
+        self.x_obs = self.x_obs.to(self.device)
+        if isinstance(self.prior, BoxUniform):
+            self.prior = self.prior.to(self.device)
+        if self.model is not None and hasattr(self.model, "to"):
+            self.model.to(self.device)
+        return self
+
+    def chain_diagnostics(self, chains: Tensor) -> dict[str, Tensor]:
+        """Split R̂ and effective sample size of chains ``[num_chains, draws, theta_dim]``."""
+        return {"r_hat": split_r_hat(chains), "ess": effective_sample_size(chains)}
+
+    def __repr__(self) -> str:
+        what = type(self.model).__name__ if self.model is not None else "a log-likelihood"
+        return (
+            f"Posterior(theta_dim={self.theta_dim}, {self.n_observations} observation(s), "
+            f"from {what}, default method {self._method(None)!r})"
+        )
+
+
+def posterior_from_likelihood(
+    log_likelihood: EventLogLikelihood,
+    prior: Distribution,
+    x_obs: Any,
+    *,
+    x_shape: tuple[int, ...] | None = None,
+    device: str | torch.device = "cpu",
+) -> Posterior:
+    """The posterior of an exact (or any) per-event log-likelihood, e.g. a simulator's
+    ``log_likelihood(x [b, *x_shape], θ [b, d]) → [b]``; x_obs is one observation, or
+    ``[n, *x_shape]`` iid ones when ``x_shape`` is given (default: x_obs is one)."""
+    x_obs = torch.as_tensor(x_obs)
+    if x_shape is None:
+        x_shape = tuple(x_obs.shape) if x_obs.ndim else (1,)
+    return Posterior(prior, x_obs, log_likelihood, x_shape=x_shape, device=device)
