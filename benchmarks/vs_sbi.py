@@ -30,9 +30,10 @@ prior with fixed seeds, averaged over the observations.  Reference posteriors:
 * TwoMoons: sbibm's inversion of the simulator: draw the latent (a, r), solve the
   simulator for θ on both branches of |θ₁ + θ₂| (each with probability ½), keep the
   solutions inside the box (exact: the map θ ↦ x − s(θ) is a rotation on each branch).
-* SLCP: simfer's slice sampler on the exact likelihood, 4·(number of chains) chains; the
-  likelihood depends on θ₃ and θ₄ only through θ₃², θ₄², so each draw's signs of θ₃, θ₄
-  are flipped at random, which gives the four symmetric modes their exact equal weights.
+* SLCP: simfer's slice sampler on the exact likelihood, one draw from each of as many
+  chains as draws after 500 warm-up sweeps; the likelihood depends on θ₃ and θ₄ only
+  through θ₃², θ₄², so each draw's signs of θ₃, θ₄ are flipped at random, which gives the
+  four symmetric modes their exact equal weights.
 
 ``--check-references`` (on by default) tests the non-analytic references against an
 independent sampler on the exact likelihood: rejection sampling from the prior
@@ -84,7 +85,7 @@ SIMULATORS = {
 METHODS = [("simfer", "NPE"), ("sbi", "NPE"), ("simfer", "NLE"), ("sbi", "NLE")]
 # The cap on epochs per budget: about 10^3 gradient steps or more at every budget, and a
 # full run within ~50 minutes on 2 CPU cores (10^5 simulations cost ~10 s an epoch).
-MAX_EPOCHS = {1_000: 200, 10_000: 30, 100_000: 5}
+MAX_EPOCHS = {1_000: 100, 10_000: 25, 100_000: 4}
 QUICK_MAX_EPOCHS = 20
 FLOW = {"hidden": 64, "n_transforms": 5, "bins": 10, "tail_bound": 4.0}
 TRAINING = {"batch_size": 256, "learning_rate": 1e-3, "validation_fraction": 0.1, "patience": 20}
@@ -158,8 +159,11 @@ def slcp_reference(simulator: SLCP, x_obs, n: int, seed: int, mcmc: dict) -> tor
     from simfer.inference import posterior_from_likelihood
 
     prior = simulator.prior()
-    posterior = posterior_from_likelihood(simulator.log_likelihood, prior, x_obs, **mcmc)
-    draws = posterior.sample(n, seed=seed).double()
+    posterior = posterior_from_likelihood(simulator.log_likelihood, prior, x_obs)
+    draws = posterior.sample(
+        n, seed=seed, num_chains=mcmc["num_chains"], warmup=mcmc["warmup_steps"], thin=mcmc["thin"]
+    ).double()
+    print(f"slcp reference: {posterior.diagnostics}", flush=True)
     generator = torch.Generator().manual_seed(seed)
     signs = 2.0 * (torch.rand(n, 2, generator=generator, dtype=torch.float64) < 0.5) - 1.0
     draws[:, 2:4] = draws[:, 2:4].abs() * signs
@@ -268,10 +272,11 @@ def train_simfer(method, data, prior, max_epochs):
 def sample_simfer(method, estimator, prior, x_obs, n, seed, mcmc):
     if method == "NPE":
         return estimator.sample(n, x_obs, seed=seed), {"acceptance": estimator.acceptance_rate}
-    posterior = estimator.posterior(prior, x_obs, **mcmc)
-    samples = posterior.sample(n, seed=seed)
-    info = getattr(posterior, "diagnostics", None)
-    return samples, ({} if not isinstance(info, dict) else info)
+    posterior = estimator.posterior(prior, x_obs)
+    samples = posterior.sample(
+        n, seed=seed, num_chains=mcmc["num_chains"], warmup=mcmc["warmup_steps"], thin=mcmc["thin"]
+    )
+    return samples, posterior.diagnostics
 
 
 def train_sbi(method, data, prior, max_epochs):
@@ -295,7 +300,7 @@ def train_sbi(method, data, prior, max_epochs):
         tracker=NullTracker(),
     )
     start = time.perf_counter()
-    trainer.append_simulations(data.theta.clone(), data.x.clone()).train(
+    network = trainer.append_simulations(data.theta.clone(), data.x.clone()).train(
         training_batch_size=TRAINING["batch_size"],
         learning_rate=TRAINING["learning_rate"],
         validation_fraction=TRAINING["validation_fraction"],
@@ -305,27 +310,56 @@ def train_sbi(method, data, prior, max_epochs):
         show_train_summary=False,
     )
     seconds = time.perf_counter() - start
-    return trainer, seconds, int(trainer.summary["epochs_trained"][-1])
+    network.eval()
+    return (trainer, network), seconds, int(trainer.summary["epochs_trained"][-1])
 
 
-def sample_sbi(method, trainer, prior, x_obs, n, seed, mcmc):
+def sample_sbi(method, model, prior, x_obs, n, seed, mcmc, own_mcmc=False):
+    """NPE: sbi's DirectPosterior (rejection against the prior's support).  NLE: sbi's
+    learnt likelihood log q(x|θ) sampled by simfer's slice sampler with the settings of
+    simfer's NLE (the same sampler for both, so the C2ST compares the learnt likelihoods),
+    or with ``own_mcmc`` by sbi's own ``slice_np_vectorized`` (see benchmarks/README.md)."""
+    trainer, network = model
     torch.manual_seed(seed)
-    if method == "NPE":
-        posterior = trainer.build_posterior()
-    else:
-        posterior = trainer.build_posterior(
-            mcmc_method="slice_np_vectorized",
-            mcmc_parameters={
-                "num_chains": mcmc["num_chains"],
-                "warmup_steps": mcmc["warmup_steps"],
-                "thin": mcmc["thin"],
-                "init_strategy": "resample",
-            },
-        )
+    if method == "NPE" or own_mcmc:
+        if method == "NPE":
+            posterior = trainer.build_posterior()
+        else:
+            posterior = trainer.build_posterior(
+                mcmc_method="slice_np_vectorized",
+                mcmc_parameters={
+                    "num_chains": mcmc["num_chains"],
+                    "warmup_steps": mcmc["warmup_steps"],
+                    "thin": mcmc["thin"],
+                    "init_strategy": "resample",
+                },
+            )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return posterior.sample((n,), x=x_obs, show_progress_bars=False), {}
+
+    from simfer.inference import posterior_from_likelihood
+
+    def log_likelihood(x, theta):
+        with torch.no_grad():
+            return network.log_prob(x[None], theta)[0]
+
+    posterior = posterior_from_likelihood(log_likelihood, prior, x_obs)
+    samples = posterior.sample(
+        n, seed=seed, num_chains=mcmc["num_chains"], warmup=mcmc["warmup_steps"], thin=mcmc["thin"]
+    )
+    return samples, posterior.diagnostics
+
+
+def warm_up(simulator, prior) -> None:
+    """One tiny untimed fit of each kind, so that no timed run pays first-call costs
+    (imports, lazy initialisation; 5–60 s on a loaded machine)."""
+    data = simfer.simulate(simulator, prior, 300, seed=0, executor="serial", progress=False)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        samples = posterior.sample((n,), x=x_obs, show_progress_bars=False)
-    return samples, {}
+        for method in ("NPE", "NLE"):
+            train_simfer(method, data, prior, 2)
+            train_sbi(method, data, prior, 2)
 
 
 # -- the table -------------------------------------------------------------------------------
@@ -462,9 +496,12 @@ def main(argv=None) -> None:
     parser.add_argument("--n-obs", type=int, default=3, help="observations per simulator")
     parser.add_argument("--n-c2st", type=int, help="draws of each side of a C2ST (1000)")
     parser.add_argument("--n-time", type=int, help="draws timed at the first observation (10^4)")
-    parser.add_argument("--chains", type=int, default=100, help="MCMC chains of NLE")
-    parser.add_argument("--warmup", type=int, default=50, help="MCMC warm-up steps of NLE")
+    parser.add_argument("--chains", type=int, default=500, help="MCMC chains of NLE")
+    parser.add_argument("--warmup", type=int, default=30, help="MCMC warm-up steps of NLE")
     parser.add_argument("--no-check-references", action="store_true")
+    parser.add_argument(
+        "--sbi-mcmc", action="store_true", help="sample sbi's NLE with sbi's own slice sampler"
+    )
     parser.add_argument("--fresh", action="store_true", help="ignore the finished cells")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--markdown", default=str(ROOT / "docs" / "benchmarks.md"))
@@ -488,7 +525,8 @@ def main(argv=None) -> None:
         return MAX_EPOCHS.get(budget, 30)
 
     mcmc = {"num_chains": args.chains, "warmup_steps": args.warmup, "thin": 1}
-    reference_mcmc = {"num_chains": 4 * args.chains, "warmup_steps": 4 * args.warmup, "thin": 1}
+    # SLCP's reference: one draw from each of n_c2st chains after 500 warm-up sweeps
+    reference_mcmc = {"num_chains": n_c2st, "warmup_steps": 500, "thin": 1}
     skip = set(args.skip)
     log = JsonLines(args.jsonl)
     if args.fresh and log.path.exists():
@@ -523,15 +561,23 @@ def main(argv=None) -> None:
         shown = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}
         print(json.dumps(shown), flush=True)
         meta["wall_minutes"] = (time.perf_counter() - t0) / 60
-        write_markdown(markdown, render(rows, simulators, budgets, meta), NAME, HEADING)
+        write_markdown(markdown, render(rows, *shown_cells(), meta), NAME, HEADING)
 
-    for name in simulators:
+    def shown_cells():
+        """The simulators and budgets of this run and of the finished cells it resumes."""
+        cells = _latest(rows)
+        names = {k[0] for k in cells} | set(simulators)
+        return [s for s in SIMULATORS if s in names], sorted({k[1] for k in cells} | set(budgets))
+
+    def prepare(name):
+        """The simulator, its prior, the observations and their reference samples (cached
+        on disk), checked once against an independent sampler."""
         simulator = SIMULATORS[name]()
         prior = simulator.prior()
-        theta_obs, x_obs = observations(simulator, prior, args.n_obs, seed=10_000)
+        _, x_obs = observations(simulator, prior, args.n_obs, seed=10_000)
         references = []
         for j in range(args.n_obs):
-            path = cache / f"{name}_obs{j}_{n_c2st}_{args.chains}.pt"
+            path = cache / f"{name}_obs{j}_{n_c2st}.pt"
             if path.exists():
                 references.append(torch.load(path, weights_only=True))
                 continue
@@ -564,8 +610,51 @@ def main(argv=None) -> None:
                         "note": note,
                     }
                 )
+                checked.add((name, j))
+        return simulator, prior, x_obs, references
 
-        for budget in budgets:
+    def run_cell(name, budget, library, method, data, prepared):
+        simulator, prior, x_obs, references = prepared
+        row = {
+            "kind": "cell",
+            "simulator": name,
+            "budget": budget,
+            "library": library,
+            "method": method,
+            "max_epochs": max_epochs(budget),
+            "threads": args.threads,
+        }
+        try:
+            if library == "simfer":
+                train, sample = train_simfer, sample_simfer
+            else:
+                train = train_sbi
+
+                def sample(*a):
+                    return sample_sbi(*a, own_mcmc=args.sbi_mcmc)
+
+            model, seconds, epochs = train(method, data, prior, max_epochs(budget))
+            row.update(train_seconds=seconds, epochs=epochs)
+            scores, infos = [], []
+            for j in range(args.n_obs):
+                n = n_time if j == 0 else n_c2st
+                start = time.perf_counter()
+                samples, info = sample(method, model, prior, x_obs[j], n, j, mcmc)
+                if j == 0:
+                    row["sample_seconds"] = time.perf_counter() - start
+                samples = _random_subset(samples.reshape(-1, samples.shape[-1]), n_c2st, j)
+                scores.append(c2st(references[j], samples))
+                infos.append({k: v for k, v in info.items() if isinstance(v, int | float)})
+            row.update(c2st=scores, c2st_mean=sum(scores) / len(scores), info=infos)
+        except Exception as error:  # a failure is reported, never faked
+            row["error"] = f"{type(error).__name__}: {error}"
+        record(row)
+
+    # budget-major: a run cut short leaves every simulator at the smaller budgets
+    prepared = {}
+    warmed = False
+    for budget in budgets:
+        for name in simulators:
             todo = [
                 (lib, m)
                 for lib, m in METHODS
@@ -573,44 +662,21 @@ def main(argv=None) -> None:
             ]
             if not todo:
                 continue
+            if name not in prepared:
+                prepared[name] = prepare(name)
+            simulator, prior = prepared[name][:2]
+            if not warmed:
+                warm_up(simulator, prior)
+                warmed = True
             data = simfer.simulate(
                 simulator, prior, budget, seed=budget, executor="serial", progress=False
             )
             assert data.n_invalid == 0
             for library, method in todo:
-                row = {
-                    "kind": "cell",
-                    "simulator": name,
-                    "budget": budget,
-                    "library": library,
-                    "method": method,
-                    "max_epochs": max_epochs(budget),
-                }
-                try:
-                    train, sample = (
-                        (train_simfer, sample_simfer)
-                        if library == "simfer"
-                        else (train_sbi, sample_sbi)
-                    )
-                    model, seconds, epochs = train(method, data, prior, max_epochs(budget))
-                    row.update(train_seconds=seconds, epochs=epochs)
-                    scores, infos = [], []
-                    for j in range(args.n_obs):
-                        n = n_time if j == 0 else n_c2st
-                        start = time.perf_counter()
-                        samples, info = sample(method, model, prior, x_obs[j], n, j, mcmc)
-                        if j == 0:
-                            row["sample_seconds"] = time.perf_counter() - start
-                        samples = _random_subset(samples.reshape(-1, samples.shape[-1]), n_c2st, j)
-                        scores.append(c2st(references[j], samples))
-                        infos.append({k: v for k, v in info.items() if isinstance(v, int | float)})
-                    row.update(c2st=scores, c2st_mean=sum(scores) / len(scores), info=infos)
-                except Exception as error:  # a failure is reported, never faked
-                    row["error"] = f"{type(error).__name__}: {error}"
-                record(row)
+                run_cell(name, budget, library, method, data, prepared[name])
     meta["status"] = ""
     meta["wall_minutes"] = (time.perf_counter() - t0) / 60
-    table = render(rows, simulators, budgets, meta)
+    table = render(rows, *shown_cells(), meta)
     write_markdown(markdown, table, NAME, HEADING)
     print()
     print(table)
