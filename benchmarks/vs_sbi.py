@@ -90,6 +90,9 @@ QUICK_MAX_EPOCHS = 20
 FLOW = {"hidden": 64, "n_transforms": 5, "bins": 10, "tail_bound": 4.0}
 TRAINING = {"batch_size": 256, "learning_rate": 1e-3, "validation_fraction": 0.1, "patience": 20}
 TRAIN_SEED = 1
+# sbi's NPE rejects its draws outside the prior's box with no floor on the acceptance
+# (simfer stops below 10⁻³); a flow that leaks all its mass would sample for ever
+SBI_MAX_SAMPLING_SECONDS = 120
 NAME, HEADING = "vs_sbi", "NPE and NLE against sbi on the sbibm simulators"
 
 
@@ -336,7 +339,8 @@ def sample_sbi(method, model, prior, x_obs, n, seed, mcmc, own_mcmc=False):
             )
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return posterior.sample((n,), x=x_obs, show_progress_bars=False), {}
+            options = {"max_sampling_time": SBI_MAX_SAMPLING_SECONDS} if method == "NPE" else {}
+            return posterior.sample((n,), x=x_obs, show_progress_bars=False, **options), {}
 
     from simfer.inference import posterior_from_likelihood
 
