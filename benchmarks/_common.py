@@ -15,6 +15,7 @@ import torch
 __all__ = [
     "JsonLines",
     "NullTracker",
+    "cell_text",
     "fmt",
     "library_versions",
     "machine",
@@ -66,6 +67,16 @@ def fmt(value: float | None) -> str:
     if not math.isfinite(value):
         return "inf"
     return f"{value:.3g}" if abs(value) >= 1e-3 or value == 0 else f"{value:.2e}"
+
+
+def cell_text(row: dict | None, describe) -> str:
+    """A table cell for one result row: "not run", "failed" (the row holds an error), or
+    ``describe(row)``."""
+    if row is None:
+        return "not run"
+    if "error" in row:
+        return "failed"
+    return describe(row)
 
 
 class JsonLines:

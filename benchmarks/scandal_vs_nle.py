@@ -40,7 +40,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import simfer  # noqa: E402
-from benchmarks._common import JsonLines, library_versions, machine, write_markdown  # noqa: E402
+from benchmarks._common import (  # noqa: E402
+    JsonLines,
+    cell_text,
+    library_versions,
+    machine,
+    write_markdown,
+)
 from simulators import GaltonBoard, WeinbergAngle  # noqa: E402
 
 SIMULATORS = {
@@ -105,18 +111,16 @@ def render(rows: list[dict], meta: dict) -> str:
     ]
     for sim in sims:
         for method in ("nle", "scandal"):
-            cells = []
-            for b in budgets:
-                r = find(sim, b, method)
-                if r is None:
-                    cells.append("not run")
-                elif "error" in r:
-                    cells.append("failed")
-                else:
-                    cells.append(
+            cells = [
+                cell_text(
+                    find(sim, b, method),
+                    lambda r: (
                         f"KL {r['kl']:.3g}, score {r['score_error']:.3g} "
                         f"({r['seconds']:.0f} s, {r['epochs']} ep)"
-                    )
+                    ),
+                )
+                for b in budgets
+            ]
             lines.append(f"| {LABEL[sim]} | {method} | " + " | ".join(cells) + " |")
         cells = []
         for b in budgets:

@@ -68,6 +68,7 @@ import simfer  # noqa: E402
 from benchmarks._common import (  # noqa: E402
     JsonLines,
     NullTracker,
+    cell_text,
     fmt,
     library_versions,
     machine,
@@ -406,17 +407,15 @@ def render(rows: list[dict], simulators: list[str], budgets: list[int], meta: di
     ]
     for sim in simulators:
         for library, method in METHODS:
-            texts = []
-            for b in budgets:
-                r = cell(sim, b, library, method)
-                if r is None:
-                    texts.append("not run")
-                elif "error" in r:
-                    texts.append("failed")
-                else:
-                    texts.append(
+            texts = [
+                cell_text(
+                    cell(sim, b, library, method),
+                    lambda r: (
                         f"{r['c2st_mean']:.3f} ({r['train_seconds']:.0f} s, {r['epochs']} ep)"
-                    )
+                    ),
+                )
+                for b in budgets
+            ]
             lines.append(f"| {SIM_LABEL[sim]} | {library} {method} | " + " | ".join(texts) + " |")
 
     lines += [
