@@ -32,12 +32,9 @@ from __future__ import annotations
 
 import argparse
 import functools
-import importlib.metadata
 import json
 import logging
 import math
-import os
-import platform
 import sys
 import time
 import warnings
@@ -51,13 +48,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import simfer  # noqa: E402
+from benchmarks._common import NullTracker, fmt, library_versions, machine, write_markdown  # noqa: E402
 from simulators import GaltonBoard  # noqa: E402
 
 SIMFER_RATIO = ["carl", "rolr", "rascal", "alice", "alices", "cascal", "nre", "bnre"]
 SBI_METHODS = ["NRE_A", "NRE_B", "NRE_C", "BNRE"]
 MADMINER_METHODS = ["carl", "rolr", "rascal", "alice", "alices"]
 TRAIN_SEED = 1
-BEGIN, END = "<!-- gold_mining:begin -->", "<!-- gold_mining:end -->"
+NAME, HEADING = "gold_mining", "Gold mining on the Galton board"
 
 
 # -- the fixed evaluation set ------------------------------------------------------------
@@ -139,27 +137,6 @@ def run_simfer_sally(data, evaluation, settings, seed):
     }
 
 
-class _NullTracker:
-    """sbi's tracker protocol, logging nothing (its default writes ./sbi-logs/)."""
-
-    log_dir = None
-
-    def log_metric(self, name, value, step=None):
-        pass
-
-    def log_metrics(self, metrics, step=None):
-        pass
-
-    def log_params(self, params):
-        pass
-
-    def add_figure(self, name, figure, step=None):
-        pass
-
-    def flush(self):
-        pass
-
-
 def sbi_pairs(data):
     """Every simulator call as the (θ, x) pair an sbi user has: θ is the point x was drawn
     at (θ0 ~ prior for the θ0 rows, θ_ref = 0 for the reference rows)."""
@@ -171,7 +148,7 @@ def run_sbi(method, theta, x, prior, evaluation, settings, seed):
 
     torch.manual_seed(seed)  # sbi's split, atoms and initialisation draw from torch
     trainer = getattr(sbi.inference, method)(
-        prior=prior, show_progress_bars=False, tracker=_NullTracker()
+        prior=prior, show_progress_bars=False, tracker=NullTracker()
     )
     start = time.perf_counter()
     network = trainer.append_simulations(theta, x).train(**settings)
@@ -273,18 +250,12 @@ ROW_ORDER = (
 LIBRARY_NAME = {"simfer": "simfer", "sbi": "sbi 0.27.0", "madminer": "MadMiner 0.9.6"}
 
 
-def _fmt(value: float) -> str:
-    if value is None or not math.isfinite(value):
-        return "—" if value is None else "inf"
-    return f"{value:.3g}" if value >= 1e-3 else f"{value:.2e}"
-
-
 def _cell(result) -> str:
     if result is None:
         return "not run"
     if "error" in result:
         return "failed"
-    return f"{_fmt(result['mse'])} ({result['seconds']:.0f} s, {result['epochs']} ep)"
+    return f"{fmt(result['mse'])} ({result['seconds']:.0f} s, {result['epochs']} ep)"
 
 
 def render(results: list[dict], budgets: list[int], meta: dict) -> str:
@@ -314,7 +285,7 @@ def render(results: list[dict], budgets: list[int], meta: dict) -> str:
         cells = [_cell(find(library, method, b)) for b in budgets]
         lines.append(f"| {LIBRARY_NAME[library]} {method} | " + " | ".join(cells) + " |")
     trivial = [
-        _fmt(next((r["trivial"] for r in results if r["budget"] == b and "trivial" in r), None))
+        fmt(next((r["trivial"] for r in results if r["budget"] == b and "trivial" in r), None))
         for b in budgets
     ]
     lines.append("| trivial log r̂ = 0 | " + " | ".join(trivial) + " |")
@@ -323,7 +294,7 @@ def render(results: list[dict], budgets: list[int], meta: dict) -> str:
         "",
         f"SALLY: MSE of t̂(x) against the exact score t(x|0) over {meta['n_score']} x drawn "
         "at θ = 0, and the learned Fisher information E[t̂²] against the exact E[t²] "
-        f"= {_fmt(meta['fisher_exact'])} (the trivial t̂ = 0 has MSE = exact Fisher).",
+        f"= {fmt(meta['fisher_exact'])} (the trivial t̂ = 0 has MSE = exact Fisher).",
         "",
         head,
         rule,
@@ -336,7 +307,7 @@ def render(results: list[dict], budgets: list[int], meta: dict) -> str:
                 cells.append(_cell(r))
             else:
                 cells.append(
-                    f"{_fmt(r['score_mse'])}, I = {r['fisher']:.3g} "
+                    f"{fmt(r['score_mse'])}, I = {r['fisher']:.3g} "
                     f"({r['seconds']:.0f} s, {r['epochs']} ep)"
                 )
         if any(c != "not run" for c in cells):
@@ -387,20 +358,6 @@ def render(results: list[dict], budgets: list[int], meta: dict) -> str:
     return "\n".join(lines)
 
 
-def write_markdown(path: Path, table: str) -> None:
-    block = f"{BEGIN}\n{table}\n{END}"
-    if path.exists():
-        text = path.read_text()
-        if BEGIN in text and END in text:
-            before, rest = text.split(BEGIN, 1)
-            after = rest.split(END, 1)[1]
-            path.write_text(before + block + after)
-            return
-        path.write_text(text.rstrip("\n") + "\n\n" + block + "\n")
-        return
-    path.write_text("# Benchmarks\n\n## Gold mining on the Galton board\n\n" + block + "\n")
-
-
 # -- driver ----------------------------------------------------------------------------------
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -441,19 +398,13 @@ def main(argv=None) -> None:
     board = GaltonBoard(n_rows=16)
     prior = board.prior()
     evaluation = Evaluation(board, args.n_eval_x, args.n_grid, args.n_score, seed=10_000)
-    versions = [f"Python {platform.python_version()}", f"torch {torch.__version__}"]
-    for module in ("sbi", "madminer"):
-        try:
-            versions.append(f"{module} {importlib.metadata.version(module)}")
-        except importlib.metadata.PackageNotFoundError:
-            versions.append(f"{module} not installed")
     meta = {
         "command": " ".join(
             [".venv/bin/python", "benchmarks/gold_mining.py", *(argv or sys.argv[1:])]
         ),
         "date": datetime.now().strftime("%Y-%m-%d %H:%M"),
-        "machine": f"{os.cpu_count()} CPU cores, no GPU, {args.threads} torch threads",
-        "versions": ", ".join(versions),
+        "machine": machine(args.threads),
+        "versions": library_versions("sbi", "madminer"),
         "n_eval_x": args.n_eval_x,
         "n_grid": args.n_grid,
         "n_score": args.n_score,
@@ -482,7 +433,7 @@ def main(argv=None) -> None:
         shown = {k: (round(v, 5) if isinstance(v, float) else v) for k, v in result.items()}
         print(json.dumps(shown), flush=True)
         meta["wall_minutes"] = (time.perf_counter() - t0) / 60
-        write_markdown(markdown, render(results, budgets, meta))
+        write_markdown(markdown, render(results, budgets, meta), NAME, HEADING)
 
     def attempt(library, method, budget, function):
         if library in skip or method in skip or f"{library}:{method}" in skip:
@@ -569,7 +520,7 @@ def main(argv=None) -> None:
     meta["status"] = ""
     meta["wall_minutes"] = (time.perf_counter() - t0) / 60
     table = render(results, budgets, meta)
-    write_markdown(markdown, table)
+    write_markdown(markdown, table, NAME, HEADING)
     print()
     print(table)
 

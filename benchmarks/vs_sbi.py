@@ -1,0 +1,689 @@
+r"""simfer's NPE and NLE against sbi's on the sbibm simulators, on the same simulations.
+
+For every simulator (TwoMoons, SLCP, GaussianLinear in 10-d, GaussianMixture) and budget n
+(10^3, 10^4, 10^5 simulations) the script simulates once,
+
+    data = simfer.simulate(simulator, prior, n, seed=n)
+
+and trains on exactly those (θ, x) pairs
+
+* simfer: ``PosteriorEstimator("nsf")`` (NPE, direct sampling with rejection against the
+  prior's support) and ``LikelihoodEstimator("nle")`` (NLE, sampled by
+  ``estimator.posterior(prior, x_obs)``: simfer's vectorised slice sampler);
+* sbi 0.27: ``NPE`` (SNPE-C, first round: maximum likelihood) and ``NLE`` with
+  ``posterior_nn``/``likelihood_nn("nsf")``, the NLE posterior sampled by sbi's
+  ``slice_np_vectorized`` MCMC;
+
+with the same flow size (5 spline transforms of 10 bins, 64 hidden units, 2 residual
+blocks, tail bound 4 in standardised units), batch size 256, learning rate 10⁻³, gradient
+clipping at norm 5, 10 % validation, early stopping after 20 epochs without improvement
+and the same cap on epochs.  What differs is in benchmarks/README.md.
+
+Metric: C2ST (`simfer.diagnostics.c2st`, sbibm's recipe) between the method's posterior
+samples and reference samples, at fixed observations x_j ~ p(x|θ_j), θ_j drawn from the
+prior with fixed seeds, averaged over the observations.  Reference posteriors:
+
+* GaussianLinear: the analytic Gaussian (``simulator.posterior(x_obs)``).
+* GaussianMixture: p(x|θ) = ½ N(x; θ, I) + ½ N(x; θ, 0.01 I) is symmetric in x − θ, so
+  under the uniform prior the posterior is the same mixture centred on x_obs, truncated
+  to the box: draw the mixture, keep the draws inside (exact).
+* TwoMoons: sbibm's inversion of the simulator: draw the latent (a, r), solve the
+  simulator for θ on both branches of |θ₁ + θ₂| (each with probability ½), keep the
+  solutions inside the box (exact: the map θ ↦ x − s(θ) is a rotation on each branch).
+* SLCP: simfer's slice sampler on the exact likelihood, one draw from each of as many
+  chains as draws after 500 warm-up sweeps; the likelihood depends on θ₃ and θ₄ only
+  through θ₃², θ₄², so each draw's signs of θ₃, θ₄ are flipped at random, which gives the
+  four symmetric modes their exact equal weights.
+
+``--check-references`` (on by default) tests the non-analytic references against an
+independent sampler on the exact likelihood: rejection sampling from the prior
+(TwoMoons, GaussianMixture) and importance sampling with a defensive mixture proposal
+fitted to the reference draws (SLCP); the C2ST between the two is reported.
+
+Every finished cell is appended to a JSON-lines file and the table in docs/benchmarks.md
+(between the ``vs_sbi`` markers) is rewritten, so a run cut short keeps its numbers; run
+the same command again and the finished cells are skipped.
+
+    .venv/bin/python benchmarks/vs_sbi.py --quick          # 10^3 only, a few minutes
+    .venv/bin/python benchmarks/vs_sbi.py                  # 10^3, 10^4, 10^5
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+import warnings
+from datetime import datetime
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import simfer  # noqa: E402
+from benchmarks._common import (  # noqa: E402
+    JsonLines,
+    NullTracker,
+    cell_text,
+    fmt,
+    library_versions,
+    machine,
+    write_markdown,
+)
+from simfer.diagnostics import c2st  # noqa: E402
+from simulators import SLCP, GaussianLinear, GaussianMixture, TwoMoons  # noqa: E402
+
+SIMULATORS = {
+    "two_moons": TwoMoons,
+    "slcp": SLCP,
+    "gaussian_linear": lambda: GaussianLinear(dim=10),
+    "gaussian_mixture": GaussianMixture,
+}
+METHODS = [("simfer", "NPE"), ("sbi", "NPE"), ("simfer", "NLE"), ("sbi", "NLE")]
+# The cap on epochs per budget: about 10^3 gradient steps or more at every budget, and a
+# full run within ~50 minutes on 2 CPU cores (10^5 simulations cost ~10 s an epoch).
+MAX_EPOCHS = {1_000: 100, 10_000: 25, 100_000: 4}
+QUICK_MAX_EPOCHS = 20
+FLOW = {"hidden": 64, "n_transforms": 5, "bins": 10, "tail_bound": 4.0}
+TRAINING = {"batch_size": 256, "learning_rate": 1e-3, "validation_fraction": 0.1, "patience": 20}
+TRAIN_SEED = 1
+# sbi's NPE rejects its draws outside the prior's box with no floor on the acceptance
+# (simfer stops below 10⁻³); a flow that leaks all its mass would sample for ever
+SBI_MAX_SAMPLING_SECONDS = 120
+NAME, HEADING = "vs_sbi", "NPE and NLE against sbi on the sbibm simulators"
+
+
+# -- observations and reference posteriors -------------------------------------------------
+def observations(simulator, prior, n_obs: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """θ_j ~ prior and x_j ~ p(x|θ_j), j < n_obs, from fixed seeds (``[n_obs, …]`` each)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        theta = prior.sample((n_obs,))
+    return theta, simulator.simulate(theta, seed=seed)
+
+
+def _box(prior) -> tuple[torch.Tensor, torch.Tensor]:
+    return prior.low.double(), prior.high.double()
+
+
+def _inside(theta: torch.Tensor, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
+    return ((theta >= low) & (theta < high)).all(-1)
+
+
+def two_moons_reference(simulator: TwoMoons, x_obs, n: int, generator) -> torch.Tensor:
+    """Exact posterior draws by inverting the simulator (sbibm's method), see the module
+    docstring: with p = x − (r cos a + ¼, r sin a) = (−|θ₁+θ₂|/√2, (θ₂−θ₁)/√2),
+    θ₁ = (±A − B)/2, θ₂ = (±A + B)/2 for A = −√2 p₁ ≥ 0, B = √2 p₂."""
+    x = torch.as_tensor(x_obs, dtype=torch.float64)
+    low, high = _box(simulator.prior())
+    kept, total = [], 0
+    while total < n:
+        m = 4 * (n - total) + 1000
+        a = math.pi * (torch.rand(m, generator=generator, dtype=torch.float64) - 0.5)
+        r = simulator.r_loc + simulator.r_scale * torch.randn(
+            m, generator=generator, dtype=torch.float64
+        )
+        p0 = x[0] - (r * torch.cos(a) + simulator.offset)
+        p1 = x[1] - r * torch.sin(a)
+        big, diff = -math.sqrt(2.0) * p0, math.sqrt(2.0) * p1
+        sign = 2.0 * (torch.rand(m, generator=generator, dtype=torch.float64) < 0.5) - 1.0
+        theta = torch.stack(((sign * big - diff) / 2, (sign * big + diff) / 2), -1)
+        good = (big >= 0) & _inside(theta, low, high)
+        kept.append(theta[good])
+        total += int(good.sum())
+    return torch.cat(kept)[:n].float()
+
+
+def gaussian_mixture_reference(simulator: GaussianMixture, x_obs, n: int, generator):
+    """Exact posterior draws: the likelihood's mixture centred on x_obs, truncated to the
+    box by rejection."""
+    x = torch.as_tensor(x_obs, dtype=torch.float64)
+    low, high = _box(simulator.prior())
+    scales = torch.tensor(simulator.scales, dtype=torch.float64)
+    weights = torch.tensor(simulator.weights, dtype=torch.float64)
+    kept, total = [], 0
+    while total < n:
+        m = 2 * (n - total) + 100
+        z = torch.multinomial(weights, m, replacement=True, generator=generator)
+        eps = torch.randn(m, x.shape[0], generator=generator, dtype=torch.float64)
+        theta = x + scales[z, None] * eps
+        good = _inside(theta, low, high)
+        kept.append(theta[good])
+        total += int(good.sum())
+    return torch.cat(kept)[:n].float()
+
+
+def slcp_reference(simulator: SLCP, x_obs, n: int, seed: int, mcmc: dict) -> torch.Tensor:
+    """Slice sampling on the exact likelihood with simfer's sampler, then random sign
+    flips of θ₃ and θ₄ (the likelihood's symmetries) for the modes' exact weights."""
+    from simfer.inference import posterior_from_likelihood
+
+    prior = simulator.prior()
+    posterior = posterior_from_likelihood(simulator.log_likelihood, prior, x_obs)
+    draws = posterior.sample(
+        n, seed=seed, num_chains=mcmc["num_chains"], warmup=mcmc["warmup_steps"], thin=mcmc["thin"]
+    ).double()
+    print(f"slcp reference: {posterior.diagnostics}", flush=True)
+    generator = torch.Generator().manual_seed(seed)
+    signs = 2.0 * (torch.rand(n, 2, generator=generator, dtype=torch.float64) < 0.5) - 1.0
+    draws[:, 2:4] = draws[:, 2:4].abs() * signs
+    return draws.float()
+
+
+def reference_samples(name, simulator, x_obs, n, seed, mcmc) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    if name == "gaussian_linear":
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return simulator.posterior(x_obs).sample((n,)).float()
+    if name == "two_moons":
+        return two_moons_reference(simulator, x_obs, n, generator)
+    if name == "gaussian_mixture":
+        return gaussian_mixture_reference(simulator, x_obs, n, generator)
+    if name == "slcp":
+        return slcp_reference(simulator, x_obs, n, seed, mcmc)
+    raise ValueError(name)
+
+
+# -- independent checks of the references ----------------------------------------------------
+def rejection_check(simulator, x_obs, n: int, seed: int) -> torch.Tensor:
+    """Posterior draws by rejection from the uniform prior with the exact likelihood:
+    accept θ with probability exp(log p(x|θ) − M), M above the largest log-likelihood
+    seen in a large pilot sample (its excess is checked on every batch)."""
+    generator = torch.Generator().manual_seed(seed)
+    low, high = _box(simulator.prior())
+    x = torch.as_tensor(x_obs, dtype=torch.float64)
+
+    def draw(m):
+        u = torch.rand(m, low.shape[0], generator=generator, dtype=torch.float64)
+        theta = low + (high - low) * u
+        return theta, simulator.log_likelihood(x.expand(m, -1), theta)
+
+    _, pilot = draw(2_000_000)
+    bound = float(pilot.max()) + 0.5
+    kept, total = [], 0
+    while total < n:
+        theta, log_l = draw(2_000_000)
+        if float(log_l.max()) > bound:
+            raise RuntimeError("the rejection bound was exceeded; raise the margin")
+        keep = torch.rand(len(theta), generator=generator, dtype=torch.float64) < torch.exp(
+            log_l - bound
+        )
+        kept.append(theta[keep])
+        total += int(keep.sum())
+    return torch.cat(kept)[:n].float()
+
+
+def importance_check(simulator, x_obs, reference: torch.Tensor, n: int, seed: int):
+    """Sampling-importance-resampling on the exact posterior with the defensive proposal
+    0.9·(Gaussian kernel density of the reference draws) + 0.1·prior; returns the
+    resampled draws and the importance sampler's effective sample size."""
+    generator = torch.Generator().manual_seed(seed)
+    prior = simulator.prior()
+    low, high = _box(prior)
+    centres = reference.double()[: min(len(reference), 2000)]
+    d = centres.shape[1]
+    bandwidth = (4 / (d + 2)) ** (1 / (d + 4)) * len(centres) ** (-1 / (d + 4))  # Silverman
+    chol = torch.linalg.cholesky(torch.cov(centres.T) * bandwidth**2)
+    m = 200_000
+    from_kde = torch.rand(m, generator=generator) < 0.9
+    pick = torch.randint(len(centres), (m,), generator=generator)
+    eps = torch.randn(m, d, generator=generator, dtype=torch.float64)
+    uniform = low + (high - low) * torch.rand(m, d, generator=generator, dtype=torch.float64)
+    theta = torch.where(from_kde[:, None], centres[pick] + eps @ chol.T, uniform)
+    kernel = torch.distributions.MultivariateNormal(
+        torch.zeros(d, dtype=torch.float64), scale_tril=chol
+    )
+    log_kde = torch.cat(
+        [
+            torch.logsumexp(kernel.log_prob(chunk[:, None, :] - centres[None]), 1)
+            for chunk in theta.split(5000)
+        ]
+    ) - math.log(len(centres))
+    log_prior = -torch.log(high - low).sum()
+    log_q = torch.logaddexp(math.log(0.9) + log_kde, math.log(0.1) + log_prior)
+    inside = _inside(theta, low, high)
+    x = torch.as_tensor(x_obs, dtype=torch.float64).expand(m, -1)
+    log_w = simulator.log_likelihood(x, theta) + log_prior - log_q
+    log_w = torch.where(inside, log_w, torch.full_like(log_w, -math.inf))
+    w = torch.softmax(log_w, 0)
+    ess = float(1 / (w**2).sum())
+    index = torch.multinomial(w, n, replacement=True, generator=generator)
+    return theta[index].float(), ess
+
+
+# -- the four methods ---------------------------------------------------------------------------
+def _random_subset(samples: torch.Tensor, n: int, seed: int) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return samples[torch.randperm(len(samples), generator=generator)[:n]]
+
+
+def train_simfer(method, data, prior, max_epochs):
+    settings = {**FLOW, **TRAINING, "max_epochs": max_epochs, "seed": TRAIN_SEED, "progress": False}
+    start = time.perf_counter()
+    if method == "NPE":
+        estimator = simfer.PosteriorEstimator("nsf", **settings).fit(data, prior)
+    else:
+        estimator = simfer.LikelihoodEstimator("nle", "nsf", **settings).fit(data, prior)
+    seconds = time.perf_counter() - start
+    return estimator, seconds, len(estimator.history.train_loss)
+
+
+def sample_simfer(method, estimator, prior, x_obs, n, seed, mcmc):
+    if method == "NPE":
+        return estimator.sample(n, x_obs, seed=seed), {"acceptance": estimator.acceptance_rate}
+    posterior = estimator.posterior(prior, x_obs)
+    samples = posterior.sample(
+        n, seed=seed, num_chains=mcmc["num_chains"], warmup=mcmc["warmup_steps"], thin=mcmc["thin"]
+    )
+    return samples, posterior.diagnostics
+
+
+def train_sbi(method, data, prior, max_epochs):
+    from sbi.inference import NLE, NPE
+    from sbi.neural_nets import likelihood_nn, posterior_nn
+
+    build = posterior_nn if method == "NPE" else likelihood_nn
+    density_estimator = build(
+        model="nsf",
+        hidden_features=FLOW["hidden"],
+        num_transforms=FLOW["n_transforms"],
+        num_bins=FLOW["bins"],
+        tail_bound=FLOW["tail_bound"],
+    )
+    trainer_class = NPE if method == "NPE" else NLE
+    torch.manual_seed(TRAIN_SEED)  # sbi's split and initialisation draw from torch
+    trainer = trainer_class(
+        prior=prior,
+        density_estimator=density_estimator,
+        show_progress_bars=False,
+        tracker=NullTracker(),
+    )
+    start = time.perf_counter()
+    network = trainer.append_simulations(data.theta.clone(), data.x.clone()).train(
+        training_batch_size=TRAINING["batch_size"],
+        learning_rate=TRAINING["learning_rate"],
+        validation_fraction=TRAINING["validation_fraction"],
+        stop_after_epochs=TRAINING["patience"],
+        max_num_epochs=max_epochs - 1,  # sbi counts epochs 0 … max_num_epochs
+        clip_max_norm=5.0,
+        show_train_summary=False,
+    )
+    seconds = time.perf_counter() - start
+    network.eval()
+    return (trainer, network), seconds, int(trainer.summary["epochs_trained"][-1])
+
+
+def sample_sbi(method, model, prior, x_obs, n, seed, mcmc, own_mcmc=False):
+    """NPE: sbi's DirectPosterior (rejection against the prior's support).  NLE: sbi's
+    learnt likelihood log q(x|θ) sampled by simfer's slice sampler with the settings of
+    simfer's NLE (the same sampler for both, so the C2ST compares the learnt likelihoods),
+    or with ``own_mcmc`` by sbi's own ``slice_np_vectorized`` (see benchmarks/README.md)."""
+    trainer, network = model
+    torch.manual_seed(seed)
+    if method == "NPE" or own_mcmc:
+        if method == "NPE":
+            posterior = trainer.build_posterior()
+        else:
+            posterior = trainer.build_posterior(
+                mcmc_method="slice_np_vectorized",
+                mcmc_parameters={
+                    "num_chains": mcmc["num_chains"],
+                    "warmup_steps": mcmc["warmup_steps"],
+                    "thin": mcmc["thin"],
+                    "init_strategy": "resample",
+                },
+            )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            options = {"max_sampling_time": SBI_MAX_SAMPLING_SECONDS} if method == "NPE" else {}
+            return posterior.sample((n,), x=x_obs, show_progress_bars=False, **options), {}
+
+    from simfer.inference import posterior_from_likelihood
+
+    def log_likelihood(x, theta):
+        with torch.no_grad():
+            return network.log_prob(x[None], theta)[0]
+
+    posterior = posterior_from_likelihood(log_likelihood, prior, x_obs)
+    samples = posterior.sample(
+        n, seed=seed, num_chains=mcmc["num_chains"], warmup=mcmc["warmup_steps"], thin=mcmc["thin"]
+    )
+    return samples, posterior.diagnostics
+
+
+def warm_up(simulator, prior) -> None:
+    """One tiny untimed fit of each kind, so that no timed run pays first-call costs
+    (imports, lazy initialisation; 5–60 s on a loaded machine)."""
+    data = simfer.simulate(simulator, prior, 300, seed=0, executor="serial", progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for method in ("NPE", "NLE"):
+            train_simfer(method, data, prior, 2)
+            train_sbi(method, data, prior, 2)
+
+
+# -- the table -------------------------------------------------------------------------------
+SIM_LABEL = {
+    "two_moons": "TwoMoons",
+    "slcp": "SLCP",
+    "gaussian_linear": "GaussianLinear (10-d)",
+    "gaussian_mixture": "GaussianMixture",
+}
+
+
+def _latest(rows: list[dict]) -> dict:
+    cells = {}
+    for row in rows:
+        if row.get("kind") == "cell":
+            cells[row["simulator"], row["budget"], row["library"], row["method"]] = row
+    return cells
+
+
+def render(rows: list[dict], simulators: list[str], budgets: list[int], meta: dict) -> str:
+    cells = _latest(rows)
+
+    def cell(sim, budget, library, method):
+        return cells.get((sim, budget, library, method))
+
+    head = "| simulator | method | " + " | ".join(f"n = {b:,}" for b in budgets) + " |"
+    rule = "| --- | --- |" + " --- |" * len(budgets)
+    lines = [
+        f"Command: `{meta['command']}`  ",
+        f"Date: {meta['date']}; machine: {meta['machine']}; {meta['versions']}; "
+        f"total wall time {meta['wall_minutes']:.1f} min{meta['status']}.",
+        "",
+        f"C2ST against reference posterior samples ({meta['n_c2st']} draws each, mean over "
+        f"{meta['n_obs']} observations; 0.5 is perfect), and in brackets the training wall "
+        f"time and the epochs run (cap: {meta['max_epochs_text']}; early stopping after "
+        f"{TRAINING['patience']} epochs without improvement).",
+        "",
+        head,
+        rule,
+    ]
+    for sim in simulators:
+        for library, method in METHODS:
+            texts = [
+                cell_text(
+                    cell(sim, b, library, method),
+                    lambda r: (
+                        f"{r['c2st_mean']:.3f} ({r['train_seconds']:.0f} s, {r['epochs']} ep)"
+                    ),
+                )
+                for b in budgets
+            ]
+            lines.append(f"| {SIM_LABEL[sim]} | {library} {method} | " + " | ".join(texts) + " |")
+
+    lines += [
+        "",
+        f"Seconds to draw {meta['n_time']:,} posterior samples at one observation (NPE: "
+        "direct, with rejection against the prior's support; NLE: slice-sampling MCMC, "
+        f"{meta['mcmc']['num_chains']} chains, {meta['mcmc']['warmup_steps']} warm-up steps, "
+        f"thinning {meta['mcmc']['thin']}):",
+        "",
+        head,
+        rule,
+    ]
+    for sim in simulators:
+        for library, method in METHODS:
+            texts = []
+            for b in budgets:
+                r = cell(sim, b, library, method)
+                ok = r is not None and "error" not in r
+                texts.append(fmt(r["sample_seconds"]) if ok else "—")
+            lines.append(f"| {SIM_LABEL[sim]} | {library} {method} | " + " | ".join(texts) + " |")
+
+    def ratio(sim, b, method, key):
+        a, c = cell(sim, b, "simfer", method), cell(sim, b, "sbi", method)
+        if a is None or c is None or "error" in a or "error" in c:
+            return "—"
+        if key == "c2st":
+            return f"{a['c2st_mean'] - c['c2st_mean']:+.3f}"
+        if key == "epoch":
+            x = (a["train_seconds"] / a["epochs"]) / (c["train_seconds"] / c["epochs"])
+        else:
+            x = a["sample_seconds"] / c["sample_seconds"]
+        return f"{x:.2f}"
+
+    lines += [
+        "",
+        "simfer against sbi from the same run: C2ST difference simfer − sbi (negative: simfer "
+        "closer to the reference), training seconds per epoch simfer / sbi (equal epochs, "
+        "equal batches), sampling time simfer / sbi:",
+        "",
+        "| simulator | method | quantity | " + " | ".join(f"n = {b:,}" for b in budgets) + " |",
+        "| --- | --- | --- |" + " --- |" * len(budgets),
+    ]
+    for sim in simulators:
+        for method in ("NPE", "NLE"):
+            for key, label in (
+                ("c2st", "C2ST simfer − sbi"),
+                ("epoch", "s/epoch simfer / sbi"),
+                ("sample", "sampling simfer / sbi"),
+            ):
+                texts = [ratio(sim, b, method, key) for b in budgets]
+                lines.append(
+                    f"| {SIM_LABEL[sim]} | {method} | {label} | " + " | ".join(texts) + " |"
+                )
+
+    checks = [r for r in rows if r.get("kind") == "reference_check"]
+    if checks:
+        lines += [
+            "",
+            "Reference posteriors checked against an independent sampler on the exact "
+            "likelihood (C2ST between the two; 0.5 = indistinguishable):",
+            "",
+            "| simulator | observation | check | C2ST | note |",
+            "| --- | --- | --- | --- | --- |",
+        ]
+        for r in checks:
+            lines.append(
+                f"| {SIM_LABEL[r['simulator']]} | {r['observation']} | {r['check']} | "
+                f"{r['c2st']:.3f} | {r.get('note', '')} |"
+            )
+    return "\n".join(lines)
+
+
+# -- driver -------------------------------------------------------------------------------------
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--simulators", nargs="+", choices=list(SIMULATORS), help="default: all")
+    parser.add_argument("--budgets", type=int, nargs="+", help="default 1000 10000 100000")
+    parser.add_argument("--quick", action="store_true", help="10^3 only, 20 epochs, 500 draws")
+    parser.add_argument("--max-epochs", type=int, help="one cap for every budget")
+    parser.add_argument("--skip", nargs="*", default=[], help="'sbi', 'NLE', 'simfer:NLE', …")
+    parser.add_argument("--n-obs", type=int, default=3, help="observations per simulator")
+    parser.add_argument("--n-c2st", type=int, help="draws of each side of a C2ST (1000)")
+    parser.add_argument("--n-time", type=int, help="draws timed at the first observation (10^4)")
+    parser.add_argument("--chains", type=int, default=500, help="MCMC chains of NLE")
+    parser.add_argument("--warmup", type=int, default=30, help="MCMC warm-up steps of NLE")
+    parser.add_argument("--no-check-references", action="store_true")
+    parser.add_argument(
+        "--sbi-mcmc", action="store_true", help="sample sbi's NLE with sbi's own slice sampler"
+    )
+    parser.add_argument("--fresh", action="store_true", help="ignore the finished cells")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--markdown", default=str(ROOT / "docs" / "benchmarks.md"))
+    parser.add_argument("--jsonl", default=str(ROOT / "benchmarks" / "results" / "vs_sbi.jsonl"))
+    parser.add_argument("--cache", default="/tmp/simfer_vs_sbi_references")
+    args = parser.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    warnings.filterwarnings("ignore", category=UserWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    simulators = args.simulators or list(SIMULATORS)
+    budgets = sorted(args.budgets or ([1_000] if args.quick else list(MAX_EPOCHS)))
+    n_c2st = args.n_c2st or (500 if args.quick else 1000)
+    n_time = args.n_time or (2000 if args.quick else 10_000)
+
+    def max_epochs(budget):
+        if args.max_epochs:
+            return args.max_epochs
+        if args.quick:
+            return QUICK_MAX_EPOCHS
+        return MAX_EPOCHS.get(budget, 30)
+
+    mcmc = {"num_chains": args.chains, "warmup_steps": args.warmup, "thin": 1}
+    # SLCP's reference: one draw from each of n_c2st chains after 500 warm-up sweeps
+    reference_mcmc = {"num_chains": n_c2st, "warmup_steps": 500, "thin": 1}
+    skip = set(args.skip)
+    log = JsonLines(args.jsonl)
+    if args.fresh and log.path.exists():
+        log.path.unlink()
+    rows = log.rows()
+    done = {k for k, r in _latest(rows).items() if "error" not in r}
+    checked = {
+        (r["simulator"], r["observation"]) for r in rows if r.get("kind") == "reference_check"
+    }
+    cache = Path(args.cache)
+    cache.mkdir(parents=True, exist_ok=True)
+
+    meta = {
+        "command": " ".join([".venv/bin/python", "benchmarks/vs_sbi.py", *(argv or sys.argv[1:])]),
+        "date": datetime.now().strftime("%Y-%m-%d %H:%M"),
+        "machine": machine(args.threads),
+        "versions": library_versions("sbi", "nflows"),
+        "n_obs": args.n_obs,
+        "n_c2st": n_c2st,
+        "n_time": n_time,
+        "mcmc": mcmc,
+        "max_epochs_text": ", ".join(f"{max_epochs(b)} at n = {b:,}" for b in budgets),
+        "status": " (running)",
+        "wall_minutes": 0.0,
+    }
+    markdown = Path(args.markdown)
+    t0 = time.perf_counter()
+
+    def record(row):
+        rows.append(row)
+        log.append(row)
+        shown = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}
+        print(json.dumps(shown), flush=True)
+        meta["wall_minutes"] = (time.perf_counter() - t0) / 60
+        write_markdown(markdown, render(rows, *shown_cells(), meta), NAME, HEADING)
+
+    def shown_cells():
+        """The simulators and budgets of this run and of the finished cells it resumes."""
+        cells = _latest(rows)
+        names = {k[0] for k in cells} | set(simulators)
+        return [s for s in SIMULATORS if s in names], sorted({k[1] for k in cells} | set(budgets))
+
+    def prepare(name):
+        """The simulator, its prior, the observations and their reference samples (cached
+        on disk), checked once against an independent sampler."""
+        simulator = SIMULATORS[name]()
+        prior = simulator.prior()
+        _, x_obs = observations(simulator, prior, args.n_obs, seed=10_000)
+        references = []
+        for j in range(args.n_obs):
+            path = cache / f"{name}_obs{j}_{n_c2st}.pt"
+            if path.exists():
+                references.append(torch.load(path, weights_only=True))
+                continue
+            start = time.perf_counter()
+            reference = reference_samples(
+                name, simulator, x_obs[j], n_c2st, 20_000 + j, reference_mcmc
+            )
+            print(f"{name}: reference {j} in {time.perf_counter() - start:.1f} s", flush=True)
+            torch.save(reference, path)
+            references.append(reference)
+        if not args.no_check_references and name != "gaussian_linear":
+            for j in range(args.n_obs):
+                if (name, j) in checked:
+                    continue
+                if name == "slcp":
+                    other, ess = importance_check(
+                        simulator, x_obs[j], references[j], n_c2st, 30_000 + j
+                    )
+                    check, note = "importance sampling", f"ESS {ess:.0f} of 200,000"
+                else:
+                    other, note = rejection_check(simulator, x_obs[j], n_c2st, 30_000 + j), ""
+                    check = "rejection from the prior"
+                record(
+                    {
+                        "kind": "reference_check",
+                        "simulator": name,
+                        "observation": j,
+                        "check": check,
+                        "c2st": c2st(references[j], other),
+                        "note": note,
+                    }
+                )
+                checked.add((name, j))
+        return simulator, prior, x_obs, references
+
+    def run_cell(name, budget, library, method, data, prepared):
+        simulator, prior, x_obs, references = prepared
+        row = {
+            "kind": "cell",
+            "simulator": name,
+            "budget": budget,
+            "library": library,
+            "method": method,
+            "max_epochs": max_epochs(budget),
+            "threads": args.threads,
+        }
+        try:
+            if library == "simfer":
+                train, sample = train_simfer, sample_simfer
+            else:
+                train = train_sbi
+
+                def sample(*a):
+                    return sample_sbi(*a, own_mcmc=args.sbi_mcmc)
+
+            model, seconds, epochs = train(method, data, prior, max_epochs(budget))
+            row.update(train_seconds=seconds, epochs=epochs)
+            scores, infos = [], []
+            for j in range(args.n_obs):
+                n = n_time if j == 0 else n_c2st
+                start = time.perf_counter()
+                samples, info = sample(method, model, prior, x_obs[j], n, j, mcmc)
+                if j == 0:
+                    row["sample_seconds"] = time.perf_counter() - start
+                samples = _random_subset(samples.reshape(-1, samples.shape[-1]), n_c2st, j)
+                scores.append(c2st(references[j], samples))
+                infos.append({k: v for k, v in info.items() if isinstance(v, int | float)})
+            row.update(c2st=scores, c2st_mean=sum(scores) / len(scores), info=infos)
+        except Exception as error:  # a failure is reported, never faked
+            row["error"] = f"{type(error).__name__}: {error}"
+        record(row)
+
+    # budget-major: a run cut short leaves every simulator at the smaller budgets
+    prepared = {}
+    warmed = False
+    for budget in budgets:
+        for name in simulators:
+            todo = [
+                (lib, m)
+                for lib, m in METHODS
+                if (name, budget, lib, m) not in done and not ({lib, m, f"{lib}:{m}"} & skip)
+            ]
+            if not todo:
+                continue
+            if name not in prepared:
+                prepared[name] = prepare(name)
+            simulator, prior = prepared[name][:2]
+            if not warmed:
+                warm_up(simulator, prior)
+                warmed = True
+            data = simfer.simulate(
+                simulator, prior, budget, seed=budget, executor="serial", progress=False
+            )
+            assert data.n_invalid == 0
+            for library, method in todo:
+                run_cell(name, budget, library, method, data, prepared[name])
+    meta["status"] = ""
+    meta["wall_minutes"] = (time.perf_counter() - t0) / 60
+    table = render(rows, *shown_cells(), meta)
+    write_markdown(markdown, table, NAME, HEADING)
+    print()
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
