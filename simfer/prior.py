@@ -123,14 +123,26 @@ def describe_prior(prior: Distribution) -> dict[str, Any]:
     return description
 
 
-def check_in_support(prior: Distribution, theta: Tensor, what: str = "theta") -> None:
-    """Raise a `SupportError` naming the rows of ``theta`` outside the prior's support."""
+def inside_support(prior: Distribution, theta: Tensor) -> Tensor:
+    """``[batch]`` bool: which rows of θ ``[batch, d]`` lie in the prior's support (a prior
+    whose support cannot be checked counts the rows where its log-density is finite; a
+    prior left on the CPU is checked there)."""
     try:
         inside = prior.support.check(theta)
     except NotImplementedError:  # distributions without a checkable support
         inside = torch.isfinite(prior.log_prob(theta))
+    except RuntimeError:
+        if theta.device.type == "cpu":
+            raise
+        return inside_support(prior, theta.cpu()).to(theta.device)
     while inside.ndim > 1:
         inside = inside.all(-1)
+    return inside
+
+
+def check_in_support(prior: Distribution, theta: Tensor, what: str = "theta") -> None:
+    """Raise a `SupportError` naming the rows of ``theta`` outside the prior's support."""
+    inside = inside_support(prior, theta)
     if not bool(inside.all()):
         rows = torch.nonzero(~inside).flatten()
         first = theta[rows[0]].tolist()

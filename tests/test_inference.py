@@ -132,9 +132,13 @@ def test_nuts_agrees_with_slice_on_a_banana(banana):
     info = banana.diagnostics
     assert info["r_hat_max"] < 1.1
     check_against_banana(draws, torch.tensor(info["ess_min"]))
-    slice_draws = banana.sample(2000, seed=1)
-    ks = stats.ks_2samp(draws[:, 1].numpy(), slice_draws[:, 1].numpy())
-    assert ks.pvalue > 1e-3
+    nuts_ess = torch.tensor(info["ess_min"])
+    slice_draws = banana.sample(20_000, seed=1, num_chains=100, warmup=200)
+    slice_ess = torch.tensor(banana.diagnostics["ess_min"])
+    # the two chains' means differ by less than 4 standard errors of their difference (a KS
+    # test would be wrong here: MCMC draws are autocorrelated)
+    se = BANANA_VARIANCE.sqrt() * (1 / nuts_ess + 1 / slice_ess).sqrt()
+    assert ((draws.mean(0) - slice_draws.mean(0)).abs() < 4 * se).all()
 
 
 def test_every_sampler_recovers_the_exact_gaussian_posterior(gaussian, observation):

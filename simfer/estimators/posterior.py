@@ -43,7 +43,7 @@ from torch.distributions import Distribution
 from ..data import SimulationData
 from ..errors import ShapeError, SimferError
 from ..nn.flows import FLOWS, ConditionalFlow, build_flow, seeded
-from ..prior import BoxUniform, as_prior, describe_prior
+from ..prior import BoxUniform, as_prior, describe_prior, inside_support
 from ..training import fit_network
 from .base import Estimator
 from .embedding import EmbeddingMixin, x_batch
@@ -77,22 +77,6 @@ def pair_rows(a: Tensor, b: Tensor, names: tuple[str, str]) -> tuple[Tensor, Ten
             f"(give equally many, or one of either)"
         )
     return a.expand(n, *a.shape[1:]), b.expand(n, *b.shape[1:])
-
-
-def inside_support(prior: Distribution, theta: Tensor) -> Tensor:
-    """``[batch]`` bool: which rows of θ ``[batch, d]`` lie in the prior's support."""
-    try:
-        inside = prior.support.check(theta)
-    except NotImplementedError:
-        inside = torch.isfinite(prior.log_prob(theta))
-    except RuntimeError:
-        if theta.device.type == "cpu":
-            raise
-        # the prior lives on the CPU: check there
-        return inside_support(prior, theta.cpu()).to(theta.device)
-    while inside.ndim > 1:
-        inside = inside.all(-1)
-    return inside
 
 
 def prior_from_description(description: dict | None) -> Distribution | None:

@@ -35,7 +35,7 @@ from torch.distributions import Distribution, biject_to
 
 from ..errors import ShapeError, SimferError
 from ..nn.flows import seeded
-from ..prior import BoxUniform, as_prior
+from ..prior import BoxUniform, as_prior, inside_support
 from .chains import effective_sample_size, split_r_hat
 from .slice import slice_sample
 
@@ -138,13 +138,7 @@ class Posterior:
     # -- densities ----------------------------------------------------------------------------
     def inside(self, theta: Tensor) -> Tensor:
         """Whether each row of θ ``[batch, theta_dim]`` lies in the prior's support."""
-        try:
-            inside = self.prior.support.check(theta)
-        except NotImplementedError:
-            inside = torch.isfinite(self.prior_log_prob(theta))
-        while inside.ndim > 1:
-            inside = inside.all(-1)
-        return inside
+        return inside_support(self.prior, theta)
 
     def prior_log_prob(self, theta: Tensor) -> Tensor:
         """log p(θ) ``[batch]``, evaluated on the prior's own device (a torch distribution
