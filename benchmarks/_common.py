@@ -105,6 +105,16 @@ class JsonLines:
             f.flush()
 
 
+def run_header(meta: dict) -> list[str]:
+    """The two lines every table starts with: the command, then date, machine, versions
+    and wall time (``meta`` holds command, date, machine, versions, wall_minutes, status)."""
+    return [
+        f"Command: `{meta['command']}`  ",
+        f"Date: {meta['date']}; machine: {meta['machine']}; {meta['versions']}; "
+        f"total wall time {meta['wall_minutes']:.1f} min{meta['status']}.",
+    ]
+
+
 def write_markdown(path: Path, table: str, name: str, heading: str) -> None:
     """Put ``table`` between the ``<!-- name:begin -->``/``<!-- name:end -->`` markers of
     the markdown file at ``path``, keeping the text around them; a missing block is

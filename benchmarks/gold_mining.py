@@ -48,7 +48,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import simfer  # noqa: E402
-from benchmarks._common import NullTracker, fmt, library_versions, machine, write_markdown  # noqa: E402
+from benchmarks._common import (  # noqa: E402
+    NullTracker,
+    fmt,
+    library_versions,
+    machine,
+    run_header,
+    write_markdown,
+)
 from simulators import GaltonBoard  # noqa: E402
 
 SIMFER_RATIO = ["carl", "rolr", "rascal", "alice", "alices", "cascal", "nre", "bnre"]
@@ -268,9 +275,7 @@ def render(results: list[dict], budgets: list[int], meta: dict) -> str:
     head = "| method | " + " | ".join(f"n = {b:,}" for b in budgets) + " |"
     rule = "| --- |" + " --- |" * len(budgets)
     lines = [
-        f"Command: `{meta['command']}`  ",
-        f"Date: {meta['date']}; machine: {meta['machine']}; {meta['versions']}; "
-        f"total wall time {meta['wall_minutes']:.1f} min{meta['status']}.",
+        *run_header(meta),
         "",
         "MSE of log r̂(x|θ0, θ1 = 0) against the exact log r over "
         f"{meta['n_eval_x']} x drawn at θ1 = 0 × {meta['n_grid']} θ0 in [−0.9, 0.9] "

@@ -23,8 +23,6 @@ the analytic posterior, or against the other tool's draws).
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
-import platform
 import sys
 import time
 from datetime import datetime
@@ -36,6 +34,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import simfer  # noqa: E402
+from benchmarks._common import (  # noqa: E402
+    library_versions,
+    machine,
+    run_header,
+    write_markdown,
+)
 from simfer.diagnostics import c2st  # noqa: E402
 from simfer.inference import (  # noqa: E402
     effective_sample_size,
@@ -44,7 +48,6 @@ from simfer.inference import (  # noqa: E402
 )
 from simulators import SLCP, GaussianLinear, TwoMoons  # noqa: E402
 
-BEGIN, END = "<!-- sampling:begin -->", "<!-- sampling:end -->"
 N_C2ST = 1000  # draws per side in the accuracy check (random subsets of the draws)
 
 
@@ -124,9 +127,8 @@ def main(argv=None) -> None:
                 check = c2st(exact.sample((N_C2ST,)), draws[torch.randperm(n)[:N_C2ST]], seed=0)
                 accuracy = f"C2ST vs analytic {check:.3f}"
             elif label.startswith("sbi"):
-                reference = results["simfer slice (mixed, default)"]
-                pick = torch.randperm(n)[:N_C2ST]
-                check = c2st(reference[pick], draws[torch.randperm(n)[:N_C2ST]], seed=0)
+                reference = results["simfer slice (mixed, default)"][torch.randperm(n)[:N_C2ST]]
+                check = c2st(reference, draws[torch.randperm(n)[:N_C2ST]], seed=0)
                 accuracy = f"C2ST vs simfer mixed {check:.3f}"
             else:
                 accuracy = "—"
@@ -136,15 +138,16 @@ def main(argv=None) -> None:
                 f"ESS/s {ess / seconds:7.1f}  R̂ {r_hat:.3f}  {accuracy}",
                 flush=True,
             )
-    versions = f"torch {torch.__version__}, sbi {importlib.metadata.version('sbi')}"
+    meta = {
+        "command": "python benchmarks/sampling.py" + (" --quick" if args.quick else ""),
+        "date": f"{datetime.now():%Y-%m-%d %H:%M}",
+        "machine": machine(torch.get_num_threads()),
+        "versions": library_versions("sbi"),
+        "wall_minutes": (time.perf_counter() - began) / 60,
+        "status": "",
+    }
     lines = [
-        BEGIN,
-        "Command: `.venv/bin/python benchmarks/sampling.py"
-        + (" --quick" if args.quick else "")
-        + "`  ",
-        f"Date: {datetime.now():%Y-%m-%d %H:%M}; machine: {torch.get_num_threads()} torch threads, "
-        f"CPU, no GPU (none lent to this task); Python {platform.python_version()}, {versions}; "
-        f"total {(time.perf_counter() - began) / 60:.1f} min.",
+        *run_header(meta),
         "",
         f"{n} draws from {chains} chains after {warmup} warm-up sweeps, every sampler on the same "
         "log posterior. ESS: minimum over θ's coordinates (split chains, Geyer), same estimator "
@@ -163,15 +166,8 @@ def main(argv=None) -> None:
         rate = {r[1]: r[4] for r in rows if r[0] == name}
         ratio = rate["simfer slice (mixed, default)"] / rate["sbi slice_np_vectorized"]
         lines.append(f"- {name}: {ratio:.2f}×")
-    lines.append(END)
     path = Path(args.out)
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    block = "\n".join(lines)
-    if BEGIN in text:
-        text = text[: text.index(BEGIN)] + block + text[text.index(END) + len(END) :]
-    else:
-        text = text.rstrip("\n") + "\n\n## Sampling: simfer vs sbi MCMC\n\n" + block + "\n"
-    path.write_text(text)
+    write_markdown(path, "\n".join(lines), "sampling", "Sampling: simfer vs sbi MCMC")
     print(f"table written to {path}")
 
 

@@ -45,6 +45,7 @@ from benchmarks._common import (  # noqa: E402
     cell_text,
     library_versions,
     machine,
+    run_header,
     write_markdown,
 )
 from simulators import GaltonBoard, WeinbergAngle  # noqa: E402
@@ -96,9 +97,7 @@ def render(rows: list[dict], meta: dict) -> str:
 
     head = "| simulator | method | " + " | ".join(f"n = {b:,}" for b in budgets) + " |"
     lines = [
-        f"Command: `{meta['command']}`  ",
-        f"Date: {meta['date']}; machine: {meta['machine']}; {meta['versions']}; "
-        f"total wall time {meta['wall_minutes']:.1f} min{meta['status']}.",
+        *run_header(meta),
         "",
         f"Mean KL(p(x|θ) ‖ q(x|θ)) in nats and relative score error "
         f"E|t̂ − t|²/E|t|² over {meta['n_grid']} θ × {meta['n_x']} x ~ p(x|θ) (lower is "

@@ -59,12 +59,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import simfer  # noqa: E402
+from benchmarks._common import write_markdown  # noqa: E402
 from simfer import losses  # noqa: E402
 from simfer.data import RaggedSets, SimulationData  # noqa: E402
 from simfer.nn import EGNN, DeepSets, LorentzNet, count_parameters, seeded  # noqa: E402
 from simulators import ToyJets  # noqa: E402
 
-BEGIN, END = "<!-- set_embeddings:begin -->", "<!-- set_embeddings:end -->"
 EMBEDDINGS = ["mlp", "deepsets", "egnn", "lorentznet"]
 METHODS = ["npe", "alices"]
 THETA_REF = 4.0
@@ -237,17 +237,6 @@ def render(results: list[dict], budgets: list[int], meta: dict) -> str:
     return "\n".join(lines)
 
 
-def write_markdown(path: Path, table: str) -> None:
-    block = f"{BEGIN}\n{table}\n{END}"
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    if BEGIN in text and END in text:
-        before, rest = text.split(BEGIN, 1)
-        text = before + block + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n## Set embeddings on toy jets\n\n" + block + "\n"
-    path.write_text(text)
-
-
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--budgets", type=int, nargs="+", default=[1000])
@@ -316,7 +305,9 @@ def main(argv=None) -> None:
                 meta["minutes"] = (time.perf_counter() - started) / 60
                 table = render(results, args.budgets, meta)
                 if not args.quick:
-                    write_markdown(Path(args.docs), table)
+                    write_markdown(
+                        Path(args.docs), table, "set_embeddings", "Set embeddings on toy jets"
+                    )
     print(render(results, args.budgets, meta))
 
 

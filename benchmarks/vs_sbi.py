@@ -72,6 +72,7 @@ from benchmarks._common import (  # noqa: E402
     fmt,
     library_versions,
     machine,
+    run_header,
     write_markdown,
 )
 from simfer.diagnostics import c2st  # noqa: E402
@@ -393,9 +394,7 @@ def render(rows: list[dict], simulators: list[str], budgets: list[int], meta: di
     head = "| simulator | method | " + " | ".join(f"n = {b:,}" for b in budgets) + " |"
     rule = "| --- | --- |" + " --- |" * len(budgets)
     lines = [
-        f"Command: `{meta['command']}`  ",
-        f"Date: {meta['date']}; machine: {meta['machine']}; {meta['versions']}; "
-        f"total wall time {meta['wall_minutes']:.1f} min{meta['status']}.",
+        *run_header(meta),
         "",
         f"C2ST against reference posterior samples ({meta['n_c2st']} draws each, mean over "
         f"{meta['n_obs']} observations; 0.5 is perfect), and in brackets the training wall "

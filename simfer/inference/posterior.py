@@ -36,7 +36,6 @@ from torch.distributions import Distribution, biject_to
 from ..errors import ShapeError, SimferError
 from ..nn.flows import seeded
 from ..prior import BoxUniform, as_prior, inside_support
-from .chains import effective_sample_size, split_r_hat
 from .slice import slice_sample
 
 __all__ = ["Posterior", "posterior_from_likelihood"]
@@ -391,10 +390,6 @@ class Posterior:
             self.model.to(self.device)
         return self
 
-    def chain_diagnostics(self, chains: Tensor) -> dict[str, Tensor]:
-        """Split R̂ and effective sample size of chains ``[num_chains, draws, theta_dim]``."""
-        return {"r_hat": split_r_hat(chains), "ess": effective_sample_size(chains)}
-
     def __repr__(self) -> str:
         what = type(self.model).__name__ if self.model is not None else "a log-likelihood"
         return (
@@ -404,11 +399,14 @@ class Posterior:
 
 
 def distribution_device(distribution: Distribution) -> torch.device:
-    """The device a torch distribution's parameters live on (its mean's, without drawing)."""
-    try:
-        return distribution.mean.device
-    except (NotImplementedError, AttributeError):
-        return distribution.sample().device
+    """The device a torch distribution's parameters live on (the first tensor among its
+    attributes, or a wrapped base distribution's); the CPU for one without tensors."""
+    for value in vars(distribution).values():
+        if isinstance(value, Tensor):
+            return value.device
+        if isinstance(value, Distribution):
+            return distribution_device(value)
+    return torch.device("cpu")
 
 
 def posterior_from_likelihood(
