@@ -82,6 +82,9 @@ def _clip_per_member(parameters: list[nn.Parameter], n_members: int, max_norm: f
     grads = [p.grad for p in parameters if p.grad is not None]
     if not grads:
         return
+    if n_members == 1:  # one fused norm over all tensors instead of three ops per tensor
+        torch.nn.utils.clip_grad_norm_(grads, max_norm, foreach=True)
+        return
     squared = sum(g.reshape(n_members, -1).pow(2).sum(1) for g in grads)
     scale = (max_norm / (squared.sqrt() + 1e-12)).clamp(max=1.0)
     for g in grads:
@@ -127,9 +130,7 @@ def fit_network(
         raise ValueError(f"{n} rows are too few to train on; simulate more")
 
     parameters = [p for p in network.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(
-        parameters, lr=config.learning_rate, weight_decay=config.weight_decay
-    )
+    optimizer = _adam(parameters, config)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.max_epochs)
     history = TrainingHistory(
         best_epoch=[-1] * n_members, best_validation_loss=[math.inf] * n_members
@@ -205,6 +206,17 @@ def fit_network(
     network.load_state_dict(best_state)
     network.eval()
     return history
+
+
+def _adam(parameters: list[nn.Parameter], config: TrainingConfig) -> torch.optim.Adam:
+    """Adam, fused into one kernel per step where this torch build has it for these
+    parameters (CPU and CUDA floats in torch ≥ 2.4): a flow has ~100 small parameter
+    tensors, and the per-tensor update costs about a fifth of a training step."""
+    options = {"lr": config.learning_rate, "weight_decay": config.weight_decay}
+    try:
+        return torch.optim.Adam(parameters, fused=True, **options)
+    except (RuntimeError, TypeError):  # older torch, or a device without the fused kernel
+        return torch.optim.Adam(parameters, **options)
 
 
 def _patience_exhausted(history: TrainingHistory, epoch: int, patience: int) -> bool:

@@ -117,6 +117,46 @@ def test_the_builder_names_bad_arguments():
         build_flow("nsf", 0, 2)
     with pytest.raises(TypeError, match="embedding must be a torch.nn.Module"):
         build_flow("nsf", 2, 2, embedding=lambda x: x)
+    with pytest.raises(ValueError, match="unknown activation 'gelu'; choose one of"):
+        build_flow("nsf", 2, 2, activation="gelu")
+    with pytest.raises(ValueError, match="unknown activation 'gelu'"):
+        PosteriorEstimator(activation="gelu")
+
+
+def test_simfers_spline_is_nflows_spline_and_inverts():
+    """simfer's gather-based spline evaluates nflows' parameterisation (the same function
+    to float64 round-off), is the identity outside [−B, B], and its inverse undoes it with
+    the opposite log-derivative."""
+    from nflows.transforms.splines.rational_quadratic import (
+        unconstrained_rational_quadratic_spline,
+    )
+
+    from simfer.nn.splines import rational_quadratic_spline
+
+    generator = torch.Generator().manual_seed(0)
+
+    def draw(*shape, scale):
+        return scale * torch.randn(*shape, generator=generator, dtype=torch.float64)
+
+    x = draw(2000, 3, scale=3.0)  # about 18 % of it outside B = 4
+    widths, heights = draw(2000, 3, 8, scale=2), draw(2000, 3, 8, scale=2)
+    derivatives = draw(2000, 3, 7, scale=2)
+    for inverse in (False, True):
+        expected = unconstrained_rational_quadratic_spline(
+            x, widths, heights, derivatives, inverse=inverse, tails="linear", tail_bound=4.0
+        )
+        got = rational_quadratic_spline(x, widths, heights, derivatives, bound=4.0, inverse=inverse)
+        for a, b in zip(got, expected, strict=True):
+            assert torch.allclose(a, b, rtol=0, atol=1e-9)
+    y, log_derivative = rational_quadratic_spline(x, widths, heights, derivatives, bound=4.0)
+    outside = x.abs() > 4
+    assert outside.any() and torch.equal(y[outside], x[outside])
+    assert torch.all(log_derivative[outside] == 0)
+    back, inverse_log_derivative = rational_quadratic_spline(
+        y, widths, heights, derivatives, bound=4.0, inverse=True
+    )
+    assert torch.allclose(back, x, atol=1e-8)
+    assert torch.allclose(inverse_log_derivative, -log_derivative, atol=1e-8)
 
 
 # -- NPE ---------------------------------------------------------------------------------------
@@ -377,6 +417,16 @@ def test_trained_flows_survive_save_and_load_bit_identically(npe, nle, scandal, 
         )
     with pytest.raises(ModelFileError, match="holds a PosteriorEstimator"):
         LikelihoodEstimator.load(tmp_path / "npe.pt")
+
+
+def test_a_relu_flow_keeps_its_activation_through_save_and_load(gaussian_data, held_out, tmp_path):
+    relu = LikelihoodEstimator("nle", activation="relu", **{**FAST, "max_epochs": 2})
+    relu.fit(gaussian_data)
+    relu.save(tmp_path / "relu.pt")
+    again = LikelihoodEstimator.load(tmp_path / "relu.pt")
+    assert again.activation == "relu"
+    x, theta = held_out.x[:200], held_out.theta[:200]
+    assert torch.equal(again.log_prob(x, theta), relu.log_prob(x, theta))
 
 
 # -- bad input ---------------------------------------------------------------------------------

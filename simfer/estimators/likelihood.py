@@ -76,7 +76,7 @@ from .. import losses
 from ..data import SimulationData
 from ..errors import SimferError
 from ..nn import EnsembleMLP, Standardize
-from ..nn.flows import FLOWS, ConditionalFlow, build_flow, seeded
+from ..nn.flows import FLOWS, ConditionalFlow, build_flow, check_activation, seeded
 from ..prior import as_prior, describe_prior
 from ..training import TrainingHistory, fit_network
 from .base import Estimator
@@ -204,7 +204,8 @@ class LikelihoodEstimator(EmbeddingMixin, Estimator):
         flow: ``"nsf"`` (default) or ``"maf"``; see `simfer.nn.flows`.
         alpha: weight of SCANDAL's score term; None chooses `default_scandal_weight` from
             the training data.
-        hidden, n_transforms, bins, tail_bound: the flow's architecture.
+        hidden, n_transforms, bins, tail_bound, activation: the flow's architecture
+            (`simfer.nn.flows.build_flow`).
         validity_hidden: hidden widths of the p(valid|θ) classifier (trained only when the
             training rows hold failed simulations).
         embedding: a *fixed* summary s(x) (``[batch, *x_shape]`` → ``[batch, k]``, or for
@@ -225,6 +226,7 @@ class LikelihoodEstimator(EmbeddingMixin, Estimator):
         n_transforms: int = 5,
         bins: int = 10,
         tail_bound: float = 4.0,
+        activation: str = "silu",
         validity_hidden: Sequence[int] = (64, 64),
         embedding: nn.Module | dict | None = None,
         **training: Any,
@@ -244,6 +246,7 @@ class LikelihoodEstimator(EmbeddingMixin, Estimator):
         self.n_transforms = int(n_transforms)
         self.bins = int(bins)
         self.tail_bound = float(tail_bound)
+        self.activation = check_activation(activation)
         self.validity_hidden = tuple(int(h) for h in validity_hidden)
         self.validity_history: TrainingHistory | None = None
         self._init_embedding(embedding)
@@ -259,6 +262,7 @@ class LikelihoodEstimator(EmbeddingMixin, Estimator):
             "n_transforms": self.n_transforms,
             "bins": self.bins,
             "tail_bound": self.tail_bound,
+            "activation": self.activation,
             "validity_hidden": list(self.validity_hidden),
             "embedding": self._embedding_hyperparameter(),
         }
@@ -278,6 +282,7 @@ class LikelihoodEstimator(EmbeddingMixin, Estimator):
             n_transforms=self.n_transforms,
             bins=self.bins,
             tail_bound=self.tail_bound,
+            activation=self.activation,
             seed=self.training.seed,
         )
         validity = None

@@ -42,7 +42,7 @@ from torch.distributions import Distribution
 
 from ..data import SimulationData
 from ..errors import ShapeError, SimferError
-from ..nn.flows import FLOWS, ConditionalFlow, build_flow, seeded
+from ..nn.flows import FLOWS, ConditionalFlow, build_flow, check_activation, seeded
 from ..prior import BoxUniform, as_prior, describe_prior, inside_support
 from ..training import fit_network
 from .base import Estimator
@@ -96,6 +96,8 @@ class PosteriorEstimator(EmbeddingMixin, Estimator):
         n_transforms: number of autoregressive transforms.
         bins: spline bins (NSF).
         tail_bound: half-width of the spline window, in standardised units (NSF).
+        activation: of the conditioners: ``"silu"`` (default), ``"relu"``, ``"elu"`` or
+            ``"tanh"`` (see `simfer.nn.flows.build_flow`).
         embedding: a ``torch.nn.Module`` mapping x ``[batch, *x_shape]`` to ``[batch, k]``,
             or for set-valued x a set embedding ``embedding(x [batch, max_n, features],
             mask [batch, max_n]) → [batch, k]`` (`simfer.nn.LorentzNet`, …); trained
@@ -115,6 +117,7 @@ class PosteriorEstimator(EmbeddingMixin, Estimator):
         n_transforms: int = 5,
         bins: int = 10,
         tail_bound: float = 4.0,
+        activation: str = "silu",
         embedding: nn.Module | dict | None = None,
         min_acceptance: float = 1e-3,
         **training: Any,
@@ -130,6 +133,7 @@ class PosteriorEstimator(EmbeddingMixin, Estimator):
         self.n_transforms = int(n_transforms)
         self.bins = int(bins)
         self.tail_bound = float(tail_bound)
+        self.activation = check_activation(activation)
         self.min_acceptance = float(min_acceptance)
         self._init_embedding(embedding)
         self.prior: Distribution | None = None
@@ -142,6 +146,7 @@ class PosteriorEstimator(EmbeddingMixin, Estimator):
             "n_transforms": self.n_transforms,
             "bins": self.bins,
             "tail_bound": self.tail_bound,
+            "activation": self.activation,
             "embedding": self._embedding_hyperparameter(),
             "min_acceptance": self.min_acceptance,
         }
@@ -156,6 +161,7 @@ class PosteriorEstimator(EmbeddingMixin, Estimator):
             n_transforms=self.n_transforms,
             bins=self.bins,
             tail_bound=self.tail_bound,
+            activation=self.activation,
             embedding=self._embedding_module(dims),
             seed=self.training.seed,
         )
