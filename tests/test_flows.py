@@ -110,6 +110,34 @@ def test_a_new_flow_is_the_standardised_gaussian_and_inverts(kind, features):
     assert flow.sample(7, context=context[:3]).shape == (3, 7, features)
 
 
+@pytest.mark.parametrize("features", [1, 2, 5])
+def test_the_one_column_per_pass_inverse_is_nflows_inverse(features):
+    """A spline layer with random weights: its inverse equals nflows' generic autoregressive
+    inverse (all columns every pass) and undoes the forward map with the opposite
+    log-determinant."""
+    from nflows.transforms.autoregressive import AutoregressiveTransform
+
+    from simfer.nn.flows import SplineAutoregressiveTransform
+
+    flow = build_flow("nsf", features, 3, seed=features).double()
+    generator = torch.Generator().manual_seed(features)
+    with torch.no_grad():
+        for parameter in flow.parameters():
+            parameter.add_(0.3 * torch.randn(parameter.shape, generator=generator).double())
+    layer = next(
+        t for t in flow._transform._transforms if isinstance(t, SplineAutoregressiveTransform)
+    )
+    u = 2 * torch.randn(500, features, generator=generator).double()
+    context = torch.randn(500, 3, generator=generator).double()
+    v, logabsdet = layer.inverse(u, context)
+    expected_v, expected_logabsdet = AutoregressiveTransform.inverse(layer, u, context)
+    assert torch.allclose(v, expected_v, atol=1e-12)
+    assert torch.allclose(logabsdet, expected_logabsdet, atol=1e-12)
+    again, forward_logabsdet = layer(v, context)
+    assert torch.allclose(again, u, atol=1e-9)
+    assert torch.allclose(forward_logabsdet, -logabsdet, atol=1e-9)
+
+
 def test_the_builder_names_bad_arguments():
     with pytest.raises(ValueError, match="unknown flow 'glow'"):
         build_flow("glow", 2, 2)

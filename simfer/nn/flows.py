@@ -131,7 +131,13 @@ def _start_at_identity(layer: Transform, features: int) -> None:
 class SplineAutoregressiveTransform(MaskedPiecewiseRationalQuadraticAutoregressiveTransform):
     """nflows' masked autoregressive rational-quadratic transform (linear tails) with the
     spline evaluated by `simfer.nn.splines.rational_quadratic_spline`: the same
-    parameters and the same function, about twice as fast per training step on a CPU."""
+    parameters and the same function in fewer kernels.
+
+    The inverse (sampling) runs the conditioner D times, as any autoregressive inverse
+    must, but pass i inverts only variable i, whose parameters depend on variables < i
+    alone (MADE's degrees); nflows inverts all D variables in every pass, D times the
+    spline work.
+    """
 
     def __init__(self, features: int, hidden_features: int, context_features: int, **options):
         super().__init__(
@@ -159,6 +165,30 @@ class SplineAutoregressiveTransform(MaskedPiecewiseRationalQuadraticAutoregressi
             min_derivative=self.min_derivative,
         )
         return outputs, log_derivative.sum(-1)
+
+    def inverse(self, inputs: Tensor, context: Tensor | None = None):
+        batch, features = inputs.shape
+        bins = self.num_bins
+        columns: list[Tensor] = []
+        logabsdet = inputs.new_zeros(batch)
+        for i in range(features):
+            known = torch.stack(columns, dim=1) if columns else inputs.new_zeros(batch, 0)
+            padded = torch.cat([known, inputs.new_zeros(batch, features - i)], dim=1)
+            params = self.autoregressive_net(padded, context).view(batch, features, -1)[:, i]
+            column, log_derivative = rational_quadratic_spline(
+                inputs[:, i],
+                params[:, :bins] * self._logit_scale,
+                params[:, bins : 2 * bins] * self._logit_scale,
+                params[:, 2 * bins :],
+                bound=self.tail_bound,
+                inverse=True,
+                min_bin_width=self.min_bin_width,
+                min_bin_height=self.min_bin_height,
+                min_derivative=self.min_derivative,
+            )
+            columns.append(column)
+            logabsdet = logabsdet + log_derivative
+        return torch.stack(columns, dim=1), logabsdet
 
 
 class StandardizeTransform(Transform):
