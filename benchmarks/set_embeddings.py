@@ -252,8 +252,9 @@ def main(argv=None) -> None:
     )
     parser.add_argument("--out", default="/tmp/set_embeddings_results.jsonl")
     parser.add_argument("--docs", default=str(ROOT / "docs" / "benchmarks.md"))
+    parser.add_argument("--threads", type=int, default=2, help="torch threads")
     args = parser.parse_args(argv)
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     n_test = 300 if args.quick else N_TEST
     settings = dict(
         max_epochs=2 if args.quick else args.max_epochs,
@@ -270,8 +271,9 @@ def main(argv=None) -> None:
         jets, prior, n_test, gold=True, theta_ref=[THETA_REF], seed=1001, **run
     )
     meta = {
-        "command": "python benchmarks/set_embeddings.py --budgets "
-        + " ".join(map(str, args.budgets)),
+        "command": " ".join(
+            ["python", "benchmarks/set_embeddings.py", *(sys.argv[1:] if argv is None else argv)]
+        ),
         "date": datetime.now().strftime("%Y-%m-%d %H:%M"),
         "machine": f"{os.cpu_count()} CPU cores (shared with other jobs), no GPU, "
         f"{torch.get_num_threads()} torch threads; Python {platform.python_version()}, "

@@ -385,6 +385,65 @@ def test_alices_on_sets_with_an_embedding(jets, jet_data, tmp_path):
         simfer.RatioEstimator("alices", embedding=small_lorentz_net(), n_ensemble=2)
 
 
+def test_sally_on_sets_learns_a_boost_invariant_score(jets, jet_data, tmp_path):
+    """SALLY with a Lorentz-invariant embedding: its score, its Fisher information and its
+    local posterior take jets in every form, and a jet boosted along any axis gets the same
+    score (float64 invariants)."""
+    sally = simfer.ScoreEstimator(embedding=small_lorentz_net(), hidden=(16,), **TINY)
+    sally.fit(jet_data)
+    assert sally.dims["x_kind"] == "set" and sally.dims["theta_ref"] == [4.0]
+    one, three = jet_data.x[0], jet_data.x[:3]
+    t = sally.score(three)
+    assert t.shape == (3, 1) and torch.isfinite(t).all()
+    torch.testing.assert_close(sally.score(one), t[:1])
+    torch.testing.assert_close(sally.score(three.padded(max_n=40)), t)
+    boost = torch.eye(4, dtype=torch.float64)
+    boost[0, 0] = boost[3, 3] = math.cosh(2.0)
+    boost[0, 3] = boost[3, 0] = math.sinh(2.0)
+    boosted = [s.to(torch.float64) @ boost.T for s in three.as_list()]
+    torch.testing.assert_close(sally.score(boosted), t, rtol=1e-6, atol=1e-6)
+    information = sally.fisher_information(jet_data.x[:50])
+    assert information.shape == (1, 1) and information.item() > 0
+    posterior = sally.posterior(jets.prior(), three, fisher_information=information)
+    assert posterior.log_likelihood(torch.tensor([[3.0], [5.0]])).shape == (2,)
+    path = tmp_path / "sally.pt"
+    sally.save(path)
+    loaded = simfer.ScoreEstimator.load(path, embedding=LorentzNet(4, 6, hidden=8, n_layers=1))
+    torch.testing.assert_close(loaded.score(three), t)
+    with pytest.raises(ModelFileError, match="embedding=LorentzNet"):
+        simfer.ScoreEstimator.load(path)
+    with pytest.raises(ShapeError, match="needs embedding="):
+        simfer.ScoreEstimator(**TINY).fit(jet_data)
+
+
+def test_estimators_embed_each_distinct_x_once(jets, jet_data):
+    """A posterior pairs each observed jet with many θ: the embedding runs once per distinct
+    jet, and the result equals the row-by-row one."""
+    npe = simfer.PosteriorEstimator(
+        embedding=small_lorentz_net(), hidden=16, n_transforms=1, **TINY
+    ).fit(jet_data, jets.prior())
+    ratio = simfer.RatioEstimator(
+        "alices", embedding=small_lorentz_net(), hidden=(16,), **TINY
+    ).fit(jet_data)
+    theta = torch.linspace(2.5, 5.5, 60)[:, None]
+    jets_ = jet_data.x[[0, 1, 2] * 20]  # three distinct jets, 60 rows
+    for estimator, evaluate in (
+        (npe, lambda x: npe.log_prob(theta, x)),
+        (ratio, lambda x: ratio.log_ratio(x, theta)),
+    ):
+        seen = []
+        hook = estimator.embedding.register_forward_hook(
+            lambda module, args, out: seen.append(args[0].shape[0])
+        )
+        try:
+            batched = evaluate(jets_)
+        finally:
+            hook.remove()
+        assert seen == [3]
+        one_by_one = torch.cat([evaluate(jets_[i])[i : i + 1] for i in range(60)])
+        torch.testing.assert_close(batched, one_by_one)
+
+
 def test_nle_keeps_its_embedding_fixed(jets, jet_data, tmp_path):
     embedding = small_lorentz_net()
     before = {k: v.clone() for k, v in embedding.state_dict().items()}

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextvars
 import os
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -32,7 +33,7 @@ from ..nn.sets import SetEmbedding, pack_sets
 from ..training import gather
 from .base import Estimator
 
-__all__ = ["EmbeddingMixin", "check_no_ensemble", "summarize", "x_batch"]
+__all__ = ["EmbeddingMixin", "check_no_ensemble", "once_per_distinct_row", "summarize", "x_batch"]
 
 _LOADING_EMBEDDING: contextvars.ContextVar[nn.Module | None] = contextvars.ContextVar(
     "simfer_loading_embedding", default=None
@@ -245,3 +246,18 @@ def summarize(module: nn.Module, x: Tensor | RaggedSets, batch_size: int = 1024)
             batch = gather({"x": x}, index)["x"].to(device)
             outputs.append(module(batch))
     return torch.cat(outputs)
+
+
+def once_per_distinct_row(function: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
+    """``function(x)`` ``[batch, k]``, computed once per distinct row of x.
+
+    A posterior pairs every observed x with many θ (chains, grid points), so the rows an
+    estimator sees repeat; an embedding costs far more than finding the repeats (message
+    passing over each set against one sort of the rows).  Rows are compared bit for bit;
+    x that requires grad is passed whole (the de-duplication is not differentiable)."""
+    if x.shape[0] <= 1 or x.requires_grad:
+        return function(x)
+    distinct, inverse = torch.unique(x.flatten(1), dim=0, return_inverse=True)
+    if distinct.shape[0] == x.shape[0]:
+        return function(x)
+    return function(distinct.reshape(-1, *x.shape[1:]))[inverse]

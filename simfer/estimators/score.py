@@ -9,6 +9,11 @@ information constrains θ better near θ_ref; its inverse is the Cramér–Rao b
 
 The network's output is scaled by the mean and standard deviation of the
 training targets (stored buffers), so it starts at the right order of magnitude.
+
+An ``embedding`` e(x) (any ``torch.nn.Module``; for set-valued x a set embedding called
+as ``embedding(x, mask)``, see `simfer.estimators.embedding`) is trained jointly:
+t̂(x) = MLP(e(x)).  With a Lorentz-invariant embedding of jets the learnt score, and so the
+Fisher information, is invariant by construction.
 """
 
 from __future__ import annotations
@@ -21,36 +26,43 @@ from torch import Tensor, nn
 
 from .. import losses
 from ..data import SimulationData
-from ..errors import ShapeError, SimferError
+from ..errors import SimferError
 from ..nn import EnsembleMLP, Standardize, seeded
 from ..prior import describe_prior
 from ..training import fit_network
 from .base import Estimator
+from .embedding import EmbeddingMixin, check_no_ensemble, x_batch
 
 __all__ = ["ScoreEstimator", "ScoreNetwork"]
 
 
 class ScoreNetwork(nn.Module):
-    """t̂(x) ``[E, batch, theta_dim]`` = μ_t + σ_t · MLP(standardised x)."""
+    """t̂(x) ``[E, batch, theta_dim]`` = μ_t + σ_t · MLP(s(x)), with s(x) the standardised x
+    ``[batch, x_dim]`` or the output ``[batch, x_dim]`` of an embedding."""
 
-    def __init__(self, x_dim, theta_dim, hidden, n_members):
+    def __init__(self, x_dim, theta_dim, hidden, n_members, embedding=None):
         super().__init__()
         self.n_members = n_members
-        self.x_standardize = Standardize(x_dim)
+        self.embedding = embedding
+        self.x_standardize = Standardize(x_dim) if embedding is None else None
         self.target_scale = Standardize(theta_dim)  # used in reverse: μ + σ·output
         self.mlp = EnsembleMLP(x_dim, theta_dim, hidden, n_members)
 
     def forward(self, x: Tensor) -> Tensor:
-        out = self.mlp(self.x_standardize(x))
-        return self.target_scale.mean + self.target_scale.std * out
+        summary = self.x_standardize(x) if self.embedding is None else self.embedding(x)
+        return self.target_scale.mean + self.target_scale.std * self.mlp(summary)
 
 
-class ScoreEstimator(Estimator):
+class ScoreEstimator(EmbeddingMixin, Estimator):
     """Learn the score t(x|θ_ref) from the joint score (SALLY).
 
     Args:
         method: ``"sally"``.
         hidden, n_ensemble, **training: as for `RatioEstimator`.
+        embedding: a ``torch.nn.Module`` summarising x, trained jointly (needs
+            ``n_ensemble=1``); required for set-valued x, where it is called as
+            ``embedding(x [batch, max_n, features], mask [batch, max_n]) → [batch, k]``.
+            Load a model trained with one by ``ScoreEstimator.load(path, embedding=...)``.
     """
 
     def __init__(
@@ -59,6 +71,7 @@ class ScoreEstimator(Estimator):
         *,
         hidden: Sequence[int] = (128, 128, 128),
         n_ensemble: int = 1,
+        embedding: nn.Module | dict | None = None,
         **training: Any,
     ):
         if method.lower() != "sally":
@@ -67,12 +80,26 @@ class ScoreEstimator(Estimator):
         self.method = "sally"
         self.hidden = tuple(int(h) for h in hidden)
         self.n_ensemble = int(n_ensemble)
+        self._init_embedding(embedding)
+        check_no_ensemble(self.n_ensemble, self.embedding)
 
     def hyperparameters(self) -> dict[str, Any]:
-        return {"method": self.method, "hidden": list(self.hidden), "n_ensemble": self.n_ensemble}
+        return {
+            "method": self.method,
+            "hidden": list(self.hidden),
+            "n_ensemble": self.n_ensemble,
+            "embedding": self._embedding_hyperparameter(),
+        }
 
     def _build(self, dims: dict[str, Any]) -> ScoreNetwork:
-        return ScoreNetwork(dims["x_dim"], dims["theta_dim"], self.hidden, self.n_ensemble)
+        self._require_embedding(dims)
+        return ScoreNetwork(
+            dims["x_dim"],
+            dims["theta_dim"],
+            self.hidden,
+            self.n_ensemble,
+            self._embedding_module(dims),
+        )
 
     def fit(self, data: SimulationData, prior=None) -> ScoreEstimator:
         """Train on the rows drawn at θ_ref (the reference class of ``simfer.simulate``), or
@@ -90,18 +117,20 @@ class ScoreEstimator(Estimator):
                 "SALLY learns the score at one point θ_ref: simulate with theta_ref=... (its "
                 "reference rows are used) or at a single θ"
             )
-        x = local.x.reshape(len(local), -1)
+        x, x_dims = self._training_x(local)
+        x_dim = self._embedding_features(x, x_dims) if self.embedding is not None else x.shape[1]
         self.dims = {
-            "x_dim": x.shape[1],
+            "x_dim": x_dim,
             "theta_dim": target.shape[1],
-            "x_shape": list(data.x_shape),
             "theta_ref": theta_ref.tolist(),
+            **x_dims,
         }
         if prior is not None:
             self.prior_description = describe_prior(prior)
         with seeded(self.training.seed):  # the initial weights follow the seed
             network = self._build(self.dims)
-        network.x_standardize.fit(x)
+        if network.x_standardize is not None:
+            network.x_standardize.fit(x)
         network.target_scale.fit(target)
 
         def loss_fn(network: ScoreNetwork, batch: dict[str, Tensor], training: bool) -> Tensor:
@@ -113,15 +142,11 @@ class ScoreEstimator(Estimator):
         return self
 
     def _x(self, x) -> Tensor:
+        """x as the network takes it: flattened ``[batch, x_dim]``, whole for an embedding,
+        packed for sets (one x gets a batch axis)."""
         network = self._require_fitted()
-        parameter = next(network.parameters())
-        x = torch.as_tensor(x, dtype=parameter.dtype, device=parameter.device)
-        x_shape = tuple(self.dims["x_shape"])
-        if tuple(x.shape[1:]) != x_shape:
-            raise ShapeError(
-                f"x must have shape [batch, {', '.join(map(str, x_shape))}], got {list(x.shape)}"
-            )
-        return x.reshape(x.shape[0], -1)
+        x, _ = x_batch(x, self.dims, next(network.parameters()))
+        return x if self.embedding is not None else x.flatten(1)
 
     def score(self, x: Tensor, *, return_std: bool = False):
         """t̂(x|θ_ref) ``[batch, theta_dim]`` (and the ensemble's standard deviation)."""

@@ -84,7 +84,8 @@ def posterior_for(estimator: Any, prior: Distribution | None, x_obs: Any, **opti
             return estimator.log_ratio_ensemble(as_x(x), theta, theta1).mean(0)
 
     elif isinstance(estimator, ScoreEstimator):
-        term = _local_model(estimator, x_obs, options.pop("fisher_information", None))
+        fisher_information = options.pop("fisher_information", None)
+        term = _local_model(estimator, x_obs, x_shape, as_x, fisher_information)
     else:
         raise TypeError(f"no posterior for a {type(estimator).__name__}")
     return Posterior(prior, x_obs, term, x_shape=x_shape, model=estimator, device=device, **options)
@@ -98,12 +99,12 @@ def _as_estimator_x(estimator: Any):
     return lambda x: x
 
 
-def _local_model(estimator: Any, x_obs: Any, fisher_information: Tensor | None):
+def _local_model(estimator: Any, x_obs: Any, x_shape, as_x, fisher_information: Tensor | None):
     """ℓ(x|θ) = t̂(x)·δ − ½ δᵀ I δ with δ = θ − θ_ref (see the module docstring)."""
     theta_ref = torch.as_tensor(estimator.dims["theta_ref"], device=estimator.device)
     if fisher_information is None:
-        x = torch.as_tensor(x_obs, device=estimator.device)
-        t = estimator.score(x.reshape(-1, *estimator.dims["x_shape"]))
+        x = torch.as_tensor(x_obs, device=estimator.device)  # packed sets are a tensor too
+        t = estimator.score(as_x(x.reshape(-1, *x_shape)))
         if t.shape[0] <= 2 * t.shape[1]:
             raise SimferError(
                 f"estimating the Fisher information from {t.shape[0]} observed event(s) is not "
@@ -115,7 +116,7 @@ def _local_model(estimator: Any, x_obs: Any, fisher_information: Tensor | None):
 
     def term(x: Tensor, theta: Tensor) -> Tensor:
         delta = theta - theta_ref.to(theta.dtype)
-        t = estimator.score(x)
+        t = estimator.score(as_x(x))
         return (t * delta).sum(-1) - 0.5 * ((delta @ info.to(theta.dtype)) * delta).sum(-1)
 
     return term

@@ -241,6 +241,16 @@ class ConditionalFlow(Flow):
         net = self._embedding_net
         return None if isinstance(net, Standardize) else net
 
+    def summarize(self, context: Tensor) -> Tensor:
+        """The context as the transforms see it ``[N, C]``: standardised, or embedded."""
+        return self._embedding_net(context)
+
+    def log_prob_given_summary(self, inputs: Tensor, summary: Tensor) -> Tensor:
+        """log q(v|c) ``[N]`` from v ``[N, D]`` and ``summarize(c)`` ``[N, C]`` (so that a
+        caller pairing one c with many v summarises it once)."""
+        noise, logabsdet = self._transform(inputs, context=summary)
+        return self._distribution.log_prob(noise, context=summary) + logabsdet
+
     def fit_standardization(self, inputs: Tensor, context: Tensor | None = None) -> None:
         """Set μ, σ of the inputs (and of the context, unless an embedding takes it) from
         training data ``[N, D]`` (``[N, C]``)."""
