@@ -416,24 +416,33 @@ def test_sally_on_sets_learns_a_boost_invariant_score(jets, jet_data, tmp_path):
         simfer.ScoreEstimator(**TINY).fit(jet_data)
 
 
-def test_estimators_embed_each_distinct_x_once(jets, jet_data):
-    """A posterior pairs each observed jet with many θ: the embedding runs once per distinct
-    jet, and the result equals the row-by-row one."""
-    npe = simfer.PosteriorEstimator(
+@pytest.fixture(scope="module")
+def jet_npe(jets, jet_data):
+    return simfer.PosteriorEstimator(
         embedding=small_lorentz_net(), hidden=16, n_transforms=1, **TINY
     ).fit(jet_data, jets.prior())
-    ratio = simfer.RatioEstimator(
-        "alices", embedding=small_lorentz_net(), hidden=(16,), **TINY
-    ).fit(jet_data)
+
+
+@pytest.fixture(scope="module")
+def jet_ratio(jet_data):
+    return simfer.RatioEstimator("alices", embedding=small_lorentz_net(), hidden=(16,), **TINY).fit(
+        jet_data
+    )
+
+
+def test_estimators_embed_each_distinct_x_once(jet_data, jet_npe, jet_ratio):
+    """A posterior pairs each observed jet with many θ: the embedding runs once per distinct
+    jet, and the result equals the row-by-row one."""
+    npe, ratio = jet_npe, jet_ratio
     theta = torch.linspace(2.5, 5.5, 60)[:, None]
     jets_ = jet_data.x[[0, 1, 2] * 20]  # three distinct jets, 60 rows
     for estimator, evaluate in (
         (npe, lambda x: npe.log_prob(theta, x)),
         (ratio, lambda x: ratio.log_ratio(x, theta)),
     ):
-        seen = []
+        seen: list[int] = []
         hook = estimator.embedding.register_forward_hook(
-            lambda module, args, out: seen.append(args[0].shape[0])
+            lambda module, args, out, seen=seen: seen.append(args[0].shape[0])
         )
         try:
             batched = evaluate(jets_)
@@ -471,14 +480,9 @@ def test_nle_keeps_its_embedding_fixed(jets, jet_data, tmp_path):
         ).fit(jet_data)
 
 
-def test_posteriors_from_set_estimators(jets, jet_data):
+def test_posteriors_from_set_estimators(jets, jet_data, jet_npe, jet_ratio):
     """est.posterior takes observed jets: one jet (NPE draws directly) or iid jets (MCMC)."""
-    npe = simfer.PosteriorEstimator(
-        embedding=small_lorentz_net(), hidden=16, n_transforms=1, **TINY
-    ).fit(jet_data, jets.prior())
-    ratio = simfer.RatioEstimator(
-        "alices", embedding=small_lorentz_net(), hidden=(16,), **TINY
-    ).fit(jet_data)
+    npe, ratio = jet_npe, jet_ratio
     one, three = jet_data.x[0], jet_data.x[:3]
     posterior = npe.posterior(jets.prior(), one)
     theta = torch.tensor([[3.0], [5.0]])
