@@ -168,27 +168,17 @@ class SplineAutoregressiveTransform(MaskedPiecewiseRationalQuadraticAutoregressi
 
     def inverse(self, inputs: Tensor, context: Tensor | None = None):
         batch, features = inputs.shape
-        bins = self.num_bins
-        columns: list[Tensor] = []
+        columns: list[Tensor] = []  # the variables found so far, [batch, 1] each
         logabsdet = inputs.new_zeros(batch)
         for i in range(features):
-            known = torch.stack(columns, dim=1) if columns else inputs.new_zeros(batch, 0)
-            padded = torch.cat([known, inputs.new_zeros(batch, features - i)], dim=1)
-            params = self.autoregressive_net(padded, context).view(batch, features, -1)[:, i]
-            column, log_derivative = rational_quadratic_spline(
-                inputs[:, i],
-                params[:, :bins] * self._logit_scale,
-                params[:, bins : 2 * bins] * self._logit_scale,
-                params[:, 2 * bins :],
-                bound=self.tail_bound,
-                inverse=True,
-                min_bin_width=self.min_bin_width,
-                min_bin_height=self.min_bin_height,
-                min_derivative=self.min_derivative,
+            known = torch.cat([*columns, inputs.new_zeros(batch, features - i)], dim=1)
+            params = self.autoregressive_net(known, context).view(batch, features, -1)
+            column, log_derivative = self._elementwise(
+                inputs[:, i : i + 1], params[:, i], inverse=True
             )
             columns.append(column)
             logabsdet = logabsdet + log_derivative
-        return torch.stack(columns, dim=1), logabsdet
+        return torch.cat(columns, dim=1), logabsdet
 
 
 class StandardizeTransform(Transform):
