@@ -35,14 +35,15 @@ __all__ = ["rational_quadratic_spline"]
 MIN_BIN_WIDTH = MIN_BIN_HEIGHT = MIN_DERIVATIVE = 1e-3
 
 
-def _knots(logits: Tensor, bound: float, min_bin: float) -> tuple[Tensor, Tensor]:
-    """Bin sizes ``[..., K]`` and knot positions ``[..., K + 1]`` from −B to B."""
+def _knots(logits: Tensor, bound: float, min_bin: Tensor) -> tuple[Tensor, Tensor]:
+    """Bin sizes ``[..., K]`` and knot positions ``[..., K + 1]`` from −B to B (the last
+    one B up to round-off), for widths and heights at once (``logits`` ``[..., 2, K]``,
+    ``min_bin`` ``[2, 1]``)."""
     bins = logits.shape[-1]
     # softmax written out: torch's kernel is ~2× slower on a last axis of ~10 on CPU
     weights = torch.exp(logits - logits.detach().amax(dim=-1, keepdim=True))
     sizes = min_bin + (1 - min_bin * bins) * (weights / weights.sum(dim=-1, keepdim=True))
     knots = F.pad(torch.cumsum(sizes, dim=-1), (1, 0)) * (2 * bound) - bound
-    knots = torch.cat([knots[..., :-1], torch.full_like(knots[..., -1:], bound)], dim=-1)
     return knots[..., 1:] - knots[..., :-1], knots
 
 
@@ -70,8 +71,9 @@ def rational_quadratic_spline(
     Returns:
         outputs ``[...]`` and log |d outputs / d inputs| ``[...]``.
     """
-    widths, knots_x = _knots(width_logits, bound, min_bin_width)
-    heights, knots_y = _knots(height_logits, bound, min_bin_height)
+    min_bin = width_logits.new_tensor([[min_bin_width], [min_bin_height]])
+    sizes, knots = _knots(torch.stack([width_logits, height_logits], dim=-2), bound, min_bin)
+    (widths, heights), (knots_x, knots_y) = sizes.unbind(-2), knots.unbind(-2)
     derivatives = F.pad(min_derivative + F.softplus(derivative_logits), (1, 1), value=1.0)
 
     inside = (inputs >= -bound) & (inputs <= bound)
@@ -100,11 +102,8 @@ def rational_quadratic_spline(
         xi = (clamped - x_k) / w_k
     t = xi * (1 - xi)
     denominator = slope + curvature * t
-    log_derivative = (
-        2 * torch.log(slope)
-        + torch.log(d_next * xi.square() + 2 * slope * t + d_k * (1 - xi).square())
-        - 2 * torch.log(denominator)
-    )
+    numerator = d_next * xi.square() + 2 * slope * t + d_k * (1 - xi).square()
+    log_derivative = torch.log(numerator * (slope / denominator).square())
     if inverse:
         log_derivative = -log_derivative
     else:
