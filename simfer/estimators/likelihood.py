@@ -201,7 +201,7 @@ class LikelihoodEstimator(EmbeddingMixin, Estimator):
     Args:
         method: ``"nle"`` (maximum likelihood) or ``"scandal"`` (plus the joint-score term;
             needs ``simfer.simulate(..., gold=True)``).
-        flow: ``"nsf"`` (default) or ``"maf"``; see `simfer.nn.flows`.
+        flow: ``"nsf"`` (default), ``"nsf-coupling"`` or ``"maf"``; see `simfer.nn.flows`.
         alpha: weight of SCANDAL's score term; None chooses `default_scandal_weight` from
             the training data.
         hidden, n_transforms, bins, tail_bound, activation: the flow's architecture

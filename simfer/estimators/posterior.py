@@ -90,7 +90,7 @@ class PosteriorEstimator(EmbeddingMixin, Estimator):
     """Learn the posterior q(θ|x) with a conditional normalizing flow (NPE).
 
     Args:
-        flow: ``"nsf"`` (neural spline flow, the default) or ``"maf"``; see
+        flow: ``"nsf"`` (neural spline flow, the default), ``"nsf-coupling"`` or ``"maf"``; see
             `simfer.nn.flows` for the architectures and their defaults.
         hidden: hidden units of each MADE conditioner.
         n_transforms: number of autoregressive transforms.

@@ -28,6 +28,12 @@ The chain built here:
     are the MADE outputs; outside [−B, B] the map is the identity (linear tails).  A
     spline layer can make one mode into two, so a few of them model multimodal and
     curved posteriors that affine flows need many layers for.
+  - ``"nsf-coupling"``: the same splines in coupling layers (Dinh et al.; sbi's ``nsf``):
+    half the variables, alternating, are splined per layer, conditioned by a residual
+    network on the other half and the context.  One conditioner pass samples, so drawing
+    from it costs no more than evaluating it; it trains ~1.8× faster per step in 10-d, but
+    is less accurate at equal epochs (docs/flows.md).  One feature falls back to the
+    autoregressive form.
   - ``"maf"``: each variable goes through an affine map v_i ↦ v_i·softplus(a_i) + b_i
     (Papamakarios, Pavlakou & Murray, "Masked Autoregressive Flow", NeurIPS 2017,
     arXiv:1705.07057).
@@ -65,10 +71,12 @@ import torch
 import torch.nn.functional as F
 from nflows.distributions import StandardNormal
 from nflows.flows import Flow
+from nflows.nn.nets import ResidualNet
 from nflows.transforms import (
     CompositeTransform,
     MaskedAffineAutoregressiveTransform,
     MaskedPiecewiseRationalQuadraticAutoregressiveTransform,
+    PiecewiseRationalQuadraticCouplingTransform,
     RandomPermutation,
     ReversePermutation,
     Transform,
@@ -84,12 +92,13 @@ __all__ = [
     "check_activation",
     "ConditionalFlow",
     "SplineAutoregressiveTransform",
+    "SplineCouplingTransform",
     "StandardizeTransform",
     "build_flow",
     "seeded",
 ]
 
-FLOWS = ("nsf", "maf")
+FLOWS = ("nsf", "nsf-coupling", "maf")
 ACTIVATIONS = {"silu": F.silu, "relu": F.relu, "elu": F.elu, "tanh": torch.tanh}
 
 
@@ -118,14 +127,35 @@ def _start_at_identity(layer: Transform, features: int) -> None:
     layer gets zero weights and the biases of the identity (spline: equal bins, unit knot
     derivatives; affine: scale 1, shift 0).  The flow then starts as the standardised
     Gaussian and learns only the departures from it that the data support."""
-    final = layer.autoregressive_net.final_layer
+    if isinstance(layer, SplineCouplingTransform):
+        final, features = layer.transform_net.final_layer, layer.num_transform_features
+    else:
+        final = layer.autoregressive_net.final_layer
     final.weight.zero_()
-    bias = final.bias.view(features, -1)  # MADE groups the outputs by variable
+    bias = final.bias.view(features, -1)  # both conditioners group the outputs by variable
     bias.zero_()
     if isinstance(layer, MaskedAffineAutoregressiveTransform):
         bias[:, 0] = math.log(math.expm1(1.0 - layer._epsilon))  # softplus(u) + ε = 1
     else:
         bias[:, 2 * layer.num_bins :] = math.log(math.expm1(1.0 - layer.min_derivative))
+
+
+def _spline(layer: Transform, inputs: Tensor, params: Tensor, inverse: bool):
+    """A spline layer's splines on ``inputs`` ``[...]`` from the conditioner's ``params``
+    ``[..., 3K − 1]`` (width logits, height logits, interior derivatives; nflows divides
+    the first two by √hidden, kept so that weights carry over)."""
+    bins = layer.num_bins
+    return rational_quadratic_spline(
+        inputs,
+        params[..., :bins] * layer._logit_scale,
+        params[..., bins : 2 * bins] * layer._logit_scale,
+        params[..., 2 * bins :],
+        bound=layer.tail_bound,
+        inverse=inverse,
+        min_bin_width=layer.min_bin_width,
+        min_bin_height=layer.min_bin_height,
+        min_derivative=layer.min_derivative,
+    )
 
 
 class SplineAutoregressiveTransform(MaskedPiecewiseRationalQuadraticAutoregressiveTransform):
@@ -147,23 +177,12 @@ class SplineAutoregressiveTransform(MaskedPiecewiseRationalQuadraticAutoregressi
             tails="linear",
             **options,
         )
-        # nflows divides the width and height logits by √hidden; kept, so weights carry over
         self._logit_scale = 1.0 / math.sqrt(hidden_features)
 
     def _elementwise(self, inputs: Tensor, autoregressive_params: Tensor, inverse: bool = False):
         bins = self.num_bins
         params = autoregressive_params.view(*inputs.shape, 3 * bins - 1)
-        outputs, log_derivative = rational_quadratic_spline(
-            inputs,
-            params[..., :bins] * self._logit_scale,
-            params[..., bins : 2 * bins] * self._logit_scale,
-            params[..., 2 * bins :],
-            bound=self.tail_bound,
-            inverse=inverse,
-            min_bin_width=self.min_bin_width,
-            min_bin_height=self.min_bin_height,
-            min_derivative=self.min_derivative,
-        )
+        outputs, log_derivative = _spline(self, inputs, params, inverse)
         return outputs, log_derivative.sum(-1)
 
     def inverse(self, inputs: Tensor, context: Tensor | None = None):
@@ -179,6 +198,32 @@ class SplineAutoregressiveTransform(MaskedPiecewiseRationalQuadraticAutoregressi
             columns.append(column)
             logabsdet = logabsdet + log_derivative
         return torch.cat(columns, dim=1), logabsdet
+
+
+class SplineCouplingTransform(PiecewiseRationalQuadraticCouplingTransform):
+    """A rational-quadratic coupling layer (linear tails): the variables where ``mask`` is
+    ≤ 0 pass unchanged and, with the context, condition (through an nflows `ResidualNet`)
+    the splines of the others.  Forward and inverse cost one conditioner pass each, so
+    sampling is as fast as density evaluation; each layer transforms only part of v."""
+
+    def __init__(self, mask: Tensor, hidden: int, context_features: int, **options):
+        activation = options.pop("activation")
+
+        def conditioner(in_features: int, out_features: int) -> ResidualNet:
+            return ResidualNet(
+                in_features,
+                out_features,
+                hidden_features=hidden,
+                context_features=context_features,
+                num_blocks=2,
+                activation=activation,
+            )
+
+        super().__init__(mask, conditioner, tails="linear", **options)
+        self._logit_scale = 1.0 / math.sqrt(hidden)
+
+    def _piecewise_cdf(self, inputs: Tensor, transform_params: Tensor, inverse: bool = False):
+        return _spline(self, inputs, transform_params, inverse)
 
 
 class StandardizeTransform(Transform):
@@ -265,7 +310,9 @@ def build_flow(
     """A conditional flow q(v|c) over ``features`` variables (see the module docstring).
 
     Args:
-        kind: ``"nsf"`` (rational-quadratic splines, the default of simfer) or ``"maf"``.
+        kind: ``"nsf"`` (autoregressive rational-quadratic splines, the default of
+            simfer), ``"nsf-coupling"`` (coupling splines: faster, less accurate per epoch,
+            see docs/flows.md) or ``"maf"``.
         features: D, the dimension of v (1 works).
         context_features: the dimension of the context the transforms see: of c itself,
             or of the embedding's output when ``embedding`` is given.
@@ -300,7 +347,17 @@ def build_flow(
     with seeded(seed):
         transforms: list[Transform] = []
         for k in range(n_transforms):
-            if kind == "nsf":
+            if kind == "nsf-coupling" and features > 1:  # alternate which half is splined
+                mask = (torch.arange(features) + k) % 2 * 2 - 1
+                layer = SplineCouplingTransform(
+                    mask,
+                    hidden,
+                    context_features,
+                    num_bins=bins,
+                    tail_bound=float(tail_bound),
+                    activation=activation_fn,
+                )
+            elif kind.startswith("nsf"):  # one feature: the autoregressive form
                 layer = SplineAutoregressiveTransform(
                     features=features,
                     hidden_features=hidden,
@@ -320,7 +377,7 @@ def build_flow(
                 )
             _start_at_identity(layer, features)
             transforms.append(layer)
-            if features > 1 and k < n_transforms - 1:
+            if features > 1 and k < n_transforms - 1 and kind != "nsf-coupling":
                 permutation = (
                     ReversePermutation(features) if features == 2 else RandomPermutation(features)
                 )
