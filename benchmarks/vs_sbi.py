@@ -263,13 +263,13 @@ def _random_subset(samples: torch.Tensor, n: int, seed: int) -> torch.Tensor:
     return samples[torch.randperm(len(samples), generator=generator)[:n]]
 
 
-def train_simfer(method, data, prior, max_epochs):
+def train_simfer(method, data, prior, max_epochs, flow="nsf"):
     settings = {**FLOW, **TRAINING, "max_epochs": max_epochs, "seed": TRAIN_SEED, "progress": False}
     start = time.perf_counter()
     if method == "NPE":
-        estimator = simfer.PosteriorEstimator("nsf", **settings).fit(data, prior)
+        estimator = simfer.PosteriorEstimator(flow, **settings).fit(data, prior)
     else:
-        estimator = simfer.LikelihoodEstimator("nle", "nsf", **settings).fit(data, prior)
+        estimator = simfer.LikelihoodEstimator("nle", flow, **settings).fit(data, prior)
     seconds = time.perf_counter() - start
     return estimator, seconds, len(estimator.history.train_loss)
 
