@@ -79,11 +79,11 @@ def _members(network: nn.Module) -> int:
 
 def _clip_per_member(parameters: list[nn.Parameter], n_members: int, max_norm: float) -> None:
     """Scale each member's gradient to a norm of at most ``max_norm``."""
+    if n_members == 1:  # one fused norm over all tensors instead of three ops per tensor
+        torch.nn.utils.clip_grad_norm_(parameters, max_norm, foreach=True)  # reads p.grad
+        return
     grads = [p.grad for p in parameters if p.grad is not None]
     if not grads:
-        return
-    if n_members == 1:  # one fused norm over all tensors instead of three ops per tensor
-        torch.nn.utils.clip_grad_norm_(grads, max_norm, foreach=True)
         return
     squared = sum(g.reshape(n_members, -1).pow(2).sum(1) for g in grads)
     scale = (max_norm / (squared.sqrt() + 1e-12)).clamp(max=1.0)

@@ -113,3 +113,33 @@ def test_a_killed_fit_resumes_from_its_checkpoint(tmp_path):
     torch.testing.assert_close(history.train_loss, straight_history.train_loss)
     for a, b in zip(resumed.parameters(), straight.parameters(), strict=True):
         torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("n_members", [1, 3])
+def test_clipping_scales_each_members_gradient_to_the_bound(n_members):
+    """After clipping at 0.5, a member whose gradient norm exceeded 0.5 has norm 0.5 (its
+    direction kept); a member below the bound is untouched."""
+    from simfer.training import _clip_per_member
+
+    network = EnsembleMLP(2, 1, hidden=(8,), n_members=n_members)
+    parameters = list(network.parameters())
+    generator = torch.Generator().manual_seed(n_members)
+    for parameter in parameters:
+        parameter.grad = torch.randn(parameter.shape, generator=generator)
+    if n_members > 1:  # member 1 small enough to pass unclipped
+        for parameter in parameters:
+            parameter.grad[1] *= 1e-3
+
+    def member_norms():
+        return sum(p.grad.reshape(n_members, -1).pow(2).sum(1) for p in parameters).sqrt()
+
+    before = [p.grad.clone() for p in parameters]
+    norms = member_norms()
+    _clip_per_member(parameters, n_members, 0.5)
+    after = member_norms()
+    for member in range(n_members):
+        expected = min(norms[member].item(), 0.5)
+        assert after[member].item() == pytest.approx(expected, rel=1e-5)
+        scale = after[member] / norms[member]
+        for old, parameter in zip(before, parameters, strict=True):
+            torch.testing.assert_close(parameter.grad[member], old[member] * scale)
