@@ -8,6 +8,8 @@ import json
 import math
 import os
 import platform
+import sys
+from datetime import datetime
 from pathlib import Path
 
 import torch
@@ -19,6 +21,8 @@ __all__ = [
     "fmt",
     "library_versions",
     "machine",
+    "run_header",
+    "run_meta",
     "write_markdown",
 ]
 
@@ -103,6 +107,18 @@ class JsonLines:
         with self.path.open("a") as f:
             f.write(json.dumps(row) + "\n")
             f.flush()
+
+
+def run_meta(script: str, argv: list[str] | None, threads: int, *libraries: str) -> dict:
+    """The header facts of a run: the command as typed (``argv``, or the process's own
+    arguments), date, machine and the versions of ``libraries``."""
+    arguments = sys.argv[1:] if argv is None else argv
+    return {
+        "command": " ".join([".venv/bin/python", f"benchmarks/{script}", *arguments]),
+        "date": datetime.now().strftime("%Y-%m-%d %H:%M"),
+        "machine": machine(threads),
+        "versions": library_versions(*libraries),
+    }
 
 
 def run_header(meta: dict) -> list[str]:

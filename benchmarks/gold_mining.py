@@ -38,7 +38,6 @@ import math
 import sys
 import time
 import warnings
-from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -51,9 +50,8 @@ import simfer  # noqa: E402
 from benchmarks._common import (  # noqa: E402
     NullTracker,
     fmt,
-    library_versions,
-    machine,
     run_header,
+    run_meta,
     write_markdown,
 )
 from simulators import GaltonBoard  # noqa: E402
@@ -404,12 +402,7 @@ def main(argv=None) -> None:
     prior = board.prior()
     evaluation = Evaluation(board, args.n_eval_x, args.n_grid, args.n_score, seed=10_000)
     meta = {
-        "command": " ".join(
-            [".venv/bin/python", "benchmarks/gold_mining.py", *(argv or sys.argv[1:])]
-        ),
-        "date": datetime.now().strftime("%Y-%m-%d %H:%M"),
-        "machine": machine(args.threads),
-        "versions": library_versions("sbi", "madminer"),
+        **run_meta("gold_mining.py", argv, args.threads, "sbi", "madminer"),
         "n_eval_x": args.n_eval_x,
         "n_grid": args.n_grid,
         "n_score": args.n_score,

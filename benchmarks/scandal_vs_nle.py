@@ -31,7 +31,6 @@ import json
 import sys
 import time
 import warnings
-from datetime import datetime
 from pathlib import Path
 
 import torch
@@ -43,9 +42,8 @@ import simfer  # noqa: E402
 from benchmarks._common import (  # noqa: E402
     JsonLines,
     cell_text,
-    library_versions,
-    machine,
     run_header,
+    run_meta,
     write_markdown,
 )
 from simulators import GaltonBoard, WeinbergAngle  # noqa: E402
@@ -154,12 +152,7 @@ def main(argv=None) -> None:
     if log.path.exists():
         log.path.unlink()
     meta = {
-        "command": " ".join(
-            [".venv/bin/python", "benchmarks/scandal_vs_nle.py", *(argv or sys.argv[1:])]
-        ),
-        "date": datetime.now().strftime("%Y-%m-%d %H:%M"),
-        "machine": machine(args.threads),
-        "versions": library_versions("nflows"),
+        **run_meta("scandal_vs_nle.py", argv, args.threads, "nflows"),
         "n_grid": args.n_grid,
         "n_x": args.n_x,
         "max_epochs": {b: args.max_epochs or MAX_EPOCHS.get(b, 30) for b in budgets},

@@ -22,7 +22,6 @@ import argparse
 import sys
 import time
 import warnings
-from datetime import datetime
 from pathlib import Path
 
 import torch
@@ -31,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import simfer  # noqa: E402
-from benchmarks._common import library_versions, machine, run_header, write_markdown  # noqa: E402
+from benchmarks._common import run_header, run_meta, write_markdown  # noqa: E402
 from benchmarks.vs_sbi import SIMULATORS, train_sbi, train_simfer  # noqa: E402
 
 NAME, HEADING = "training_speed", "Training speed against sbi at equal epochs"
@@ -82,12 +81,7 @@ def main(argv=None) -> None:
     warnings.filterwarnings("ignore", category=UserWarning)
     started = time.perf_counter()
     meta = {
-        "command": " ".join(
-            [".venv/bin/python", "benchmarks/training_speed.py", *(argv or sys.argv[1:])]
-        ),
-        "date": datetime.now().strftime("%Y-%m-%d %H:%M"),
-        "machine": machine(args.threads),
-        "versions": library_versions("sbi", "nflows"),
+        **run_meta("training_speed.py", argv, args.threads, "sbi", "nflows"),
         "n": args.n,
         "epochs": args.epochs,
         "repeats": args.repeats,

@@ -56,7 +56,6 @@ import math
 import sys
 import time
 import warnings
-from datetime import datetime
 from pathlib import Path
 
 import torch
@@ -70,9 +69,8 @@ from benchmarks._common import (  # noqa: E402
     NullTracker,
     cell_text,
     fmt,
-    library_versions,
-    machine,
     run_header,
+    run_meta,
     write_markdown,
 )
 from simfer.diagnostics import c2st  # noqa: E402
@@ -542,10 +540,7 @@ def main(argv=None) -> None:
     cache.mkdir(parents=True, exist_ok=True)
 
     meta = {
-        "command": " ".join([".venv/bin/python", "benchmarks/vs_sbi.py", *(argv or sys.argv[1:])]),
-        "date": datetime.now().strftime("%Y-%m-%d %H:%M"),
-        "machine": machine(args.threads),
-        "versions": library_versions("sbi", "nflows"),
+        **run_meta("vs_sbi.py", argv, args.threads, "sbi", "nflows"),
         "n_obs": args.n_obs,
         "n_c2st": n_c2st,
         "n_time": n_time,
