@@ -169,6 +169,12 @@ class EmbeddingMixin:
                 f"training."
             )
 
+    def _summary(self, summarize: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
+        """``summarize(x)``; with an embedding, once per distinct row of x."""
+        if self.embedding is None:
+            return summarize(x)
+        return once_per_distinct_row(summarize, x)
+
     def _embedding_module(self, dims: dict[str, Any]) -> nn.Module | None:
         """The embedding as the network calls it: wrapped to take packed sets for sets."""
         if self.embedding is None:

@@ -80,7 +80,7 @@ from ..nn.flows import FLOWS, ConditionalFlow, build_flow, check_activation, see
 from ..prior import as_prior, describe_prior
 from ..training import TrainingHistory, fit_network
 from .base import Estimator
-from .embedding import EmbeddingMixin, once_per_distinct_row, summarize, x_batch
+from .embedding import EmbeddingMixin, summarize, x_batch
 from .posterior import as_batch, pair_rows
 
 __all__ = [
@@ -385,12 +385,8 @@ class LikelihoodEstimator(EmbeddingMixin, Estimator):
         parameter = next(network.flow.parameters())
         x, _ = x_batch(x, self.dims, parameter)
         theta = as_batch(theta, (self.dims["theta_dim"],), "theta", parameter)
-        summary = (
-            network.summarize(x)
-            if self.embedding is None
-            else once_per_distinct_row(network.summarize, x)
-        )
-        x, theta = pair_rows(summary.to(theta.dtype), theta, ("x", "theta"))
+        summary = self._summary(network.summarize, x).to(theta.dtype)
+        x, theta = pair_rows(summary, theta, ("x", "theta"))
         return network, x, theta
 
     def log_prob(self, x: Any, theta: Any) -> Tensor:

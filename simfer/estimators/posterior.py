@@ -46,7 +46,7 @@ from ..nn.flows import FLOWS, ConditionalFlow, build_flow, check_activation, see
 from ..prior import BoxUniform, as_prior, describe_prior, inside_support
 from ..training import fit_network
 from .base import Estimator
-from .embedding import EmbeddingMixin, once_per_distinct_row, x_batch
+from .embedding import EmbeddingMixin, x_batch
 
 __all__ = ["PosteriorEstimator"]
 
@@ -245,11 +245,7 @@ class PosteriorEstimator(EmbeddingMixin, Estimator):
         prior = self._prior(prior, theta.device)
         grad = torch.is_grad_enabled() and theta.requires_grad
         with torch.set_grad_enabled(grad):
-            summary = (
-                network.summarize(context)
-                if self.embedding is None
-                else once_per_distinct_row(network.summarize, context)
-            )
+            summary = self._summary(network.summarize, context)
             theta, summary = pair_rows(theta, summary, ("theta", "x"))
             log_q = network.log_prob_given_summary(theta, summary)
             if prior is not None:

@@ -34,7 +34,7 @@ from ..nn import EnsembleMLP, Standardize, seeded
 from ..prior import describe_prior
 from ..training import fit_network
 from .base import Estimator
-from .embedding import EmbeddingMixin, check_no_ensemble, once_per_distinct_row, x_batch
+from .embedding import EmbeddingMixin, check_no_ensemble, x_batch
 
 __all__ = ["RatioEstimator", "RatioNetwork"]
 
@@ -336,10 +336,8 @@ class RatioEstimator(EmbeddingMixin, Estimator):
             x = x[:, None] if x.ndim == 1 and x.shape[0] != 1 else x
         x, _ = x_batch(x, self.dims, parameter)
         with torch.set_grad_enabled(torch.is_grad_enabled() and x.requires_grad):
-            summary = (
-                network.summarize(x.flatten(1))
-                if self.embedding is None
-                else once_per_distinct_row(network.summarize, x)
+            summary = self._summary(
+                network.summarize, x if self.embedding is not None else x.flatten(1)
             )
         theta0 = torch.as_tensor(theta0, dtype=dtype, device=device)
         if theta0.ndim == 1:
