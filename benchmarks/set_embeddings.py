@@ -62,7 +62,8 @@ import simfer  # noqa: E402
 from benchmarks._common import write_markdown  # noqa: E402
 from simfer import losses  # noqa: E402
 from simfer.data import RaggedSets, SimulationData  # noqa: E402
-from simfer.nn import EGNN, DeepSets, LorentzNet, count_parameters, seeded  # noqa: E402
+from simfer.nn import EGNN, DeepSets, LorentzNet, count_parameters  # noqa: E402
+from simfer.seeding import seeded  # noqa: E402
 from simulators import ToyJets  # noqa: E402
 
 EMBEDDINGS = ["mlp", "deepsets", "egnn", "lorentznet"]

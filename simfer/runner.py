@@ -38,6 +38,7 @@ from tqdm.auto import tqdm
 from .data import RaggedSets, SimulationData
 from .errors import GoldNotAvailableError, InvalidSimulationWarning, SimulatorError
 from .prior import as_prior, describe_prior
+from .seeding import seeded
 from .simulator import Simulator
 from .store import SimulationStore
 
@@ -338,8 +339,7 @@ class _Plan:
         first_row = k * self.chunk_size + offset
         theta_seed, sim_seed = _chunk_seeds(self.seed, k, offset)
         design = self.design
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(theta_seed)
+        with seeded(theta_seed):
             theta = self.prior.sample((m,))
             if isinstance(design, Distribution):
                 design = design.sample((m,))

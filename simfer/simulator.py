@@ -43,7 +43,6 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
 from torch.distributions import constraints
@@ -56,30 +55,10 @@ from .errors import (
     SimulatorError,
     SupportError,
 )
+from .seeding import Seed, make_generator
 
+# Seed and make_generator live in simfer.seeding; re-exported here for existing imports.
 __all__ = ["Simulator", "TractableSimulator", "Seed", "make_generator"]
-
-Seed = int | torch.Generator | None
-
-
-def make_generator(seed: Seed, device: torch.device | str = "cpu") -> torch.Generator:
-    """A ``torch.Generator`` on ``device`` from an int seed, a generator or None (fresh)."""
-    device = torch.device(device)
-    if isinstance(seed, torch.Generator):
-        if seed.device.type == device.type:
-            return seed
-        derived = int(torch.randint(0, 2**62, (1,), generator=seed))
-        return torch.Generator(device).manual_seed(derived)
-    generator = torch.Generator(device)
-    if seed is None:
-        generator.seed()
-    elif isinstance(seed, int | np.integer) and not isinstance(seed, bool):
-        generator.manual_seed(int(seed))
-    else:
-        raise TypeError(
-            f"seed must be an int, a torch.Generator or None, got {type(seed).__name__}"
-        )
-    return generator
 
 
 def _as_float_tensor(value: Any, what: str, device=None, dtype=None) -> Tensor:

@@ -32,9 +32,7 @@ from __future__ import annotations
 
 import hashlib
 import inspect
-import random
 from collections.abc import Callable, Sequence
-from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -44,32 +42,12 @@ from torch.distributions import constraints
 
 from .data import RaggedSets
 from .errors import SimulatorError
+from .seeding import derived_seed, seeded_global_rngs
 from .simulator import Simulator
 
 __all__ = ["FunctionSimulator", "PyroSimulator"]
 
 _SEED_KEYWORDS = ("generator", "rng", "seed")
-
-
-def _derived_seed(generator: torch.Generator) -> int:
-    return int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
-
-
-@contextmanager
-def _seeded_global_rngs(seed: int, device: torch.device):
-    """Seed the global generators of torch, numpy and ``random`` in the block; restore after."""
-    devices = [device.index or 0] if device.type == "cuda" else []
-    numpy_state = np.random.get_state()  # noqa: NPY002 (the user's global RNG)
-    python_state = random.getstate()
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        np.random.seed(seed % 2**32)  # noqa: NPY002
-        random.seed(seed)
-        try:
-            yield
-        finally:
-            np.random.set_state(numpy_state)  # noqa: NPY002
-            random.setstate(python_state)
 
 
 def _accepted_parameters(fn: Callable) -> set[str]:
@@ -128,14 +106,14 @@ class FunctionSimulator(Simulator):
 
     def _call_once(self, theta, design, generator: torch.Generator):
         args = (theta,) if design is None else (theta, design)
-        seed = _derived_seed(generator)
+        seed = derived_seed(generator)
         if self._seed_keyword == "generator":
             return self.fn(*args, generator=generator)
         if self._seed_keyword == "rng":
             return self.fn(*args, rng=np.random.default_rng(seed))
         if self._seed_keyword == "seed":
             return self.fn(*args, seed=seed)
-        with _seeded_global_rngs(seed, generator.device):
+        with seeded_global_rngs(seed, generator.device):
             return self.fn(*args)
 
     def sample(self, theta: Tensor, design: Tensor | None, generator: torch.Generator):
@@ -217,7 +195,7 @@ class PyroSimulator(Simulator):
     def sample_with_latent(self, theta: Tensor, design: Tensor | None, generator: torch.Generator):
         import pyro.poutine as poutine
 
-        with _seeded_global_rngs(_derived_seed(generator), theta.device), torch.no_grad():
+        with seeded_global_rngs(derived_seed(generator), theta.device), torch.no_grad():
             trace = poutine.trace(self.model).get_trace(*self._args(theta, design))
         x = trace.nodes[self._observation_site(trace)]["value"]
         return x, trace

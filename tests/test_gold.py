@@ -124,7 +124,7 @@ def test_galton_exact_likelihood_is_normalised_and_matches_samples(board):
     # sampled final positions follow the dynamic-programming distribution (χ² test)
     data = board.simulate(theta[:1].expand(N, 1), gold=True, seed=5)
     _, path = board.sample_with_latent(
-        theta[:1].expand(N, 1), None, simfer.simulator.make_generator(5)
+        theta[:1].expand(N, 1), None, simfer.seeding.make_generator(5)
     )
     rights = path.sum(1).long()
     counts = torch.bincount(rights, minlength=17).double()

@@ -33,7 +33,7 @@ def tilted_board_joint_log_prob(theta, z, x):
 
 
 def board_latents(sim, theta, seed):
-    _, trace = sim.sample_with_latent(theta, None, simfer.simulator.make_generator(seed))
+    _, trace = sim.sample_with_latent(theta, None, simfer.seeding.make_generator(seed))
     return torch.stack([trace.nodes[f"z{r}"]["value"] for r in range(20)], dim=1)
 
 
@@ -68,7 +68,7 @@ def test_rsample_latent_does_not_leak_gradient_into_score():
     sim = simfer.Simulator.from_pyro(model, theta_dim=1)
     theta = torch.linspace(-2, 2, 50, dtype=torch.float64)[:, None]
     data = sim.simulate(theta, gold=True, theta_ref=[0.0], seed=3)
-    _, trace = sim.sample_with_latent(theta, None, simfer.simulator.make_generator(3))
+    _, trace = sim.sample_with_latent(theta, None, simfer.seeding.make_generator(3))
     z = trace.nodes["z"]["value"]
     torch.testing.assert_close(data.joint_score[:, 0], z - theta[:, 0], rtol=0, atol=1e-12)
     expected = -0.5 * (z - theta[:, 0]) ** 2 + 0.5 * z**2  # log N(z;θ,1) − log N(z;0,1)
@@ -87,7 +87,7 @@ def test_deterministic_observation_and_categorical_latent():
     sim = simfer.Simulator.from_pyro(model, theta_dim=2)
     theta = torch.tensor([[0.5, 0.1], [-1.0, 0.3], [2.0, -0.2]], dtype=torch.float64)
     data = sim.simulate(theta, gold=True, theta_ref=[0.0, 0.0], seed=11)
-    _, trace = sim.sample_with_latent(theta, None, simfer.simulator.make_generator(11))
+    _, trace = sim.sample_with_latent(theta, None, simfer.seeding.make_generator(11))
     k = trace.nodes["k"]["value"]
     # x is a function of (k, e, θ); only k's and e's densities enter log p(x,z|θ)
     logits = torch.stack([theta[:, 0], torch.zeros(3, dtype=theta.dtype), -theta[:, 0]], dim=1)

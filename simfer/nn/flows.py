@@ -57,15 +57,14 @@ One feature (D = 1) works for both kinds: MADE then gives the single variable hi
 units that see only the context, i.e. a spline (or affine map) whose shape is any
 function of the context.
 
-Network weights are initialised from ``seed`` (the global torch generator is forked,
-not touched), so a build is reproducible and a saved model rebuilds bit-identically.
+Network weights are initialised from ``seed`` (`simfer.seeding.seeded`: the global torch
+generator is forked, not touched), so a build is reproducible and a saved model rebuilds
+bit-identically.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -83,6 +82,7 @@ from nflows.transforms import (
 )
 from torch import Tensor, nn
 
+from ..seeding import seeded  # re-exported: `simfer.nn.flows.seeded` predates simfer.seeding
 from .mlp import Standardize
 from .splines import rational_quadratic_spline
 
@@ -108,17 +108,6 @@ def check_activation(name: str) -> str:
     if name not in ACTIVATIONS:
         raise ValueError(f"unknown activation {name!r}; choose one of {list(ACTIVATIONS)}")
     return name
-
-
-@contextmanager
-def seeded(seed: int) -> Iterator[None]:
-    """Run the block with the global torch generators (CPU and CUDA) seeded by ``seed``,
-    restoring their states afterwards (nflows draws initial weights and base samples from
-    them and takes no generator)."""
-    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        yield
 
 
 @torch.no_grad()
