@@ -33,6 +33,14 @@ of a track), x is a `RaggedSets`: the elements of all n sets stacked into ``valu
 to the store; batches are padded to their own largest set when an estimator trains
 (`RaggedSets.padded`).  A failed simulation's set is one element of NaN, so NaN keeps
 meaning "failed" for sets too, and an empty set stays a legitimate observation.
+
+Padded and packed sets.  A set embedding takes a batch as ``x`` ``[B, N, F]`` and a boolean
+``mask`` ``[B, N]`` (True = a real element; the mask comes from the sizes, never from the
+values, so an all-zero element counts): `RaggedSets.padded`, or `pad_sets` for a list of
+per-event tensors; `set_sizes` reads the sizes back from a mask.  Interfaces that take one
+tensor per batch (the context of a flow, the batches of the training loop) get the two
+*packed* into ``[B, N, F + 1]``, the mask as a last 0/1 channel (`pack_sets`,
+`unpack_sets`).
 """
 
 from __future__ import annotations
@@ -45,7 +53,16 @@ from torch import Tensor
 
 from .errors import ShapeError
 
-__all__ = ["SimulationData", "RaggedSets", "COLUMNS", "rows_finite"]
+__all__ = [
+    "SimulationData",
+    "RaggedSets",
+    "COLUMNS",
+    "rows_finite",
+    "pad_sets",
+    "pack_sets",
+    "unpack_sets",
+    "set_sizes",
+]
 
 COLUMNS = (
     "theta",
@@ -116,11 +133,16 @@ class RaggedSets:
         sets = [torch.as_tensor(s) for s in sets]
         first = sets[0]
         for i, s in enumerate(sets):
-            if s.ndim != 2 or s.shape[1] != first.shape[1] or s.dtype != first.dtype:
+            if s.ndim != 2:
                 raise ShapeError(
-                    f"set {i} is {s.dtype} {list(s.shape)}; every set must be "
-                    f"[n_elements, {first.shape[1] if first.ndim == 2 else 'features'}] "
-                    f"like set 0 ({first.dtype} {list(first.shape)})"
+                    f"set {i} must be a 2-D tensor [n_elements, features], got shape "
+                    f"{list(s.shape)}"
+                )
+            if s.shape[1] != first.shape[1] or s.dtype != first.dtype or s.device != first.device:
+                raise ShapeError(
+                    f"set {i} has {s.shape[1]} features, {s.dtype} on {s.device}; every set "
+                    f"must be like set 0: {first.shape[1]} features, {first.dtype} on "
+                    f"{first.device}"
                 )
         return cls.from_sizes(torch.cat(sets), [len(s) for s in sets])
 
@@ -215,10 +237,16 @@ class RaggedSets:
         return RaggedSets.from_sizes(self.values[positions], sizes)
 
     def padded(
-        self, device: str | torch.device | None = None, max_n: int | None = None
+        self,
+        device: str | torch.device | None = None,
+        max_n: int | None = None,
+        padding_value: float = 0.0,
     ) -> tuple[Tensor, Tensor]:
-        """``x`` ``[n, max_n, features]`` (zeros in the padding) and ``mask`` ``[n, max_n]``
-        (True = a real element); ``max_n`` defaults to the largest set here."""
+        """``x`` ``[n, max_n, features]`` (``padding_value`` in the padding) and ``mask``
+        ``[n, max_n]`` (True = a real element); ``max_n`` defaults to the largest set here.
+
+        One scatter: element j of set i goes to ``x[i, j]``, with i from `row_ids` and j
+        its position after ``offsets[i]``."""
         sets = self.to(device) if device is not None else self
         sizes = sets.sizes
         longest = sets.max_size
@@ -227,7 +255,7 @@ class RaggedSets:
             raise ShapeError(f"max_n={max_n} is smaller than the largest set ({longest})")
         rows = sets.row_ids()
         columns = torch.arange(len(sets.values), device=sets.device) - sets.offsets[:-1][rows]
-        x = sets.values.new_zeros(len(sets), max_n, sets.features)
+        x = sets.values.new_full((len(sets), max_n, sets.features), padding_value)
         x[rows, columns] = sets.values
         mask = torch.arange(max_n, device=sets.device) < sizes[:, None]
         return x, mask
@@ -257,6 +285,47 @@ class RaggedSets:
         return (
             f"RaggedSets(n={len(self)}, sizes {span}, features={self.features}, dtype={self.dtype})"
         )
+
+
+def pad_sets(
+    sets: Sequence[Tensor] | RaggedSets, max_n: int | None = None, padding_value: float = 0.0
+) -> tuple[Tensor, Tensor]:
+    """Pad per-event sets ``[n_b, F]`` into ``x`` ``[B, max_n, F]`` and ``mask`` ``[B, max_n]``.
+
+    ``sets``: a list of tensors of one dtype, device and number of features (the result
+    keeps them), or a `RaggedSets`.  The mask comes from the lengths, never from the
+    values, so elements that are all zeros count.  ``max_n`` defaults to the largest n_b;
+    a larger one adds padding.  The padded slots hold ``padding_value``.  Vectorised: one
+    concatenation and one scatter (`RaggedSets.padded`), whatever the number of sets."""
+    ragged = sets if isinstance(sets, RaggedSets) else RaggedSets.from_list(sets)
+    return ragged.padded(max_n=max_n, padding_value=padding_value)
+
+
+def set_sizes(mask: Tensor) -> Tensor:
+    """The true size n_b of every set, ``[B]`` int64, from a boolean ``mask`` ``[B, N]``."""
+    if mask.dtype != torch.bool or mask.ndim != 2:
+        raise ShapeError(f"mask must be a 2-D bool tensor (batch, max_n), got {mask.dtype}")
+    return mask.sum(-1)
+
+
+def pack_sets(x: Tensor, mask: Tensor) -> Tensor:
+    """x ``[B, N, F]`` and mask ``[B, N]`` as one tensor ``[B, N, F + 1]`` (the mask last, as
+    0/1 in x's dtype; padded slots of x set to 0, so junk there never travels on)."""
+    if x.ndim != 3 or mask.shape != x.shape[:2] or mask.dtype != torch.bool:
+        raise ShapeError(
+            f"pack_sets takes x (batch, max_n, features) and a bool mask (batch, max_n); got "
+            f"x {tuple(x.shape)} and mask {mask.dtype} {tuple(mask.shape)}"
+        )
+    return torch.cat([torch.where(mask[..., None], x, 0), mask[..., None].to(x.dtype)], -1)
+
+
+def unpack_sets(packed: Tensor) -> tuple[Tensor, Tensor]:
+    """The inverse of `pack_sets`: ``[B, N, F + 1]`` → x ``[B, N, F]``, mask ``[B, N]``."""
+    if packed.ndim != 3 or packed.shape[-1] < 2:
+        raise ShapeError(
+            f"a packed set batch is (batch, max_n, features + 1), got {tuple(packed.shape)}"
+        )
+    return packed[..., :-1], packed[..., -1] > 0.5
 
 
 def rows_finite(x: Tensor | RaggedSets) -> Tensor:

@@ -18,8 +18,15 @@ from test_simulate import (
 import simfer
 import simfer.cli
 from simfer import InvalidSimulationWarning, ModelFileError, ShapeError, StoreError
-from simfer.data import RaggedSets, SimulationData
-from simfer.nn import DeepSets, LorentzNet, pad_sets, set_sizes, unpack_sets
+from simfer.data import (
+    RaggedSets,
+    SimulationData,
+    pack_sets,
+    pad_sets,
+    set_sizes,
+    unpack_sets,
+)
+from simfer.nn import DeepSets, LorentzNet
 from simfer.store import SimulationStore
 from simfer.training import TrainingConfig, fit_network, gather
 from simulators import ToyJets
@@ -67,6 +74,85 @@ def test_ragged_sizes_survive_padding_indexing_and_batching():
         RaggedSets(torch.zeros(5, 2), torch.tensor([0, 2, 4]))
     with pytest.raises(ShapeError, match="non-decreasing"):
         RaggedSets(torch.zeros(5, 2), torch.tensor([0, 3, 2, 5]))
+
+
+# -- padding and packing (simfer.data, re-exported by simfer.nn) ------------------------------
+def loop_padded(sets, max_n, padding_value):
+    """The per-set loop that `pad_sets` replaces: the reference it must equal."""
+    max_n = max(len(s) for s in sets) if max_n is None else max_n
+    x = sets[0].new_full((len(sets), max_n, sets[0].shape[1]), padding_value)
+    mask = torch.zeros(len(sets), max_n, dtype=torch.bool, device=sets[0].device)
+    for b, s in enumerate(sets):
+        x[b, : len(s)] = s
+        mask[b, : len(s)] = True
+    return x, mask
+
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.int64])
+def test_pad_sets_equals_the_per_set_loop(device, dtype):
+    """Same values, mask, dtype and device as a loop, with empty sets first, in the middle and
+    last, all-zero elements, extra padding and a NaN padding value."""
+    generator = torch.Generator().manual_seed(0)
+    sizes = [0, 3, 0, 5, 1, 0]
+    sets = [(10 * torch.randn(n, 3, generator=generator)).to(dtype).to(device) for n in sizes]
+    sets[3][2] = 0  # a real element that is all zeros
+    for max_n, padding_value in ((None, 0.0), (8, 0.0), (5, -1.0), (7, float("nan"))):
+        if padding_value != padding_value and not dtype.is_floating_point:
+            continue  # no NaN in an integer tensor
+        expected_x, expected_mask = loop_padded(sets, max_n, padding_value)
+        for given in (sets, RaggedSets.from_list(sets)):
+            x, mask = pad_sets(given, max_n=max_n, padding_value=padding_value)
+            assert x.dtype == dtype and x.device == expected_x.device
+            assert mask.dtype == torch.bool and mask.device == expected_x.device
+            torch.testing.assert_close(x, expected_x, rtol=0, atol=0, equal_nan=True)
+            assert torch.equal(mask, expected_mask) and set_sizes(mask).tolist() == sizes
+        x, mask = RaggedSets.from_list(sets).padded(max_n=max_n, padding_value=padding_value)
+        torch.testing.assert_close(x, expected_x, rtol=0, atol=0, equal_nan=True)
+    x, mask = pad_sets([torch.zeros(0, 2, dtype=dtype, device=device)] * 3)
+    assert x.shape == (3, 0, 2) and mask.shape == (3, 0) and x.dtype == dtype
+
+
+def test_pad_sets_names_bad_sets():
+    with pytest.raises(ShapeError, match="max_n=3 is smaller than the largest set"):
+        pad_sets([torch.randn(4, 3)], max_n=3)
+    with pytest.raises(ShapeError, match="set 1 has 2 features"):
+        pad_sets([torch.randn(4, 3), torch.randn(2, 2)])
+    with pytest.raises(ShapeError, match="torch.float64"):
+        pad_sets([torch.randn(4, 3), torch.randn(2, 3, dtype=torch.float64)])
+    with pytest.raises(ShapeError, match="set 0 must be a 2-D tensor"):
+        pad_sets([torch.randn(4)])
+    with pytest.raises(ShapeError, match="at least one set"):
+        pad_sets([])
+    if torch.cuda.is_available():
+        with pytest.raises(ShapeError, match="on cuda"):
+            pad_sets([torch.randn(4, 3), torch.randn(2, 3, device="cuda")])
+
+
+def test_pack_and_unpack_sets_round_trip_and_clear_the_padding():
+    x, mask = pad_sets(sets_4_2_1().as_list(), max_n=6, padding_value=float("nan"))
+    packed = pack_sets(x, mask)
+    assert packed.shape == (3, 6, 3) and packed.dtype == x.dtype
+    assert torch.equal(packed[..., -1], mask.to(x.dtype))
+    unpacked_x, unpacked_mask = unpack_sets(packed)
+    assert torch.equal(unpacked_mask, mask)
+    assert torch.equal(unpacked_x[mask], x[mask])
+    assert not bool(unpacked_x.isnan().any())  # junk in the padding does not travel on
+    assert bool((unpacked_x[~mask] == 0).all())
+    with pytest.raises(ShapeError, match="bool mask"):
+        pack_sets(x, mask.float())
+    with pytest.raises(ShapeError, match="bool mask"):
+        pack_sets(x, mask[:, :3])
+    with pytest.raises(ShapeError, match=r"features \+ 1"):
+        unpack_sets(torch.zeros(3, 6))
+    # the same functions under every public name
+    assert simfer.nn.pad_sets is simfer.nn.sets.pad_sets is simfer.data.pad_sets
+    assert simfer.nn.pack_sets is simfer.nn.sets.pack_sets is simfer.data.pack_sets
+    assert simfer.nn.unpack_sets is simfer.nn.sets.unpack_sets is simfer.data.unpack_sets
+    assert simfer.nn.set_sizes is simfer.nn.sets.set_sizes is simfer.data.set_sizes
 
 
 def test_simulation_data_subsets_and_concatenates_sets():

@@ -5,7 +5,10 @@ Set embeddings share one calling convention, ``embedding(x, mask)`` with x
 returning ``[batch, out_features]``.
 """
 
-from .flows import FLOWS, ConditionalFlow, StandardizeTransform, build_flow, seeded
+# seeded lives in simfer.seeding, the set helpers in simfer.data; both stay importable here
+from ..data import pack_sets, pad_sets, set_sizes, unpack_sets
+from ..seeding import seeded
+from .flows import FLOWS, ConditionalFlow, StandardizeTransform, build_flow
 from .mlp import EnsembleLinear, EnsembleMLP, Standardize
 from .sets import (
     EGNN,
@@ -16,10 +19,6 @@ from .sets import (
     SetEmbedding,
     count_parameters,
     masked_pool,
-    pack_sets,
-    pad_sets,
-    set_sizes,
-    unpack_sets,
 )
 
 __all__ = [

@@ -42,6 +42,8 @@ Packed sets.  Some interfaces take one tensor per batch (the context of an nflow
 batches of `simfer.training.fit_network`).  There a set batch travels *packed*: x and its mask
 in one tensor ``(B, N, F + 1)`` whose last channel is the mask as 0/1 (`pack_sets`,
 `unpack_sets`), and `SetEmbedding` wraps any embedding so that it takes the packed tensor.
+Padding, packing and `set_sizes` live in `simfer.data`, next to `RaggedSets`; they are
+importable from here and from `simfer.nn` as well.
 The estimators pack and unpack; a user never needs to.
 
 Edges.  The fully connected graph is processed in one of two layouts, chosen by the ``edges``
@@ -60,6 +62,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from ..data import pack_sets, pad_sets, set_sizes, unpack_sets  # re-exported: public here too
 from ..errors import ShapeError
 
 __all__ = [
@@ -82,59 +85,7 @@ EDGE_LAYOUTS = ("auto", "padded", "edge_list")
 
 
 # ---------------------------------------------------------------------------------------------
-# ragged sets, masks and pooling
-
-
-def pad_sets(
-    sets: Sequence[Tensor], max_n: int | None = None, padding_value: float = 0.0
-) -> tuple[Tensor, Tensor]:
-    """Pad a list of per-event sets ``(n_b, F)`` into ``x`` ``(B, max_n, F)`` and ``mask``.
-
-    The mask comes from the lengths, never from the values, so elements that are all zeros
-    count.  ``max_n`` defaults to the largest n_b; a larger one adds padding.
-    """
-    if len(sets) == 0:
-        raise ShapeError("pad_sets needs at least one set")
-    first = sets[0]
-    for b, s in enumerate(sets):
-        if not isinstance(s, Tensor) or s.ndim != 2:
-            raise ShapeError(f"set {b} must be a 2-D tensor (n_elements, features), got {s!r}")
-        if s.shape[1] != first.shape[1] or s.dtype != first.dtype or s.device != first.device:
-            raise ShapeError(
-                f"set {b} has {s.shape[1]} features, {s.dtype} on {s.device}; set 0 has "
-                f"{first.shape[1]}, {first.dtype} on {first.device}"
-            )
-    sizes = torch.tensor([s.shape[0] for s in sets], device=first.device)
-    longest = int(sizes.max())
-    if max_n is None:
-        max_n = longest
-    elif max_n < longest:
-        raise ShapeError(f"max_n={max_n} is smaller than the largest set ({longest} elements)")
-    x = first.new_full((len(sets), max_n, first.shape[1]), padding_value)
-    for b, s in enumerate(sets):
-        x[b, : s.shape[0]] = s
-    mask = torch.arange(max_n, device=first.device) < sizes[:, None]
-    return x, mask
-
-
-def pack_sets(x: Tensor, mask: Tensor) -> Tensor:
-    """x ``(B, N, F)`` and mask ``(B, N)`` as one tensor ``(B, N, F + 1)`` (the mask last, as
-    0/1 in x's dtype; padded slots of x set to 0)."""
-    if x.ndim != 3 or mask.shape != x.shape[:2] or mask.dtype != torch.bool:
-        raise ShapeError(
-            f"pack_sets takes x (batch, max_n, features) and a bool mask (batch, max_n); got "
-            f"x {tuple(x.shape)} and mask {mask.dtype} {tuple(mask.shape)}"
-        )
-    return torch.cat([torch.where(mask[..., None], x, 0), mask[..., None].to(x.dtype)], -1)
-
-
-def unpack_sets(packed: Tensor) -> tuple[Tensor, Tensor]:
-    """The inverse of `pack_sets`: ``(B, N, F + 1)`` → x ``(B, N, F)``, mask ``(B, N)``."""
-    if packed.ndim != 3 or packed.shape[-1] < 2:
-        raise ShapeError(
-            f"a packed set batch is (batch, max_n, features + 1), got {tuple(packed.shape)}"
-        )
-    return packed[..., :-1], packed[..., -1] > 0.5
+# packed sets, masks and pooling
 
 
 class SetEmbedding(nn.Module):
@@ -150,13 +101,6 @@ class SetEmbedding(nn.Module):
 
     def forward(self, packed: Tensor) -> Tensor:
         return self.embedding(*unpack_sets(packed))
-
-
-def set_sizes(mask: Tensor) -> Tensor:
-    """The true size n_b of every set, ``(B,)`` int64, from a boolean ``mask`` ``(B, N)``."""
-    if mask.dtype != torch.bool or mask.ndim != 2:
-        raise ShapeError(f"mask must be a 2-D bool tensor (batch, max_n), got {mask.dtype}")
-    return mask.sum(-1)
 
 
 def count_parameters(module: nn.Module, trainable_only: bool = True) -> int:
