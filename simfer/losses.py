@@ -76,6 +76,10 @@ __all__ = [
     "nre_c",
     "bnre",
     "default_score_weight",
+    "negative_log_likelihood",
+    "scandal",
+    "default_scandal_weight",
+    "validity",
 ]
 
 
@@ -570,4 +574,79 @@ def nre_c(
     log_q_joint = log_gamma + logits_joint[:, 0] - log_normaliser(logits_joint)
     log_q_independent = log_k - log_normaliser(logits_marginal)
     per_row = -(gamma * log_q_joint + log_q_independent) / (1 + gamma)
+    return _mean(per_row, weight)
+
+
+# -- density estimation (NPE, NLE, SCANDAL) ------------------------------------------------
+def negative_log_likelihood(log_q: Tensor, *, weight: Tensor | None = None) -> Tensor:
+    r"""Maximum likelihood for a conditional density: ℓ = −E log q(v|c).
+
+    Shapes: ``log_q`` ``[batch]`` (the flow's log-density of each training pair), ``weight``
+    ``[batch]`` or None.  NPE takes v = θ, c = x (pairs from p(θ) p(x|θ)), NLE v = x, c = θ.
+
+    Minimiser: E_c KL(p(v|c) ‖ q(v|c)) + const is minimised by q = p for every c the
+    training pairs cover.  Extreme values: a mean of log-densities, nothing clamped.
+    """
+    _rows("log_q", log_q)
+    _real("log_q", log_q)
+    return -_mean(log_q, weight)
+
+
+def scandal(
+    log_q: Tensor,
+    score: Tensor,
+    joint_score: Tensor,
+    alpha: float,
+    *,
+    weight: Tensor | None = None,
+) -> Tensor:
+    r"""SCANDAL: ℓ = −E log q(x|θ) + α E|∇_θ log q(x|θ) − t(x,z|θ)|².
+
+    Shapes: ``log_q`` ``[batch]``, ``score`` (∇_θ log q by autograd) and ``joint_score``
+    ``[batch, theta_dim]``, ``weight`` ``[batch]`` or None.  Minimiser: q = p, where the
+    score term's gradient vanishes in expectation and the term itself is the irreducible
+    E|t(x,z) − t(x)|²; α = 0 is NLE.  Extreme values: a log density and a squared
+    difference of finite scores, nothing clamped.
+    """
+    batch = _rows("log_q", log_q)
+    _matrix("score", score, batch)
+    if not (math.isfinite(alpha) and alpha >= 0):
+        raise ValueError(f"scandal needs a finite alpha ≥ 0, got {alpha}")
+    return negative_log_likelihood(log_q, weight=weight) + alpha * score_mse(
+        score, joint_score, weight=weight
+    )
+
+
+def default_scandal_weight(joint_score: Tensor, theta: Tensor) -> float:
+    r"""SCANDAL's default α = ½ / (E|t|²/d + 1/mean_i Var θ_i).
+
+    For a Gaussian location family x ~ N(θ, σ²) fitted by q = N(aθ + b, σ²), the two terms'
+    curvatures in the error a − 1 are Var(θ)/(2σ²) (likelihood) and α(σ² + Var θ)/σ⁴
+    (score): equal for α = ½ / (1/σ² + 1/Var θ), half the inverse of (Fisher information
+    + prior precision).  Per θ component, with the Fisher information estimated by the
+    joint scores' second moment, that is the formula above; unit-free (α scales as θ²).
+    Shapes: ``joint_score`` and ``theta`` ``[batch, theta_dim]``.
+    """
+    if not bool(torch.isfinite(joint_score).all()):
+        raise ValueError("the joint scores of valid simulations hold NaN or inf: check the gold")
+    d = joint_score.shape[1]
+    fisher = float((joint_score.double() ** 2).sum(1).mean()) / d
+    variance = float(theta.double().var(0).mean()) if theta.shape[0] > 1 else math.inf
+    precision = 1 / variance if variance > 0 else 0.0
+    if fisher + precision <= 0:
+        raise ValueError("the joint scores are all zero and θ does not vary: α is undefined")
+    return 0.5 / (fisher + precision)
+
+
+def validity(logits: Tensor, valid: Tensor, *, weight: Tensor | None = None) -> Tensor:
+    r"""Cross-entropy of a classifier of simulation success: ℓ = −E[v log σ(a) + (1 − v)
+    log σ(−a)], a = logit p(valid|θ, d).
+
+    Shapes: ``logits`` ``[batch]``, ``valid`` ``[batch]`` (1 for a valid simulation, 0 for
+    a failed one, as floats), ``weight`` ``[batch]`` or None.  Minimiser: σ(a) = p(valid |
+    θ, d).  Extreme values: written with ``logsigmoid``, finite for any finite logit.
+    """
+    batch = _rows("logits", logits)
+    _rows("valid", valid, batch)
+    per_row = -(valid * F.logsigmoid(logits) + (1 - valid) * F.logsigmoid(-logits))
     return _mean(per_row, weight)

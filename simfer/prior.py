@@ -24,7 +24,15 @@ from torch.distributions import Distribution, Independent, Uniform
 
 from .errors import ShapeError, SupportError
 
-__all__ = ["BoxUniform", "as_prior", "describe_prior", "check_in_support"]
+__all__ = [
+    "BoxUniform",
+    "as_prior",
+    "check_in_support",
+    "describe_prior",
+    "distribution_device",
+    "inside_support",
+    "prior_from_description",
+]
 
 
 class BoxUniform(Independent):
@@ -121,6 +129,25 @@ def describe_prior(prior: Distribution) -> dict[str, Any]:
                 continue
     json.dumps(description)
     return description
+
+
+def prior_from_description(description: dict | None) -> Distribution | None:
+    """Rebuild a saved `BoxUniform` (the one prior a JSON description determines); None for
+    any other description."""
+    if description and description.get("type") == "BoxUniform":
+        return BoxUniform(description["low"], description["high"])
+    return None
+
+
+def distribution_device(distribution: Distribution) -> torch.device:
+    """The device a torch distribution's parameters live on (the first tensor among its
+    attributes, or a wrapped base distribution's); the CPU for one without tensors."""
+    for value in vars(distribution).values():
+        if isinstance(value, Tensor):
+            return value.device
+        if isinstance(value, Distribution):
+            return distribution_device(value)
+    return torch.device("cpu")
 
 
 def inside_support(prior: Distribution, theta: Tensor) -> Tensor:

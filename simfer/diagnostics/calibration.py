@@ -151,13 +151,20 @@ def _generator(seed: int | None) -> torch.Generator:
 
 
 def per_observation_log_prob(
-    posterior: Posterior, theta: Tensor, x: Tensor, *, max_rows: int | None = None
+    posterior: Posterior,
+    theta: Tensor,
+    x: Tensor,
+    *,
+    design: Tensor | None = None,
+    max_rows: int | None = None,
 ) -> Tensor:
-    """log q(θ_ij | x_i) + c_i for θ ``[N, k, theta_dim]`` and x ``[N, *x_shape]`` →
-    ``[N, k]``: the prior's log-density plus the posterior's per-event term ℓ(x_i|θ),
+    """log q(θ_ij | x_i, d_i) + c_i for θ ``[N, k, theta_dim]``, x ``[N, *x_shape]`` and,
+    for a model with a design, ``design`` (one ``[design_dim]`` or ``[N, design_dim]``) →
+    ``[N, k]``: the prior's log-density plus the posterior's per-event term ℓ(x_i|θ, d_i),
     −∞ outside the prior's support.  c_i is an unknown constant per observation (the
     evidence), harmless wherever only values for the same x_i are compared."""
     n, k, d = theta.shape
+    design = posterior._as_designs(design, n)
     rows = theta.reshape(n * k, d)
     owner = torch.arange(n, device=x.device).repeat_interleave(k)
     step = max_rows or posterior.max_rows
@@ -169,8 +176,9 @@ def per_observation_log_prob(
             if not bool(inside.any()):
                 continue
             kept = part[inside]
+            rows_of = owner[start : start + step][inside]
             value = posterior.prior.log_prob(kept) + posterior.event_log_likelihood(
-                x[owner[start : start + step][inside]], kept
+                x[rows_of], kept, None if design is None else design[rows_of]
             )
             chunk = out[start : start + step]
             chunk[inside] = torch.nan_to_num(value.to(out.dtype), nan=-math.inf)

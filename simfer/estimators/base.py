@@ -1,8 +1,19 @@
 """What every estimator shares: training settings, the fitted network, save and load.
 
+Every estimator is a thin object pairing a network with a loss of `simfer.losses`,
+trained by the one loop of `simfer.training`.  It tells the posterior stage what it
+contributes through one method, ``event_term(prior, x_obs, *, design=None)``, which
+returns a `simfer.inference.EventTerm` (the per-event log-likelihood term ℓ(x | θ, d),
+see `simfer.inference.term`); `Estimator.posterior` builds the `Posterior` from it, so
+the inference stage never needs to know the estimator's type.
+
+When the training data carry a design column, every estimator conditions on it: its
+network's context is (x, d) or (θ, d), the design standardised like the rest, and every
+evaluation method takes ``design=`` (one design broadcast, or one per row).
+
 A saved model is one file written by ``torch.save`` holding only tensors and
 JSON text: the network's ``state_dict`` (weights and the standardisation
-buffers), the constructor arguments, the data dimensions, the training history,
+buffers), the constructor arguments, the data dimensions (`Dims`), the training history,
 the prior's description and the simfer version.  `load` reads it with
 ``torch.load(weights_only=True)``, which refuses any pickled object, so loading
 a model file never executes code from it; tensors are mapped to the requested
@@ -17,17 +28,19 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 from torch.distributions import Distribution
 
 from .. import __version__
-from ..errors import ModelFileError, SimferError
+from ..errors import ModelFileError, ShapeError, SimferError
+from ..inference import EventTerm, Posterior
 from ..training import TrainingConfig, TrainingHistory
+from .dims import Dims
 
 __all__ = ["Estimator", "load"]
 
 FORMAT = "simfer-estimator"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: dims as a typed record with design_dim (1 still loads)
 _REGISTRY: dict[str, type[Estimator]] = {}
 
 
@@ -49,7 +62,7 @@ class Estimator:
             )
         self.training = TrainingConfig(**training)
         self.network: nn.Module | None = None
-        self.dims: dict[str, Any] = {}
+        self.dims: Dims | None = None
         self.history: TrainingHistory | None = None
         self.prior_description: dict | None = None
 
@@ -58,8 +71,13 @@ class Estimator:
         """The constructor arguments besides the training settings (JSON-able)."""
         return {}
 
-    def _build(self, dims: dict[str, Any]) -> nn.Module:
+    def _build(self, dims: Dims) -> nn.Module:
         raise TypeError(f"{type(self).__name__} does not define its network")
+
+    def event_term(self, prior: Distribution, x_obs: Any, *, design: Any = None) -> EventTerm:
+        """The per-event term ℓ(x | θ, d) this estimator gives a posterior (see
+        `simfer.inference.term`)."""
+        raise TypeError(f"{type(self).__name__} does not define its posterior term")
 
     # -- shared ----------------------------------------------------------------------------
     @property
@@ -77,15 +95,65 @@ class Estimator:
             self.network.to(device)
         return self
 
-    def posterior(self, prior: Distribution | None = None, x_obs: Any = None, **options: Any):
-        """The `simfer.inference.Posterior` p(θ | x_obs) of this estimator: x_obs is one
-        observation or ``[n, *x_shape]`` iid ones; see `simfer.inference.posterior_for`
-        for what each estimator type contributes and its default sampler."""
-        from ..inference import posterior_for
+    @property
+    def design_dim(self) -> int:
+        """The number of design variables the trained network conditions on (0: none)."""
+        return 0 if self.dims is None else self.dims.design_dim
 
-        if x_obs is None:
-            raise TypeError("posterior(prior, x_obs) needs the observation(s) x_obs")
-        return posterior_for(self, prior, x_obs, **options)
+    def _posterior_prior(self, prior: Distribution | None) -> Distribution:
+        if prior is None:
+            raise SimferError(f"{type(self).__name__}.posterior needs the prior")
+        return prior
+
+    def posterior(
+        self, prior: Distribution | None, x_obs: Any, *, design: Any = None, **options: Any
+    ) -> Posterior:
+        """The `simfer.inference.Posterior` p(θ | x_obs, design) of this estimator.
+
+        Args:
+            prior: the prior over θ (an NPE may pass None to use the prior it was fitted
+                with).
+            x_obs: one observation or ``[n, *x_shape]`` iid ones.
+            design: for a model trained with designs, the design of the observations: one
+                ``[design_dim]`` for all, or one per observation ``[n, design_dim]``, so
+                that observations made at different designs combine in one posterior.
+            **options: of `Posterior` (``max_rows``, …).
+        """
+        self._require_fitted()
+        prior = self._posterior_prior(prior)
+        term = self.event_term(prior, x_obs, design=design)
+        return Posterior.from_term(term, prior, design=design, device=self.device, **options)
+
+    def _design_rows(self, design: Any, parameter: Tensor) -> Tensor | None:
+        """``design`` as ``[rows, design_dim]`` (one design is one row) on ``parameter``'s
+        device and dtype, or None for a model without a design; a clear error when the call
+        and the model disagree about having one."""
+        name, k = type(self).__name__, self.design_dim
+        if k == 0:
+            if design is not None:
+                raise ShapeError(
+                    f"this {name} was trained on simulations without a design column, but "
+                    f"design= was given: call it without a design (or retrain on simulations "
+                    f"with a design, simfer.simulate(..., design=...))"
+                )
+            return None
+        if design is None:
+            raise ShapeError(
+                f"this {name} was trained on simulations with a design [{k}]: pass design= "
+                f"(one [{k}] for every row, or one per row [batch, {k}])"
+            )
+        value = torch.as_tensor(design, dtype=parameter.dtype, device=parameter.device)
+        if value.ndim == 0 or (value.ndim == 1 and value.shape[0] == k):
+            value = value.reshape(1, k)
+        elif value.ndim == 1 and k == 1:
+            value = value[:, None]
+        if value.ndim != 2 or value.shape[1] != k:
+            raise ShapeError(
+                f"design must have shape [{k}] or [batch, {k}], got {list(value.shape)}"
+            )
+        if not bool(torch.isfinite(value).all()):
+            raise ValueError("design holds NaN or inf values")
+        return value
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the trained model to ``path`` (tensors and JSON only)."""
@@ -98,7 +166,7 @@ class Estimator:
             "type": type(self).__name__,
             "hyperparameters": json.dumps(self.hyperparameters()),
             "training": json.dumps(training),
-            "dims": json.dumps(self.dims),
+            "dims": json.dumps(None if self.dims is None else self.dims.as_json()),
             "history": json.dumps(None if self.history is None else self.history.as_dict()),
             "prior": json.dumps(self.prior_description),
             "state": {k: v.detach().cpu() for k, v in network.state_dict().items()},
@@ -154,7 +222,7 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> Estimat
     training = json.loads(payload["training"])
     training["device"] = str(device)
     estimator = cls(**json.loads(payload["hyperparameters"]), **training)
-    estimator.dims = json.loads(payload["dims"])
+    estimator.dims = Dims.from_json(json.loads(payload["dims"]), path=path, format_version=version)
     history = json.loads(payload["history"])
     estimator.history = None if history is None else TrainingHistory(**history)
     estimator.prior_description = json.loads(payload["prior"])

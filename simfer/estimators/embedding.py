@@ -29,19 +29,23 @@ from torch import Tensor, nn
 
 from ..data import RaggedSets, SimulationData
 from ..errors import ModelFileError, ShapeError
-from ..nn.sets import SetEmbedding, pack_sets
+from ..nn.sets import SetEmbedding, pack_sets, unpack_sets
 from ..training import gather
 from .base import Estimator
+from .dims import Dims
 
-__all__ = ["EmbeddingMixin", "check_no_ensemble", "once_per_distinct_row", "summarize", "x_batch"]
+__all__ = [
+    "EmbeddingMixin",
+    "check_no_ensemble",
+    "observed_x",
+    "once_per_distinct_row",
+    "summarize",
+    "x_batch",
+]
 
 _LOADING_EMBEDDING: contextvars.ContextVar[nn.Module | None] = contextvars.ContextVar(
     "simfer_loading_embedding", default=None
 )
-
-
-def _is_set_data(dims: dict[str, Any]) -> bool:
-    return dims.get("x_kind") == "set"
 
 
 def _set_shape_message(features: int) -> str:
@@ -51,13 +55,15 @@ def _set_shape_message(features: int) -> str:
     )
 
 
-def x_batch(x: Any, dims: dict[str, Any], parameter: Tensor) -> tuple[Tensor, bool]:
+def x_batch(x: Any, dims: Dims, parameter: Tensor) -> tuple[Tensor, bool]:
     """x as the network takes it, on ``parameter``'s device, and whether it was one x.
 
     Fixed-shape x: ``[batch, *x_shape]`` in the parameter's dtype (one ``x_shape`` x gets a
     batch axis).  Sets: packed ``[batch, max_n, features + 1]`` in their own float dtype."""
-    if not _is_set_data(dims):
-        shape = tuple(dims["x_shape"])
+    if x is None:
+        raise TypeError("x= is required")
+    if not dims.is_set:
+        shape = tuple(dims.x_shape)
         value = torch.as_tensor(x, dtype=parameter.dtype, device=parameter.device)
         single = tuple(value.shape) == shape
         if single:
@@ -69,7 +75,7 @@ def x_batch(x: Any, dims: dict[str, Any], parameter: Tensor) -> tuple[Tensor, bo
             )
         _check_finite(value)
         return value, single
-    features = int(dims["set_features"])
+    features = int(dims.set_features)
     single = False
     if isinstance(x, RaggedSets):
         sets = x
@@ -103,6 +109,16 @@ def x_batch(x: Any, dims: dict[str, Any], parameter: Tensor) -> tuple[Tensor, bo
     packed = pack_sets(*sets.to(parameter.device).padded())
     _check_finite(packed)
     return _as_float(packed), single
+
+
+def observed_x(x_obs: Any, dims: Dims, parameter: Tensor):
+    """Observations as a `Posterior` holds them, the shape of one, and the map from its rows
+    back to what the estimator takes: fixed-shape x as given (the `Posterior` checks it);
+    sets padded and packed once, ``[n, max_n, features + 1]``, unpacked per call."""
+    if not dims.is_set:
+        return x_obs, tuple(dims.x_shape), lambda x: x
+    packed, _ = x_batch(x_obs, dims, parameter)
+    return packed, tuple(packed.shape[1:]), unpack_sets
 
 
 def _as_float(value: Tensor) -> Tensor:
@@ -158,14 +174,14 @@ class EmbeddingMixin:
             _LOADING_EMBEDDING.reset(token)
         return estimator
 
-    def _require_embedding(self, dims: dict[str, Any]) -> None:
+    def _require_embedding(self, dims: Dims) -> None:
         """On load: a model trained with an embedding needs one to rebuild its network."""
-        if dims.get("embedding") and self.embedding is None:
+        if dims.embedding and self.embedding is None:
             name = type(self).__name__
             raise ModelFileError(
-                f"this {name} was trained with an embedding network ({dims['embedding']}); a "
+                f"this {name} was trained with an embedding network ({dims.embedding}); a "
                 f"model file holds its weights but never its code. Load it with "
-                f"simfer.{name}.load(path, embedding={dims['embedding']}(...)) built as for "
+                f"simfer.{name}.load(path, embedding={dims.embedding}(...)) built as for "
                 f"training."
             )
 
@@ -175,18 +191,21 @@ class EmbeddingMixin:
             return summarize(x)
         return once_per_distinct_row(summarize, x)
 
-    def _embedding_module(self, dims: dict[str, Any]) -> nn.Module | None:
+    def _embedding_module(self, is_set: bool) -> nn.Module | None:
         """The embedding as the network calls it: wrapped to take packed sets for sets."""
         if self.embedding is None:
             return None
-        return SetEmbedding(self.embedding) if _is_set_data(dims) else self.embedding
+        return SetEmbedding(self.embedding) if is_set else self.embedding
 
     def _training_x(self, data: SimulationData) -> tuple[Tensor | RaggedSets, dict[str, Any]]:
-        """The x column the fit trains on and the dims that describe it: fixed-shape x
-        flattened to ``[n, x_dim]`` unless an embedding takes it whole; sets kept ragged."""
+        """The x column the fit trains on and the `Dims` fields that describe it and the
+        design column: fixed-shape x flattened to ``[n, x_dim]`` unless an embedding takes
+        it whole; sets kept ragged."""
         dims: dict[str, Any] = {
-            "x_shape": list(data.x_shape),
+            "theta_dim": data.theta_dim,
+            "x_shape": tuple(data.x_shape),
             "embedding": None if self.embedding is None else type(self.embedding).__qualname__,
+            "design_dim": 0 if data.design is None else int(data.design.shape[1]),
         }
         if data.is_set:
             if self.embedding is None:
@@ -203,10 +222,10 @@ class EmbeddingMixin:
         x = data.x if self.embedding is not None else data.x.reshape(len(data), -1)
         return x, dims
 
-    def _embedding_features(self, x: Tensor | RaggedSets, dims: dict[str, Any]) -> int:
+    def _embedding_features(self, x: Tensor | RaggedSets) -> int:
         """k, the width of the embedding's output on the first rows of x (a clear error when
         it is not ``[batch, k]``)."""
-        module = self._embedding_module(dims)
+        module = self._embedding_module(isinstance(x, RaggedSets))
         rows = min(2, len(x))
         if isinstance(x, RaggedSets):
             probe = pack_sets(*x[:rows].padded())

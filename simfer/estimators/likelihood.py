@@ -75,21 +75,22 @@ from torch.distributions import Distribution
 from .. import losses
 from ..data import SimulationData
 from ..errors import SimferError
+from ..inference import EventTerm
 from ..nn import EnsembleMLP, Standardize
-from ..nn.flows import FLOWS, ConditionalFlow, build_flow, check_activation, seeded
+from ..nn.flows import FLOWS, ConditionalFlow, build_flow, check_activation
 from ..prior import as_prior, describe_prior
+from ..seeding import seeded
 from ..training import TrainingHistory, fit_network
 from .base import Estimator
-from .embedding import EmbeddingMixin, summarize, x_batch
-from .posterior import as_batch, pair_rows
+from .dims import Dims
+from .embedding import EmbeddingMixin, observed_x, summarize, x_batch
+from .rows import as_batch, pair_rows
 
 __all__ = [
     "LikelihoodEstimator",
     "LikelihoodNetwork",
     "ValidityNetwork",
-    "default_scandal_weight",
     "log_prob_and_score",
-    "scandal_loss",
 ]
 
 METHODS = ("nle", "scandal")
@@ -117,59 +118,26 @@ def log_prob_and_score(
     return log_q, score
 
 
-def scandal_loss(
-    log_q: Tensor,
-    score: Tensor,
-    joint_score: Tensor,
-    alpha: float,
-    *,
-    weight: Tensor | None = None,
-) -> Tensor:
-    r"""SCANDAL: ℓ = −E log q(x|θ) + α E|∇_θ log q(x|θ) − t(x,z|θ)|².
-
-    Shapes: ``log_q`` ``[batch]``, ``score`` and ``joint_score`` ``[batch, theta_dim]``,
-    ``weight`` ``[batch]`` or None (self-normalised, as in `simfer.losses`).  Minimiser:
-    q = p, where the score term's gradient vanishes in expectation and the term itself
-    is the irreducible E|t(x,z) − t(x)|².  α = 0 is NLE.  Extreme values: none; a log
-    density and a squared difference of finite scores, nothing clamped.
-    """
-    if weight is None:
-        nll = -log_q.mean()
-    else:
-        nll = -(weight * log_q).sum() / weight.sum()
-    return nll + alpha * losses.score_mse(score, joint_score, weight=weight)
-
-
-def default_scandal_weight(joint_score: Tensor, theta: Tensor) -> float:
-    """α = ½ / (E|t|²/d + 1/mean Var θ_i): see the module docstring for the derivation."""
-    if not bool(torch.isfinite(joint_score).all()):
-        raise ValueError("the joint scores of valid simulations hold NaN or inf: check the gold")
-    d = joint_score.shape[1]
-    fisher = float((joint_score.double() ** 2).sum(1).mean()) / d
-    variance = float(theta.double().var(0).mean()) if theta.shape[0] > 1 else math.inf
-    precision = 1 / variance if variance > 0 else 0.0
-    if fisher + precision <= 0:
-        raise ValueError("the joint scores are all zero and θ does not vary: α is undefined")
-    return 0.5 / (fisher + precision)
-
-
 # -- networks --------------------------------------------------------------------------------
 class ValidityNetwork(nn.Module):
-    """logit p(valid|θ) ``[batch]`` from an MLP on standardised θ ``[batch, theta_dim]``."""
+    """logit p(valid|θ, d) ``[batch]`` from an MLP on the standardised (θ, d) ``[batch,
+    theta_dim + design_dim]``."""
 
-    def __init__(self, theta_dim: int, hidden: Sequence[int]):
+    def __init__(self, theta_dim: int, hidden: Sequence[int], design_dim: int = 0):
         super().__init__()
-        self.theta_standardize = Standardize(theta_dim)
-        self.mlp = EnsembleMLP(theta_dim, 1, hidden, 1)
+        self.theta_standardize = Standardize(theta_dim + design_dim)
+        self.mlp = EnsembleMLP(theta_dim + design_dim, 1, hidden, 1)
 
-    def forward(self, theta: Tensor) -> Tensor:
-        return self.mlp(self.theta_standardize(theta))[0, :, 0]
+    def forward(self, theta: Tensor, design: Tensor | None = None) -> Tensor:
+        inputs = theta if design is None else torch.cat([theta, design.to(theta.dtype)], 1)
+        return self.mlp(self.theta_standardize(inputs))[0, :, 0]
 
 
 class LikelihoodNetwork(nn.Module):
-    """log q(x|θ) = log q(x|θ, valid) + log p(valid|θ) (the second term when failures were
-    seen in training): x ``[batch, x_dim]``, θ ``[batch, theta_dim]`` → ``[batch]``.  With a
-    (fixed) embedding, x here is the summary s(x) made by `summarize`."""
+    """log q(x|θ, d) = log q(x|θ, d, valid) + log p(valid|θ, d) (the second term when
+    failures were seen in training): x ``[batch, x_dim]``, θ ``[batch, theta_dim]``, d
+    ``[batch, design_dim]`` or None → ``[batch]``.  With a (fixed) embedding, x here is the
+    summary s(x) made by `summarize`."""
 
     def __init__(
         self,
@@ -186,13 +154,14 @@ class LikelihoodNetwork(nn.Module):
         """x flattened ``[batch, x_dim]``, or its summary by the fixed embedding."""
         return x.flatten(1) if self.embedding is None else self.embedding(x)
 
-    def log_prob_valid(self, theta: Tensor) -> Tensor:
+    def log_prob_valid(self, theta: Tensor, design: Tensor | None = None) -> Tensor:
         if self.validity is None:
             return theta.new_zeros(theta.shape[0])
-        return F.logsigmoid(self.validity(theta))
+        return F.logsigmoid(self.validity(theta, design))
 
-    def forward(self, x: Tensor, theta: Tensor) -> Tensor:
-        return self.flow.log_prob(x, context=theta) + self.log_prob_valid(theta)
+    def forward(self, x: Tensor, theta: Tensor, design: Tensor | None = None) -> Tensor:
+        log_q = self.flow.log_prob_given_summary(x, self.flow.summarize(theta, design))
+        return log_q + self.log_prob_valid(theta, design)
 
 
 class LikelihoodEstimator(EmbeddingMixin, Estimator):
@@ -202,8 +171,8 @@ class LikelihoodEstimator(EmbeddingMixin, Estimator):
         method: ``"nle"`` (maximum likelihood) or ``"scandal"`` (plus the joint-score term;
             needs ``simfer.simulate(..., gold=True)``).
         flow: ``"nsf"`` (default), ``"nsf-coupling"`` or ``"maf"``; see `simfer.nn.flows`.
-        alpha: weight of SCANDAL's score term; None chooses `default_scandal_weight` from
-            the training data.
+        alpha: weight of SCANDAL's score term; None chooses
+            `simfer.losses.default_scandal_weight` from the training data.
         hidden, n_transforms, bins, tail_bound, activation: the flow's architecture
             (`simfer.nn.flows.build_flow`).
         validity_hidden: hidden widths of the p(valid|θ) classifier (trained only when the
@@ -270,26 +239,27 @@ class LikelihoodEstimator(EmbeddingMixin, Estimator):
     @property
     def alpha_used(self) -> float | None:
         """The score-term weight α the fit used (None for NLE)."""
-        return self.dims.get("alpha")
+        return None if self.dims is None else self.dims.alpha
 
-    def _build(self, dims: dict[str, Any]) -> LikelihoodNetwork:
+    def _build(self, dims: Dims) -> LikelihoodNetwork:
         self._require_embedding(dims)
         flow = build_flow(
             self.flow,
-            dims["x_dim"],
-            dims["theta_dim"],
+            dims.x_dim,
+            dims.theta_dim,
             hidden=self.hidden,
             n_transforms=self.n_transforms,
             bins=self.bins,
             tail_bound=self.tail_bound,
             activation=self.activation,
+            design_features=dims.design_dim,
             seed=self.training.seed,
         )
         validity = None
-        if dims.get("validity"):
+        if dims.validity:
             with seeded(self.training.seed + 1):
-                validity = ValidityNetwork(dims["theta_dim"], self.validity_hidden)
-        return LikelihoodNetwork(flow, validity, self._embedding_module(dims))
+                validity = ValidityNetwork(dims.theta_dim, self.validity_hidden, dims.design_dim)
+        return LikelihoodNetwork(flow, validity, self._embedding_module(dims.is_set))
 
     def _freeze_embedding(self) -> None:
         """Replace the embedding by a frozen copy, warning if it had trainable parameters."""
@@ -309,8 +279,8 @@ class LikelihoodEstimator(EmbeddingMixin, Estimator):
 
     # -- training ---------------------------------------------------------------------------
     def fit(self, data: SimulationData, prior: Distribution | None = None) -> LikelihoodEstimator:
-        """Train q(x|θ) on the rows of ``data`` drawn at their own θ (and p(valid|θ) if some
-        of them failed)."""
+        """Train q(x|θ) (q(x|θ, d) when ``data`` has a design column) on the rows drawn at
+        their own θ (and p(valid|θ, d) if some of them failed)."""
         if not isinstance(data, SimulationData):
             raise TypeError(f"fit() takes the SimulationData of simfer.simulate, got {type(data)}")
         if data.from_reference is not None:
@@ -330,107 +300,137 @@ class LikelihoodEstimator(EmbeddingMixin, Estimator):
         x, x_dims = self._training_x(good)
         if self.embedding is not None:
             self._freeze_embedding()
-            x = summarize(self._embedding_module(x_dims), x).to(good.theta.dtype)
+            x = summarize(self._embedding_module(good.is_set), x).to(good.theta.dtype)
         theta = good.theta
         tensors = {"x": x, "theta": theta}
+        if good.design is not None:
+            tensors["design"] = good.design.to(theta.dtype)
         alpha = None
         if self.method == "scandal":
             tensors["joint_score"] = good.joint_score
             alpha = self.alpha
             if alpha is None:
-                alpha = default_scandal_weight(good.joint_score, theta)
+                alpha = losses.default_scandal_weight(good.joint_score, theta)
         if prior is not None:
             self.prior_description = describe_prior(as_prior(prior, data.theta_dim))
         learn_validity = n_valid < len(data)
-        self.dims = {
-            "x_dim": x.shape[1],
-            "theta_dim": data.theta_dim,
+        self.dims = Dims(
             **x_dims,
-            "alpha": alpha,
-            "validity": learn_validity,
-            "valid_fraction": n_valid / len(data),
-            "n_train": n_valid,
-        }
+            x_dim=x.shape[1],
+            alpha=alpha,
+            validity=learn_validity,
+            valid_fraction=n_valid / len(data),
+            n_train=n_valid,
+        )
         network = self._build(self.dims)
-        network.flow.fit_standardization(x, theta)
+        network.flow.fit_standardization(x, theta, tensors.get("design"))
         self.network = network
         self.history = fit_network(network.flow, self._loss_function(alpha), tensors, self.training)
         if learn_validity:
-            network.validity.theta_standardize.fit(data.theta)
+            labels = {"theta": data.theta, "valid": data.valid.to(theta.dtype)}
+            inputs = data.theta
+            if data.design is not None:
+                labels["design"] = data.design.to(theta.dtype)
+                inputs = torch.cat([inputs, labels["design"]], 1)
+            network.validity.theta_standardize.fit(inputs)
             config = replace(self.training, **VALIDITY_TRAINING)
             if config.checkpoint:
                 config = replace(config, checkpoint=f"{config.checkpoint}.validity")
-            labels = {"theta": data.theta, "valid": data.valid.to(theta.dtype)}
             self.validity_history = fit_network(network.validity, _validity_loss, labels, config)
         network.to(self.device)
         return self
 
     def _loss_function(self, alpha: float | None):
         def loss_fn(flow: ConditionalFlow, batch: dict[str, Tensor], training: bool) -> Tensor:
+            design = batch.get("design")
+
+            def log_q_of(x: Tensor, theta: Tensor) -> Tensor:
+                return flow.log_prob_given_summary(x, flow.summarize(theta, design))
+
             if alpha is None:
-                return -flow.log_prob(batch["x"], context=batch["theta"]).mean()[None]
+                return losses.negative_log_likelihood(log_q_of(batch["x"], batch["theta"]))[None]
             log_q, score = log_prob_and_score(
-                lambda x, theta: flow.log_prob(x, context=theta),
-                batch["x"],
-                batch["theta"],
-                create_graph=training,
+                log_q_of, batch["x"], batch["theta"], create_graph=training
             )
-            return scandal_loss(log_q, score, batch["joint_score"], alpha)[None]
+            return losses.scandal(log_q, score, batch["joint_score"], alpha)[None]
 
         return loss_fn
 
     # -- evaluation --------------------------------------------------------------------------
-    def _inputs(self, x: Any, theta: Any) -> tuple[LikelihoodNetwork, Tensor, Tensor]:
+    def _inputs(
+        self, x: Any, theta: Any, design: Any
+    ) -> tuple[LikelihoodNetwork, Tensor, Tensor, Tensor | None]:
         network = self._require_fitted()
         parameter = next(network.flow.parameters())
         x, _ = x_batch(x, self.dims, parameter)
-        theta = as_batch(theta, (self.dims["theta_dim"],), "theta", parameter)
+        theta = as_batch(theta, (self.dims.theta_dim,), "theta", parameter)
+        design = self._design_rows(design, parameter)
         summary = self._summary(network.summarize, x).to(theta.dtype)
-        x, theta = pair_rows(summary, theta, ("x", "theta"))
-        return network, x, theta
+        x, theta, design = pair_rows({"x": summary, "theta": theta, "design": design})
+        return network, x, theta, design
 
-    def log_prob(self, x: Any, theta: Any) -> Tensor:
-        """log q(x|θ) ``[batch]`` (with log p(valid|θ) folded in when failures were seen):
-        x ``[batch, *x_shape]`` or one x, θ ``[batch, theta_dim]`` or one θ; one row
-        broadcasts over the other's.  Differentiable when θ (or x) requires grad."""
-        network, x, theta = self._inputs(x, theta)
+    def log_prob(self, *, x: Any, theta: Any, design: Any = None) -> Tensor:
+        """log q(x|θ, d) ``[batch]`` (with log p(valid|θ, d) folded in when failures were
+        seen): x ``[batch, *x_shape]`` or one x, θ ``[batch, theta_dim]`` or one θ, and for a
+        model trained with designs ``design`` ``[batch, design_dim]`` or one; one row of
+        any broadcasts over the others'.  Differentiable when θ (or x) requires grad."""
+        network, x, theta, design = self._inputs(x, theta, design)
         grad = torch.is_grad_enabled() and (theta.requires_grad or x.requires_grad)
         with torch.set_grad_enabled(grad):
-            return network(x, theta)
+            return network(x, theta, design)
 
-    def log_prob_valid(self, theta: Any) -> Tensor:
-        """log p(valid|θ) ``[batch]`` (zeros when no training simulation failed)."""
+    def log_prob_valid(self, *, theta: Any, design: Any = None) -> Tensor:
+        """log p(valid|θ, d) ``[batch]`` (zeros when no training simulation failed)."""
         network = self._require_fitted()
-        theta = as_batch(theta, (self.dims["theta_dim"],), "theta", next(network.parameters()))
+        parameter = next(network.parameters())
+        theta = as_batch(theta, (self.dims.theta_dim,), "theta", parameter)
+        design = self._design_rows(design, parameter)
+        theta, design = pair_rows({"theta": theta, "design": design})
         with torch.no_grad():
-            return network.log_prob_valid(theta)
+            return network.log_prob_valid(theta, design)
 
-    def score(self, x: Any, theta: Any) -> Tensor:
-        """∇_θ log q(x|θ) ``[batch, theta_dim]``."""
-        network, x, theta = self._inputs(x, theta)
-        _, score = log_prob_and_score(network, x, theta)
+    def score(self, *, x: Any, theta: Any, design: Any = None) -> Tensor:
+        """∇_θ log q(x|θ, d) ``[batch, theta_dim]``."""
+        network, x, theta, design = self._inputs(x, theta, design)
+        _, score = log_prob_and_score(lambda x, theta: network(x, theta, design), x, theta)
         return score
 
-    def sample(self, n: int, theta: Any, *, seed: int | None = None) -> Tensor:
-        """n draws x ~ q(x|θ, valid): ``[n, *x_shape]`` for one θ, ``[m, n, *x_shape]`` for
-        θ ``[m, theta_dim]``; ``seed`` makes them reproducible."""
+    def sample(self, n: int, *, theta: Any, design: Any = None, seed: int | None = None) -> Tensor:
+        """n draws x ~ q(x|θ, d, valid): ``[n, *x_shape]`` for one θ, ``[m, n, *x_shape]`` for
+        θ ``[m, theta_dim]`` (and designs ``[m, design_dim]`` or one); ``seed`` makes them
+        reproducible."""
         if not isinstance(n, int) or isinstance(n, bool) or n < 1:
             raise ValueError(f"n must be a positive integer, got {n!r}")
         network = self._require_fitted()
-        if self.dims.get("embedding"):
+        if self.dims.embedding:
             raise SimferError(
                 "this LikelihoodEstimator models the summary s(x) of its embedding, not x: it "
                 "cannot draw x (draw from the simulator instead)"
             )
-        single = tuple(torch.as_tensor(theta).shape) == (self.dims["theta_dim"],)
-        theta = as_batch(theta, (self.dims["theta_dim"],), "theta", next(network.parameters()))
+        parameter = next(network.parameters())
+        single = theta is not None and tuple(torch.as_tensor(theta).shape) == (self.dims.theta_dim,)
+        theta = as_batch(theta, (self.dims.theta_dim,), "theta", parameter)
+        design = self._design_rows(design, parameter)
+        theta, design = pair_rows({"theta": theta, "design": design})
+        single = single and theta.shape[0] == 1
         context = seeded(seed) if seed is not None else contextlib.nullcontext()
         with torch.no_grad(), context:
-            draws = network.flow.sample(n, context=theta)
-        draws = draws.reshape(theta.shape[0], n, *self.dims["x_shape"])
+            summary = network.flow.summarize(theta, design)
+            draws = network.flow.sample_given_summary(n, summary)
+        draws = draws.reshape(theta.shape[0], n, *self.dims.x_shape)
         return draws[0] if single else draws
+
+    def event_term(self, prior: Distribution, x_obs: Any, *, design: Any = None) -> EventTerm:
+        """ℓ(x | θ, d) = log q(x | θ, d): the learnt likelihood itself."""
+        network = self._require_fitted()
+        x_obs, x_shape, as_x = observed_x(x_obs, self.dims, next(network.parameters()))
+
+        def log_likelihood(x: Tensor, theta: Tensor, design: Tensor | None) -> Tensor:
+            return self.log_prob(x=as_x(x), theta=theta, design=design)
+
+        return EventTerm(log_likelihood, x_obs, x_shape, design_dim=self.design_dim, model=self)
 
 
 def _validity_loss(network: ValidityNetwork, batch: dict[str, Tensor], training: bool) -> Tensor:
-    """Cross-entropy of the logit of p(valid|θ) against the valid/failed labels."""
-    return F.binary_cross_entropy_with_logits(network(batch["theta"]), batch["valid"])[None]
+    logits = network(batch["theta"], batch.get("design"))
+    return losses.validity(logits, batch["valid"])[None]

@@ -40,50 +40,27 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution
 
+from .. import losses
 from ..data import SimulationData
-from ..errors import ShapeError, SimferError
-from ..nn.flows import FLOWS, ConditionalFlow, build_flow, check_activation, seeded
-from ..prior import BoxUniform, as_prior, describe_prior, inside_support
+from ..errors import SimferError
+from ..inference import EventTerm
+from ..nn.flows import FLOWS, ConditionalFlow, build_flow, check_activation
+from ..prior import (
+    BoxUniform,
+    as_prior,
+    describe_prior,
+    distribution_device,
+    inside_support,
+    prior_from_description,
+)
+from ..seeding import seeded
 from ..training import fit_network
 from .base import Estimator
-from .embedding import EmbeddingMixin, x_batch
+from .dims import Dims
+from .embedding import EmbeddingMixin, observed_x, x_batch
+from .rows import as_batch, pair_rows
 
 __all__ = ["PosteriorEstimator"]
-
-
-# -- helpers shared with likelihood.py -------------------------------------------------------
-def as_batch(value: Any, event_shape: tuple[int, ...], name: str, parameter: Tensor) -> Tensor:
-    """``value`` of shape ``event_shape`` (one) or ``[batch, *event_shape]`` as a float tensor
-    ``[batch, *event_shape]`` on ``parameter``'s device, in its dtype."""
-    value = torch.as_tensor(value, dtype=parameter.dtype, device=parameter.device)
-    if tuple(value.shape) == event_shape:
-        value = value[None]
-    if value.ndim != len(event_shape) + 1 or tuple(value.shape[1:]) != event_shape:
-        wanted = ", ".join(map(str, event_shape))
-        raise ShapeError(
-            f"{name} must have shape [{wanted}] or [batch, {wanted}], got {list(value.shape)}"
-        )
-    if not bool(torch.isfinite(value).all()):
-        raise ValueError(f"{name} holds NaN or inf values")
-    return value
-
-
-def pair_rows(a: Tensor, b: Tensor, names: tuple[str, str]) -> tuple[Tensor, Tensor]:
-    """Broadcast two batches over their first dimension (one row pairs with many)."""
-    n = max(a.shape[0], b.shape[0])
-    if {a.shape[0], b.shape[0]} - {1, n}:
-        raise ShapeError(
-            f"{names[0]} has {a.shape[0]} rows and {names[1]} {b.shape[0]}: cannot pair them "
-            f"(give equally many, or one of either)"
-        )
-    return a.expand(n, *a.shape[1:]), b.expand(n, *b.shape[1:])
-
-
-def prior_from_description(description: dict | None) -> Distribution | None:
-    """Rebuild a saved `BoxUniform` prior (the one prior a JSON description determines)."""
-    if description and description.get("type") == "BoxUniform":
-        return BoxUniform(description["low"], description["high"])
-    return None
 
 
 class PosteriorEstimator(EmbeddingMixin, Estimator):
@@ -151,26 +128,27 @@ class PosteriorEstimator(EmbeddingMixin, Estimator):
             "min_acceptance": self.min_acceptance,
         }
 
-    def _build(self, dims: dict[str, Any]) -> ConditionalFlow:
+    def _build(self, dims: Dims) -> ConditionalFlow:
         self._require_embedding(dims)
         return build_flow(
             self.flow,
-            dims["theta_dim"],
-            dims["context_features"],
+            dims.theta_dim,
+            dims.x_dim,
             hidden=self.hidden,
             n_transforms=self.n_transforms,
             bins=self.bins,
             tail_bound=self.tail_bound,
             activation=self.activation,
-            embedding=self._embedding_module(dims),
+            embedding=self._embedding_module(dims.is_set),
+            design_features=dims.design_dim,
             seed=self.training.seed,
         )
 
     # -- training ---------------------------------------------------------------------------
     def fit(self, data: SimulationData, prior: Distribution | None = None) -> PosteriorEstimator:
-        """Train q(θ|x) on the valid rows of ``data`` drawn at their own θ.  ``prior`` (the
-        one the data were simulated from) bounds `sample` by rejection; it is saved with
-        the model if it is a `BoxUniform`."""
+        """Train q(θ|x) (q(θ|x, d) when ``data`` has a design column) on the valid rows of
+        ``data`` drawn at their own θ.  ``prior`` (the one the data were simulated from)
+        bounds `sample` by rejection; it is saved with the model if it is a `BoxUniform`."""
         if not isinstance(data, SimulationData):
             raise TypeError(f"fit() takes the SimulationData of simfer.simulate, got {type(data)}")
         keep = data.valid.clone()
@@ -188,65 +166,81 @@ class PosteriorEstimator(EmbeddingMixin, Estimator):
             self.prior = as_prior(prior, data.theta_dim)
             self.prior_description = describe_prior(self.prior)
         if self.embedding is not None:
-            context_features = self._embedding_features(x, x_dims)
+            x_dim = self._embedding_features(x)
         else:
-            context_features = x.shape[1]
-        self.dims = {
-            "theta_dim": data.theta_dim,
-            "context_features": context_features,
-            "n_train": len(data),
-            **x_dims,
-        }
+            x_dim = x.shape[1]
+        self.dims = Dims(**x_dims, x_dim=x_dim, n_train=len(data))
+        tensors = {"theta": theta, "x": x}
+        if data.design is not None:
+            tensors["design"] = data.design.to(theta.dtype)
         network = self._build(self.dims)
-        network.fit_standardization(theta, x)
+        network.fit_standardization(theta, x, tensors.get("design"))
 
         def loss_fn(network: ConditionalFlow, batch: dict[str, Tensor], training: bool) -> Tensor:
-            return -network.log_prob(batch["theta"], context=batch["x"]).mean()[None]
+            summary = network.summarize(batch["x"], batch.get("design"))
+            log_q = network.log_prob_given_summary(batch["theta"], summary)
+            return losses.negative_log_likelihood(log_q)[None]
 
         self.network = network
-        self.history = fit_network(network, loss_fn, {"theta": theta, "x": x}, self.training)
+        self.history = fit_network(network, loss_fn, tensors, self.training)
         return self
 
     # -- evaluation --------------------------------------------------------------------------
-    def _context(self, x: Any) -> tuple[ConditionalFlow, Tensor, bool]:
-        """The network, x as its context ``[batch, …]``, and whether x was one observation."""
+    def _context(self, x: Any, design: Any) -> tuple[ConditionalFlow, Tensor, bool]:
+        """The network, the summary of (x, d) as the flow's context ``[batch, C]``, and
+        whether x was one observation (x is embedded once per distinct row)."""
         network = self._require_fitted()
-        x, single = x_batch(x, self.dims, next(network.parameters()))
+        parameter = next(network.parameters())
+        x, single = x_batch(x, self.dims, parameter)
         if self.embedding is None:
             x = x.reshape(x.shape[0], -1)
-        return network, x, single
+        design = self._design_rows(design, parameter)
+        summary = self._summary(network.embed, x)
+        if design is not None:
+            summary, design = pair_rows({"x": summary, "design": design})
+            # the embedding already ran once per distinct x: append the design only
+            summary = torch.cat([summary, network.design_standardize(design)], dim=1)
+        return network, summary, single
 
     def _prior(self, prior: Distribution | None, device: torch.device) -> Distribution | None:
         if prior is None and self.prior is None:  # a loaded model: its saved BoxUniform
             self.prior = prior_from_description(self.prior_description)
-        prior = self.prior if prior is None else as_prior(prior, self.dims["theta_dim"])
+        prior = self.prior if prior is None else as_prior(prior, self.dims.theta_dim)
         if isinstance(prior, BoxUniform):
             prior = prior.to(device)
         return prior
 
+    def _posterior_prior(self, prior: Distribution | None) -> Distribution:
+        prior = self._prior(prior, self.device)
+        if prior is None:
+            raise SimferError("pass the prior: this PosteriorEstimator was fitted without one")
+        return prior
+
     def log_prob(
         self,
+        *,
         theta: Any,
         x: Any,
-        *,
+        design: Any = None,
         prior: Distribution | None = None,
         leakage_correction: bool = False,
         n_estimate: int = 10_000,
     ) -> Tensor:
-        """log q(θ|x) ``[batch]``; θ ``[batch, theta_dim]`` (or one ``[theta_dim]``), x one
-        observation or ``[batch, *x_shape]``; one row broadcasts over the other's.
+        """log q(θ|x, d) ``[batch]``; θ ``[batch, theta_dim]`` (or one ``[theta_dim]``), x one
+        observation or ``[batch, *x_shape]``, and for a model trained with designs
+        ``design`` ``[batch, design_dim]`` or one; one row broadcasts over the others'.
 
         With a bounded prior (the one given to `fit`, or ``prior``) it is −∞ outside the
-        support; ``leakage_correction`` subtracts log P_q(θ ∈ support | x), estimated from
-        ``n_estimate`` draws (one x only).  Differentiable when θ requires grad."""
-        network, context, _ = self._context(x)
-        parameter = next(network.parameters())
-        theta = as_batch(theta, (self.dims["theta_dim"],), "theta", parameter)
+        support; ``leakage_correction`` subtracts log P_q(θ ∈ support | x, d), estimated
+        from ``n_estimate`` draws (one x and design only).  Differentiable when θ requires
+        grad."""
+        network = self._require_fitted()
+        theta = as_batch(theta, (self.dims.theta_dim,), "theta", next(network.parameters()))
         prior = self._prior(prior, theta.device)
         grad = torch.is_grad_enabled() and theta.requires_grad
         with torch.set_grad_enabled(grad):
-            summary = self._summary(network.summarize, context)
-            theta, summary = pair_rows(theta, summary, ("theta", "x"))
+            _, context, _ = self._context(x, design)
+            theta, summary = pair_rows({"theta": theta, "x": context})
             log_q = network.log_prob_given_summary(theta, summary)
             if prior is not None:
                 log_q = torch.where(
@@ -255,7 +249,7 @@ class PosteriorEstimator(EmbeddingMixin, Estimator):
                 if leakage_correction:
                     if not bool((context == context[:1]).all()):
                         raise ValueError("leakage_correction needs one observation x")
-                    draws = network.sample(n_estimate, context=context[:1])[0]
+                    draws = network.sample_given_summary(n_estimate, context[:1])[0]
                     rate = float(inside_support(prior, draws).double().mean())
                     if rate == 0:
                         raise SimferError(
@@ -268,21 +262,25 @@ class PosteriorEstimator(EmbeddingMixin, Estimator):
     def sample(
         self,
         n: int,
-        x: Any,
         *,
+        x: Any,
+        design: Any = None,
         seed: int | None = None,
         prior: Distribution | None = None,
         batch_size: int = 100_000,
     ) -> Tensor:
-        """n draws of θ ~ q(θ|x), truncated to the prior's support by rejection.
+        """n draws of θ ~ q(θ|x, d), truncated to the prior's support by rejection.
 
         One observation x (``x_shape``) gives ``[n, theta_dim]``; a batch ``[m, *x_shape]``
-        gives ``[m, n, theta_dim]``.  ``acceptance_rate`` then holds the fraction of
-        proposals kept (a float, or ``[m]`` for a batch).  ``seed`` makes the draws
+        gives ``[m, n, theta_dim]`` (``design`` one for all or ``[m, design_dim]``).
+        ``acceptance_rate`` then holds the fraction of proposals kept (a float, or ``[m]``
+        for a batch).  ``seed`` makes the draws
         reproducible (the global generator is left as it was)."""
         if not isinstance(n, int) or isinstance(n, bool) or n < 1:
             raise ValueError(f"n must be a positive integer, got {n!r}")
-        network, context, single = self._context(x)
+        with torch.no_grad():
+            network, context, single = self._context(x, design)
+        single = single and context.shape[0] == 1
         prior = self._prior(prior, context.device)
         with torch.no_grad(), seeded(seed) if seed is not None else contextlib.nullcontext():
             draws, rates = [], []
@@ -295,7 +293,7 @@ class PosteriorEstimator(EmbeddingMixin, Estimator):
 
     def _sample_one(self, network, context, n, prior, batch_size) -> tuple[Tensor, float]:
         if prior is None:
-            return network.sample(n, context=context)[0], 1.0
+            return network.sample_given_summary(n, context)[0], 1.0
         kept, n_kept, n_drawn = [], 0, 0
         budget = math.ceil(n / self.min_acceptance)
         while n_kept < n:
@@ -312,9 +310,39 @@ class PosteriorEstimator(EmbeddingMixin, Estimator):
                     f"the flow leaks nearly all its mass out of the prior at this x (is x far "
                     f"from the training simulations?)"
                 )
-            proposals = network.sample(k, context=context)[0]
+            proposals = network.sample_given_summary(k, context)[0]
             inside = inside_support(prior, proposals)
             kept.append(proposals[inside])
             n_kept += int(inside.sum())
             n_drawn += k
         return torch.cat(kept)[:n], n_kept / n_drawn
+
+    def event_term(self, prior: Distribution, x_obs: Any, *, design: Any = None) -> EventTerm:
+        """ℓ(x | θ, d) = log q(θ | x, d) − log p(θ), since p(θ|x,d)/p(θ) = p(x|θ,d)/p(x|d);
+        with one observation the posterior is also drawn directly from q, truncated to the
+        prior's support."""
+        network = self._require_fitted()
+        x_obs, x_shape, as_x = observed_x(x_obs, self.dims, next(network.parameters()))
+        prior_device = distribution_device(prior)
+
+        def log_likelihood(x: Tensor, theta: Tensor, design: Tensor | None) -> Tensor:
+            log_p = prior.log_prob(theta.to(prior_device)).to(theta.device)
+            return self.log_prob(theta=theta, x=as_x(x), design=design) - log_p
+
+        def direct(n: int, x: Tensor, design: Tensor | None) -> Tensor:
+            draws = self.sample(n, x=as_x(x), design=design, prior=prior)
+            return draws if draws.ndim == 3 else draws[None]
+
+        def normalized_log_prob(theta: Tensor, x: Tensor, design: Tensor | None) -> Tensor:
+            design = None if design is None else design[:1]
+            return self.log_prob(theta=theta, x=as_x(x[:1]), design=design, prior=prior)
+
+        return EventTerm(
+            log_likelihood,
+            x_obs,
+            x_shape,
+            design_dim=self.design_dim,
+            direct=direct,
+            normalized_log_prob=normalized_log_prob,
+            model=self,
+        )

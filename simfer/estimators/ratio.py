@@ -9,6 +9,15 @@ score-augmented losses (RASCAL, CASCAL, ALICES) regress on the joint score.
 The NRE family (``nre``, ``bnre``) learns log p(x|θ)/p(x) from (θ, x) pairs
 without gold or a reference class; log r̂(x|θ0,θ1) is then g(x,θ0) − g(x,θ1).
 
+Every evaluation names its reference: ``log_ratio(x=, theta=, reference=θ1)`` is
+log r̂(x|θ, θ1) for every method (a single-parameterized estimator chains through its
+θ_ref, log r(x|θ,θ1) = log r(x|θ,θ_ref) − log r(x|θ1,θ_ref)), and ``reference="marginal"``
+asks an NRE for log p(x|θ)/p(x).  With a design column the network is g(s(x), θ0[, θ1], d)
+and every ratio is at that design: p(x|θ0,d)/p(x|θ1,d).
+
+Each method is one row of `METHODS`: its loss, and whether it needs gold, the joint
+score, and the reference class.
+
 An ensemble (``n_ensemble`` > 1) trains E members in one batched pass; their mean
 is the estimate and their standard deviation an uncertainty.
 
@@ -21,28 +30,134 @@ batch even when a loss evaluates g at several θ.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.distributions import Distribution
 
 from .. import losses
 from ..data import SimulationData
-from ..errors import ShapeError, SimferError
-from ..nn import EnsembleMLP, Standardize, seeded
+from ..errors import SimferError
+from ..inference import EventTerm
+from ..nn import EnsembleMLP, Standardize
 from ..prior import describe_prior
+from ..seeding import seeded
 from ..training import fit_network
 from .base import Estimator
-from .embedding import EmbeddingMixin, check_no_ensemble, x_batch
+from .dims import Dims
+from .embedding import EmbeddingMixin, check_no_ensemble, observed_x, x_batch
+from .rows import as_batch, pair_rows
 
-__all__ = ["RatioEstimator", "RatioNetwork"]
+__all__ = ["METHODS", "RatioEstimator", "RatioMethod", "RatioNetwork"]
 
-GOLD_METHODS = {"rolr", "rascal", "alice", "alices"}
-SCORE_METHODS = {"rascal", "alices", "cascal"}
-REFERENCE_METHODS = {"carl", "rolr", "rascal", "alice", "alices", "cascal"}
-CONTRASTIVE_METHODS = {"nre", "bnre"}
-METHODS = REFERENCE_METHODS | CONTRASTIVE_METHODS
+
+@dataclass(frozen=True)
+class _Member:
+    """One ensemble member's outputs on a batch, as the losses take them."""
+
+    log_r: Tensor | None = None  # [batch]: log r̂(x|θ0, θ1) (reference-class methods)
+    score: Tensor | None = None  # [batch, d]: t̂(x|θ0)
+    score_ref: Tensor | None = None  # [batch, d]: t̂(x|θ1)
+    joint: Tensor | None = None  # [batch]: g(x, θ) on (θ, x) pairs (contrastive methods)
+    marginal: Tensor | None = None  # [batch]: g(x, θ') with θ' from another row
+    weight: Tensor | None = None  # [batch]: bootstrap weights while training
+
+
+@dataclass(frozen=True)
+class RatioMethod:
+    """A ratio method: its loss ``(member, batch, alpha, bnre_lambda) → scalar`` and what
+    it needs from the data (gold, the joint score, the reference class of
+    ``simulate(..., theta_ref=...)``)."""
+
+    loss: Callable[[_Member, dict[str, Tensor], float | None, float], Tensor]
+    needs_gold: bool
+    needs_score: bool
+    needs_reference: bool
+
+
+def _gold_score(m: _Member, batch: dict[str, Tensor]) -> dict[str, Tensor | None]:
+    return {
+        "score_ref": m.score_ref,
+        "joint_score_ref": batch["joint_score_ref"],
+        "weight": m.weight,
+    }
+
+
+METHODS: dict[str, RatioMethod] = {
+    "carl": RatioMethod(
+        lambda m, b, alpha, lam: losses.carl(m.log_r, b["from_reference"], weight=m.weight),
+        needs_gold=False,
+        needs_score=False,
+        needs_reference=True,
+    ),
+    "rolr": RatioMethod(
+        lambda m, b, alpha, lam: losses.rolr(
+            m.log_r, b["from_reference"], b["joint_log_ratio"], weight=m.weight
+        ),
+        needs_gold=True,
+        needs_score=False,
+        needs_reference=True,
+    ),
+    "alice": RatioMethod(
+        lambda m, b, alpha, lam: losses.alice(m.log_r, b["joint_log_ratio"], weight=m.weight),
+        needs_gold=True,
+        needs_score=False,
+        needs_reference=True,
+    ),
+    "rascal": RatioMethod(
+        lambda m, b, alpha, lam: losses.rascal(
+            m.log_r,
+            b["from_reference"],
+            b["joint_log_ratio"],
+            m.score,
+            b["joint_score"],
+            alpha,
+            **_gold_score(m, b),
+        ),
+        needs_gold=True,
+        needs_score=True,
+        needs_reference=True,
+    ),
+    "cascal": RatioMethod(
+        lambda m, b, alpha, lam: losses.cascal(
+            m.log_r, b["from_reference"], m.score, b["joint_score"], alpha, **_gold_score(m, b)
+        ),
+        needs_gold=True,
+        needs_score=True,
+        needs_reference=True,
+    ),
+    "alices": RatioMethod(
+        lambda m, b, alpha, lam: losses.alices(
+            m.log_r,
+            b["from_reference"],
+            b["joint_log_ratio"],
+            m.score,
+            b["joint_score"],
+            alpha,
+            **_gold_score(m, b),
+        ),
+        needs_gold=True,
+        needs_score=True,
+        needs_reference=True,
+    ),
+    "nre": RatioMethod(
+        lambda m, b, alpha, lam: losses.nre_a(m.joint, m.marginal, weight=m.weight),
+        needs_gold=False,
+        needs_score=False,
+        needs_reference=False,
+    ),
+    "bnre": RatioMethod(
+        lambda m, b, alpha, lam: losses.bnre(m.joint, m.marginal, lam, weight=m.weight),
+        needs_gold=False,
+        needs_score=False,
+        needs_reference=False,
+    ),
+}
+
+MARGINAL = "marginal"
 
 
 def _member_leaf(theta: Tensor, n_members: int, requires_grad: bool) -> Tensor:
@@ -52,28 +167,44 @@ def _member_leaf(theta: Tensor, n_members: int, requires_grad: bool) -> Tensor:
 
 
 class RatioNetwork(nn.Module):
-    """g(s(x), θ0[, θ1]) → log r̂ ``[E, batch]``; θ standardised by stored buffers, and s(x)
-    either x standardised the same way or the output ``[batch, x_dim]`` of an embedding."""
+    """g(s(x), θ0[, θ1][, d]) → log r̂ ``[E, batch]``; θ and d standardised by stored
+    buffers, and s(x) either x standardised the same way or the output ``[batch, x_dim]``
+    of an embedding."""
 
-    def __init__(self, x_dim, theta_dim, double, hidden, n_members, embedding=None):
+    def __init__(self, x_dim, theta_dim, double, hidden, n_members, embedding=None, design_dim=0):
         super().__init__()
         self.n_members = n_members
         self.double = double
         self.embedding = embedding
         self.x_standardize = Standardize(x_dim) if embedding is None else None
         self.theta_standardize = Standardize(theta_dim)
-        in_features = x_dim + theta_dim * (2 if double else 1)
+        if design_dim:  # registered only with a design: design-free files keep their keys
+            self.design_standardize = Standardize(design_dim)
+        self.design_dim = design_dim
+        in_features = x_dim + theta_dim * (2 if double else 1) + design_dim
         self.mlp = EnsembleMLP(in_features, 1, hidden, n_members)
 
     def summarize(self, x: Tensor) -> Tensor:
         """s(x) ``[batch, x_dim]``: x ``[batch, x_dim]`` standardised, or the embedding of x."""
         return self.x_standardize(x) if self.embedding is None else self.embedding(x)
 
-    def forward(self, x: Tensor, theta0: Tensor, theta1: Tensor | None = None) -> Tensor:
+    def forward(
+        self,
+        x: Tensor,
+        theta0: Tensor,
+        theta1: Tensor | None = None,
+        design: Tensor | None = None,
+    ) -> Tensor:
         """x as `summarize` takes it; θ ``[batch, theta_dim]`` or per member ``[E, batch, d]``."""
-        return self.head(self.summarize(x), theta0, theta1)
+        return self.head(self.summarize(x), theta0, theta1, design)
 
-    def head(self, summary: Tensor, theta0: Tensor, theta1: Tensor | None = None) -> Tensor:
+    def head(
+        self,
+        summary: Tensor,
+        theta0: Tensor,
+        theta1: Tensor | None = None,
+        design: Tensor | None = None,
+    ) -> Tensor:
         """log r̂ ``[E, batch]`` from s(x) ``[batch, x_dim]`` (so that a loss evaluating
         several θ embeds x once)."""
         theta0 = theta0.expand(self.n_members, *theta0.shape[-2:])
@@ -83,6 +214,11 @@ class RatioNetwork(nn.Module):
         ]
         if self.double:
             parts.append(self.theta_standardize(theta1.expand(self.n_members, *theta1.shape[-2:])))
+        if self.design_dim:
+            if design is None:
+                raise ValueError(f"this ratio network needs a design [batch, {self.design_dim}]")
+            d = self.design_standardize(design.to(theta0.dtype))
+            parts.append(d.expand(self.n_members, *d.shape[-2:]))
         return self.mlp(torch.cat(parts, dim=-1))[..., 0]
 
 
@@ -121,7 +257,7 @@ class RatioEstimator(EmbeddingMixin, Estimator):
         embedding: nn.Module | dict | None = None,
         **training: Any,
     ):
-        method = method.lower()
+        method = str(method).lower()
         if method not in METHODS:
             raise ValueError(f"unknown ratio method {method!r}; choose one of {sorted(METHODS)}")
         if n_ensemble < 1:
@@ -150,17 +286,26 @@ class RatioEstimator(EmbeddingMixin, Estimator):
     @property
     def alpha_used(self) -> float | None:
         """The score-term weight α the fit used (the default is chosen from the data)."""
-        return self.dims.get("alpha")
+        return None if self.dims is None else self.dims.alpha
 
-    def _build(self, dims: dict[str, Any]) -> RatioNetwork:
+    @property
+    def theta_ref(self) -> Tensor | None:
+        """The training reference θ_ref ``[theta_dim]`` of a single-parameterized
+        reference-class estimator (None for NRE/BNRE and double-parameterized fits)."""
+        if self.dims is None or self.dims.theta_ref is None or self.dims.double:
+            return None
+        return torch.tensor(self.dims.theta_ref, device=self.device)
+
+    def _build(self, dims: Dims) -> RatioNetwork:
         self._require_embedding(dims)
         return RatioNetwork(
-            dims["x_dim"],
-            dims["theta_dim"],
-            dims["double"],
+            dims.x_dim,
+            dims.theta_dim,
+            dims.double,
             self.hidden,
             self.n_ensemble,
-            self._embedding_module(dims),
+            self._embedding_module(dims.is_set),
+            dims.design_dim,
         )
 
     # -- training ---------------------------------------------------------------------------
@@ -171,17 +316,20 @@ class RatioEstimator(EmbeddingMixin, Estimator):
         data = data.valid_only()
         if len(data) < 2:
             raise SimferError("fewer than two valid simulations to train on")
-        if self.method in CONTRASTIVE_METHODS:
+        method = METHODS[self.method]
+        design = {} if data.design is None else {"design": data.design.to(data.theta.dtype)}
+        if not method.needs_reference:
             if data.from_reference is not None:
                 data = data.subset(~data.from_reference)
+                design = {} if data.design is None else {"design": data.design}
             x, x_dims = self._training_x(data)
-            return {"x": x, "theta": data.theta}, x_dims
+            return {"x": x, "theta": data.theta, **design}, x_dims
         if data.from_reference is None:
             raise SimferError(
                 f"method '{self.method}' contrasts x drawn at θ with x drawn at θ_ref: simulate "
                 f"with simfer.simulate(..., theta_ref=...) to get the reference class"
             )
-        if self.method in GOLD_METHODS | SCORE_METHODS and not data.has_gold:
+        if method.needs_gold and not data.has_gold:
             raise SimferError(
                 f"method '{self.method}' mines gold: simulate with gold=True (or use 'carl'/'nre')"
             )
@@ -191,6 +339,7 @@ class RatioEstimator(EmbeddingMixin, Estimator):
             "theta": data.theta,
             "theta_ref": data.theta_ref,
             "from_reference": data.from_reference,
+            **design,
         }
         if data.joint_log_ratio is not None:
             rows["joint_log_ratio"] = data.joint_log_ratio
@@ -203,16 +352,16 @@ class RatioEstimator(EmbeddingMixin, Estimator):
         rows, x_dims = self._training_rows(data)
         double = "theta_ref" in rows and not bool((rows["theta_ref"] == rows["theta_ref"][0]).all())
         if self.embedding is not None:
-            x_dim = self._embedding_features(rows["x"], x_dims)
+            x_dim = self._embedding_features(rows["x"])
         else:
             x_dim = rows["x"].shape[1]
-        self.dims = {
-            "x_dim": x_dim,
-            "theta_dim": rows["theta"].shape[1],
-            "double": double,
-            "theta_ref": None if "theta_ref" not in rows else rows["theta_ref"][0].tolist(),
+        self.dims = Dims(
             **x_dims,
-        }
+            x_dim=x_dim,
+            double=double,
+            theta_ref=None if "theta_ref" not in rows else rows["theta_ref"][0].tolist(),
+            n_train=len(rows["theta"]),
+        )
         if prior is not None:
             self.prior_description = describe_prior(prior)
         with seeded(self.training.seed):  # the initial weights follow the seed
@@ -220,8 +369,10 @@ class RatioEstimator(EmbeddingMixin, Estimator):
         if network.x_standardize is not None:
             network.x_standardize.fit(rows["x"])
         network.theta_standardize.fit(rows["theta"])
+        if "design" in rows:
+            network.design_standardize.fit(rows["design"])
         alpha = self.alpha
-        if self.method in SCORE_METHODS and alpha is None:
+        if METHODS[self.method].needs_score and alpha is None:
             y = rows["from_reference"]
             start = math.log(2)  # a cross-entropy at r̂ = 1; ROLR's own value for RASCAL
             if self.method == "rascal":
@@ -230,7 +381,7 @@ class RatioEstimator(EmbeddingMixin, Estimator):
             alpha = losses.default_score_weight(
                 rows["joint_score"], from_reference=y, ratio_loss_at_start=start
             )
-        self.dims["alpha"] = alpha  # saved with the model
+        self.dims = self.dims.replace(alpha=alpha)  # saved with the model
         if self.n_ensemble > 1 and self.bootstrap:
             generator = torch.Generator().manual_seed(self.training.seed + 1)
             rates = torch.ones(len(rows["x"]), self.n_ensemble)
@@ -241,167 +392,181 @@ class RatioEstimator(EmbeddingMixin, Estimator):
         return self
 
     def _loss_function(self, alpha: float | None):
-        method, needs_score = self.method, self.method in SCORE_METHODS
-        lam = self.bnre_lambda
+        method, lam = METHODS[self.method], self.bnre_lambda
 
         def loss_fn(network: RatioNetwork, batch: dict[str, Tensor], training: bool) -> Tensor:
             n_members = network.n_members
             bootstrap = batch.get("bootstrap_weight") if training else None
-
-            def weight(e: int) -> Tensor | None:  # member e's bootstrap weights, when training
-                return None if bootstrap is None else bootstrap[:, e]
-
+            design = batch.get("design")
             summary = network.summarize(batch["x"])
-            if method in CONTRASTIVE_METHODS:
-                joint = network.head(summary, batch["theta"])
-                marginal = network.head(summary, torch.roll(batch["theta"], 1, dims=0))
-                if method == "nre":
-                    return torch.stack(
-                        [
-                            losses.nre_a(joint[e], marginal[e], weight=weight(e))
-                            for e in range(n_members)
-                        ]
-                    )
-                return torch.stack(
-                    [
-                        losses.bnre(joint[e], marginal[e], lam, weight=weight(e))
-                        for e in range(n_members)
-                    ]
-                )
-            theta_ref, y = batch.get("theta_ref"), batch["from_reference"]
-            score = score_ref = None
-            with torch.enable_grad():
-                theta0 = _member_leaf(batch["theta"], n_members, needs_score)
-                log_r = network.head(summary, theta0, theta_ref)
-                if needs_score:
-                    (score,) = torch.autograd.grad(log_r.sum(), theta0, create_graph=training)
-                    # rows drawn at θ1 teach the score at θ1: t̂(x|θ1) = ∇θ0 log r̂ at θ0 = θ1
-                    theta1 = _member_leaf(theta_ref, n_members, True)
-                    log_r_at_ref = network.head(summary, theta1, theta_ref)
-                    (score_ref,) = torch.autograd.grad(
-                        log_r_at_ref.sum(), theta1, create_graph=training
-                    )
+            outputs: dict[str, Tensor] = {}
+            if not method.needs_reference:  # contrastive: (θ, x) pairs against shuffled θ
+                outputs["joint"] = network.head(summary, batch["theta"], design=design)
+                shuffled = torch.roll(batch["theta"], 1, dims=0)  # x keeps its own design
+                outputs["marginal"] = network.head(summary, shuffled, design=design)
+            else:
+                theta_ref = batch.get("theta_ref")
+                with torch.enable_grad():
+                    theta0 = _member_leaf(batch["theta"], n_members, method.needs_score)
+                    outputs["log_r"] = network.head(summary, theta0, theta_ref, design)
+                    if method.needs_score:
+                        (outputs["score"],) = torch.autograd.grad(
+                            outputs["log_r"].sum(), theta0, create_graph=training
+                        )
+                        # rows drawn at θ1 teach the score at θ1: t̂(x|θ1) = ∇θ0 log r̂ at θ0 = θ1
+                        theta1 = _member_leaf(theta_ref, n_members, True)
+                        at_ref = network.head(summary, theta1, theta_ref, design)
+                        (outputs["score_ref"],) = torch.autograd.grad(
+                            at_ref.sum(), theta1, create_graph=training
+                        )
             per_member = []
             for e in range(n_members):
-                gold_score = {}
-                if needs_score:
-                    gold_score = dict(
-                        score_ref=score_ref[e], joint_score_ref=batch["joint_score_ref"]
-                    )
-                gold_score["weight"] = weight(e)
-                if method == "carl":
-                    loss = losses.carl(log_r[e], y, weight=weight(e))
-                elif method == "rolr":
-                    loss = losses.rolr(log_r[e], y, batch["joint_log_ratio"], weight=weight(e))
-                elif method == "alice":
-                    loss = losses.alice(log_r[e], batch["joint_log_ratio"], weight=weight(e))
-                elif method == "rascal":
-                    loss = losses.rascal(
-                        log_r[e],
-                        y,
-                        batch["joint_log_ratio"],
-                        score[e],
-                        batch["joint_score"],
-                        alpha,
-                        **gold_score,
-                    )
-                elif method == "cascal":
-                    loss = losses.cascal(
-                        log_r[e], y, score[e], batch["joint_score"], alpha, **gold_score
-                    )
-                else:  # alices
-                    loss = losses.alices(
-                        log_r[e],
-                        y,
-                        batch["joint_log_ratio"],
-                        score[e],
-                        batch["joint_score"],
-                        alpha,
-                        **gold_score,
-                    )
-                per_member.append(loss.to(log_r.dtype))
+                member = _Member(
+                    **{k: v[e] for k, v in outputs.items()},
+                    weight=None if bootstrap is None else bootstrap[:, e],
+                )
+                loss = method.loss(member, batch, alpha, lam)
+                per_member.append(loss.to(batch["theta"].dtype))  # ROLR computes in float64
             return torch.stack(per_member)
 
         return loss_fn
 
     # -- evaluation --------------------------------------------------------------------------
-    def _inputs(self, x, theta0, theta1):
-        """The network, s(x) ``[batch, x_dim]`` and θ0, θ1 paired row by row (one row of
-        either side broadcasts over the other's); x is embedded once, before pairing."""
+    def _inputs(self, x: Any, theta: Any, reference: Any, design: Any):
+        """The network, s(x) ``[batch, x_dim]``, θ, the reference (rows, or `MARGINAL`, or
+        None) and d, paired row by row (one row of any broadcasts over the others'); x is
+        embedded once per distinct row, before pairing."""
         network = self._require_fitted()
         parameter = next(network.parameters())
-        device, dtype = parameter.device, parameter.dtype
-        if self.dims.get("x_kind") != "set" and list(self.dims["x_shape"]) == [1]:
-            x = torch.as_tensor(x, dtype=dtype, device=device)
+        if x is not None and not self.dims.is_set and list(self.dims.x_shape) == [1]:
+            x = torch.as_tensor(x, dtype=parameter.dtype, device=parameter.device)
             x = x[:, None] if x.ndim == 1 and x.shape[0] != 1 else x
         x, _ = x_batch(x, self.dims, parameter)
         with torch.set_grad_enabled(torch.is_grad_enabled() and x.requires_grad):
             summary = self._summary(
                 network.summarize, x if self.embedding is not None else x.flatten(1)
             )
-        theta0 = torch.as_tensor(theta0, dtype=dtype, device=device)
-        if theta0.ndim == 1:
-            theta0 = theta0[None]
-        if theta0.shape[-1] != self.dims["theta_dim"]:
-            raise ShapeError(
-                f"theta0 must be [batch, {self.dims['theta_dim']}], got {list(theta0.shape)}"
-            )
-        batch = max(summary.shape[0], theta0.shape[0])
-        if {summary.shape[0], theta0.shape[0]} - {1, batch}:
-            raise ShapeError(
-                f"x has {summary.shape[0]} rows and theta0 {theta0.shape[0]}: cannot pair them"
-            )
-        summary, theta0 = summary.expand(batch, -1), theta0.expand(batch, -1)
-        if theta1 is not None:
-            theta1 = torch.as_tensor(theta1, dtype=dtype, device=device)
-            theta1 = (theta1[None] if theta1.ndim == 1 else theta1).expand(batch, -1)
-        return network, summary, theta0, theta1
+        theta = as_batch(theta, (self.dims.theta_dim,), "theta", parameter)
+        design = self._design_rows(design, parameter)
+        theta1 = None
+        if isinstance(reference, str):
+            if reference != MARGINAL:
+                raise ValueError(f"reference must be a θ point or 'marginal', got {reference!r}")
+        elif reference is not None:
+            theta1 = as_batch(reference, (self.dims.theta_dim,), "reference", parameter)
+        summary, theta, theta1, design = pair_rows(
+            {"x": summary, "theta": theta, "reference": theta1, "design": design}
+        )
+        marginal = isinstance(reference, str)
+        return network, summary, theta, (MARGINAL if marginal else theta1), design
 
-    def _log_ratio_members(self, network, summary, theta0, theta1) -> Tensor:
-        """log r̂ of every member ``[E, batch]`` from s(x) (see `_inputs`)."""
+    def _log_ratio_members(self, network, summary, theta0, reference, design) -> Tensor:
+        """log r̂(x|θ0, reference, d) of every member ``[E, batch]`` (see `log_ratio`)."""
         head = network.head
-        if self.method in CONTRASTIVE_METHODS:
-            value = head(summary, theta0)
-            return value if theta1 is None else value - head(summary, theta1)
-        if self.dims["double"]:
-            if theta1 is None:
-                raise ValueError("this estimator is double-parameterized: pass theta1")
-            return head(summary, theta0, theta1)
-        if theta1 is not None and not torch.allclose(
-            theta1,
-            torch.as_tensor(self.dims["theta_ref"], dtype=theta1.dtype, device=theta1.device),
-        ):
-            # a single-parameterized estimator knows r(x|θ, θ_ref): chain through the reference
-            return head(summary, theta0) - head(summary, theta1)
-        return head(summary, theta0)
+        name = type(self).__name__
+        if reference is None:
+            if not METHODS[self.method].needs_reference:
+                hint = ", or 'marginal' for log p(x|θ)/p(x)"
+            elif self.dims.theta_ref is not None:
+                hint = f" (this estimator was trained against θ_ref = {list(self.dims.theta_ref)})"
+            else:
+                hint = ""
+            raise TypeError(f"{name}.log_ratio needs reference=: a θ point θ1{hint}")
+        if not METHODS[self.method].needs_reference:
+            value = head(summary, theta0, design=design)
+            if reference is MARGINAL:
+                return value
+            return value - head(summary, reference, design=design)
+        if reference is MARGINAL:
+            raise ValueError(
+                f"a '{self.method}' estimator learns ratios between parameter points, not to "
+                f"the marginal p(x): pass reference=θ1 (e.g. its θ_ref, est.theta_ref)"
+            )
+        if self.dims.double:
+            return head(summary, theta0, reference, design)
+        theta_ref = torch.tensor(
+            self.dims.theta_ref, dtype=reference.dtype, device=reference.device
+        )
+        if torch.allclose(reference, theta_ref.expand_as(reference)):
+            return head(summary, theta0, design=design)
+        # a single-parameterized estimator knows r(x|θ, θ_ref): chain through the reference
+        return head(summary, theta0, design=design) - head(summary, reference, design=design)
 
-    def log_ratio_ensemble(self, x: Tensor, theta0: Tensor, theta1: Tensor | None = None) -> Tensor:
-        """log r̂(x|θ0,θ1) of every member, ``[E, batch]``; differentiable when θ0 (or x)
-        requires grad."""
-        network, x, theta0, theta1 = self._inputs(x, theta0, theta1)
+    def log_ratio_ensemble(
+        self, *, x: Any, theta: Any, reference: Any, design: Any = None
+    ) -> Tensor:
+        """log r̂(x|θ, θ1, d) of every member, ``[E, batch]`` (arguments as in `log_ratio`);
+        differentiable when θ (or x) requires grad."""
+        network, x, theta, reference, design = self._inputs(x, theta, reference, design)
         with torch.set_grad_enabled(
-            torch.is_grad_enabled() and (theta0.requires_grad or x.requires_grad)
+            torch.is_grad_enabled() and (theta.requires_grad or x.requires_grad)
         ):
-            return self._log_ratio_members(network, x, theta0, theta1)
+            return self._log_ratio_members(network, x, theta, reference, design)
 
     def log_ratio(
-        self, x: Tensor, theta0: Tensor, theta1: Tensor | None = None, *, return_std: bool = False
+        self,
+        *,
+        x: Any,
+        theta: Any,
+        reference: Any,
+        design: Any = None,
+        return_std: bool = False,
     ):
-        """log r̂(x|θ0,θ1) ``[batch]`` (θ1 defaults to the training reference; for NRE the
-        ratio is then to the marginal p(x)).  One x broadcasts over many θ and vice versa.
-        With ``return_std`` also the ensemble's standard deviation."""
-        members = self.log_ratio_ensemble(x, theta0, theta1)
+        """log r̂(x|θ, θ1) = log p(x|θ, d) − log p(x|θ1, d) ``[batch]``.
+
+        Args:
+            x: ``[batch, *x_shape]`` or one x (sets as in `simfer.estimators.embedding`).
+            theta: θ ``[batch, theta_dim]`` or one.
+            reference: θ1 ``[batch, theta_dim]`` or one (often ``est.theta_ref``); or
+                ``"marginal"`` (NRE/BNRE only) for log p(x|θ, d)/p(x|d).
+            design: for a model trained with designs, ``[batch, design_dim]`` or one.
+            return_std: also return the ensemble members' standard deviation.
+
+        One row of any argument broadcasts over the others'.
+        """
+        members = self.log_ratio_ensemble(x=x, theta=theta, reference=reference, design=design)
         mean = members.mean(0)
         if not return_std:
             return mean
         std = members.std(0) if members.shape[0] > 1 else torch.zeros_like(mean)
         return mean, std
 
-    def score(self, x: Tensor, theta0: Tensor, theta1: Tensor | None = None) -> Tensor:
-        """t̂(x|θ0) = ∇θ0 log r̂(x|θ0,θ1) of the ensemble mean, ``[batch, theta_dim]``."""
-        network, x, theta0, theta1 = self._inputs(x, theta0, theta1)
+    def score(self, *, x: Any, theta: Any, design: Any = None) -> Tensor:
+        """t̂(x|θ, d) = ∇θ log r̂(x|θ, θ1, d) of the ensemble mean, ``[batch, theta_dim]``
+        (independent of θ1 in theory; a double-parameterized network is evaluated at its
+        training θ_ref, or at θ itself when it has none)."""
+        if self.dims is not None and self.dims.double and self.dims.theta_ref is None:
+            reference = theta  # any fixed θ1: the gradient is taken in θ alone
+        else:
+            reference = self._term_reference(None)
+        network, x, theta, reference, design = self._inputs(x, theta, reference, design)
         with torch.enable_grad():
-            theta0 = theta0.detach().clone().requires_grad_(True)
-            log_r = self._log_ratio_members(network, x, theta0, theta1).mean(0)
-            (score,) = torch.autograd.grad(log_r.sum(), theta0)
+            theta = theta.detach().clone().requires_grad_(True)
+            log_r = self._log_ratio_members(network, x, theta, reference, design).mean(0)
+            (score,) = torch.autograd.grad(log_r.sum(), theta)
         return score
+
+    def _term_reference(self, prior: Distribution | None) -> Any:
+        """The reference of the posterior's term: the marginal (NRE), θ_ref (single
+        reference), or for a double-parameterized net θ_ref or the prior's mean."""
+        if not METHODS[self.method].needs_reference:
+            return MARGINAL
+        if self.dims.theta_ref is not None:
+            return list(self.dims.theta_ref)
+        if prior is None:
+            raise SimferError("this double-parameterized estimator needs a prior for its term")
+        return prior.mean
+
+    def event_term(self, prior: Distribution, x_obs: Any, *, design: Any = None) -> EventTerm:
+        """ℓ(x | θ, d) = log r̂(x | θ, θ1, d), the ensemble mean, with θ1 fixed (θ_ref, or
+        the marginal p(x|d) for NRE): its log p(x | θ1, d) is the same for every θ."""
+        network = self._require_fitted()
+        x_obs, x_shape, as_x = observed_x(x_obs, self.dims, next(network.parameters()))
+        reference = self._term_reference(prior)
+
+        def log_likelihood(x: Tensor, theta: Tensor, design: Tensor | None) -> Tensor:
+            return self.log_ratio_ensemble(
+                x=as_x(x), theta=theta, reference=reference, design=design
+            ).mean(0)
+
+        return EventTerm(log_likelihood, x_obs, x_shape, design_dim=self.design_dim, model=self)

@@ -188,11 +188,15 @@ def expected_scans(
         for _ in range(n_toys):
             count = int(torch.poisson(torch.tensor(float(n_events)), generator=generator))
             rows = torch.randint(pool.shape[0], (max(count, 1),), generator=generator)
+            rows = rows.to(pool.device)
+            designs = posterior_at_truth.design_obs
             toy = Posterior(
                 posterior_at_truth.prior,
-                pool[rows.to(pool.device)],
+                pool[rows],
                 posterior_at_truth.event_log_likelihood,
                 x_shape=posterior_at_truth.x_shape,
+                design=None if designs is None else designs[rows],
+                design_dim=posterior_at_truth.design_dim,
                 device=posterior_at_truth.device,
             )
             qs.append(likelihood_scan(toy, grid, parameters=parameters, **scan_options).q)

@@ -1,8 +1,9 @@
 r"""`Posterior`: what the observations x_obs say about θ, from any likelihood-like term.
 
-For n iid observations x_1 … x_n (one event or thousands, the LHC case) the posterior is
+For n iid observations x_1 … x_n (one event or thousands, the LHC case), each made at
+its design d_i when the model takes one, the posterior is
 
-    log p(θ | x_1…n) = log p(θ) + Σ_i ℓ(x_i | θ) + const,
+    log p(θ | x_1…n) = log p(θ) + Σ_i ℓ(x_i | θ, d_i) + const,
 
 where the per-event term ℓ is anything equal to log p(x|θ) up to a θ-independent
 constant: the exact log-likelihood, a learnt log q(x|θ) (NLE), a learnt log-ratio
@@ -10,7 +11,9 @@ log r̂(x|θ, θ_ref) (CARL, ALICES, NRE, …: the constant is log p(x|θ_ref) o
 for NPE log q(θ|x_i) − log p(θ), since p(θ|x_i) / p(θ) = p(x_i|θ) / p(x_i).  The last
 identity gives NPE with iid data the correct target p(θ) Π_i [q(θ|x_i) / p(θ)]
 (the product of the single-event posteriors divided by the prior n − 1 times), which
-MCMC then samples; with one observation NPE samples q(θ|x) directly.
+MCMC then samples; with one observation NPE samples q(θ|x) directly.  What each
+estimator's ℓ is, and the protocol through which it hands ℓ over, is in
+`simfer.inference.term`.
 
 The sum over events is taken in chunks of at most ``max_rows`` (θ, x) pairs on the
 estimator's device, so the memory does not grow with the number of events.
@@ -34,31 +37,32 @@ from torch import Tensor
 from torch.distributions import Distribution, biject_to
 
 from ..errors import ShapeError, SimferError
-from ..nn.flows import seeded
-from ..prior import BoxUniform, as_prior, inside_support
+from ..prior import BoxUniform, as_prior, distribution_device, inside_support
+from ..seeding import seeded
 from .slice import slice_sample
+from .term import EventLogLikelihood, EventTerm
 
 __all__ = ["Posterior", "posterior_from_likelihood"]
-
-EventLogLikelihood = Callable[[Tensor, Tensor], Tensor]
-"""ℓ(x ``[b, *x_shape]``, θ ``[b, theta_dim]``) → ``[b]``: log p(x|θ) up to a constant."""
 
 METHODS = ("direct", "slice", "nuts", "hmc", "rejection")
 
 
 class Posterior:
-    """p(θ | x_obs) ∝ p(θ) Π_i exp ℓ(x_i | θ) for one or n iid observations.
+    """p(θ | x_obs) ∝ p(θ) Π_i exp ℓ(x_i | θ, d_i) for one or n iid observations.
 
     Args:
         prior: the prior over θ (a torch/Pyro distribution, event shape ``[theta_dim]``).
         x_obs: one observation ``x_shape`` or n iid observations ``[n, *x_shape]``.
-        event_log_likelihood: ℓ(x, θ) (see the module docstring); differentiable in θ for
-            ``nuts``/``hmc`` and `map`.
+        event_log_likelihood: ℓ(x, θ, d) (see the module docstring; d is None without a
+            design); differentiable in θ for ``nuts``/``hmc`` and `map`.
         x_shape: the shape of one observation.
+        design: with ``design_dim`` > 0, the design of every observation: one
+            ``[design_dim]`` shared by all, or one per observation ``[n, design_dim]``.
+        design_dim: the number of design variables ℓ takes (0: none).
         model: the estimator behind ℓ (moved by `to`), or None.
-        direct: for NPE, a function ``(n, x [m, *x_shape]) → θ [m, n, theta_dim]`` drawing
-            from the (normalised) posterior directly, and ``normalized_log_prob``
-            ``(θ, x) → [batch]`` its log-density.
+        direct: for NPE, a function ``(n, x [m, *x_shape], d [m, k] | None) → θ [m, n,
+            theta_dim]`` drawing from the (normalised) posterior directly, and
+            ``normalized_log_prob`` ``(θ, x, d) → [batch]`` its log-density.
         default_method: the sampler `sample` uses unless told otherwise.
         max_rows: the largest number of (θ, x) pairs ℓ is called with at once.
     """
@@ -70,9 +74,11 @@ class Posterior:
         event_log_likelihood: EventLogLikelihood,
         *,
         x_shape: tuple[int, ...],
+        design: Any = None,
+        design_dim: int = 0,
         model: Any = None,
-        direct: Callable[[int, Tensor], Tensor] | None = None,
-        normalized_log_prob: Callable[[Tensor, Tensor], Tensor] | None = None,
+        direct: Callable[[int, Tensor, Tensor | None], Tensor] | None = None,
+        normalized_log_prob: Callable[[Tensor, Tensor, Tensor | None], Tensor] | None = None,
         default_method: str = "slice",
         max_rows: int = 2**16,
         device: str | torch.device = "cpu",
@@ -83,6 +89,8 @@ class Posterior:
         self.x_shape = tuple(x_shape)
         self.device = torch.device(device)
         self.x_obs = self._as_observations(x_obs)
+        self.design_dim = int(design_dim)
+        self.design_obs = self._as_designs(design, self.x_obs.shape[0])
         self.event_log_likelihood = event_log_likelihood
         self.model = model
         self._direct = direct
@@ -92,6 +100,26 @@ class Posterior:
         self.default_method = default_method
         self.max_rows = int(max_rows)
         self.diagnostics: dict[str, Any] = {}
+
+    @classmethod
+    def from_term(
+        cls, term: EventTerm, prior: Distribution, *, design: Any = None, **options: Any
+    ) -> Posterior:
+        """The posterior of an `EventTerm` (what ``estimator.event_term(...)`` returns);
+        ``options`` are this class's keyword arguments (``device``, ``max_rows``, …)."""
+        return cls(
+            prior,
+            term.x_obs,
+            term.log_likelihood,
+            x_shape=term.x_shape,
+            design=design,
+            design_dim=term.design_dim,
+            model=term.model,
+            direct=term.direct,
+            normalized_log_prob=term.normalized_log_prob,
+            default_method=term.default_method,
+            **options,
+        )
 
     # -- shapes -------------------------------------------------------------------------------
     def _as_observations(self, x: Any) -> Tensor:
@@ -111,6 +139,37 @@ class Posterior:
         if not bool(torch.isfinite(x).all()):
             raise ValueError("x_obs holds NaN or inf: a failed simulation is not an observation")
         return x
+
+    def _as_designs(self, design: Any, n: int) -> Tensor | None:
+        """The design of each of n observations ``[n, design_dim]``, or None."""
+        if self.design_dim == 0:
+            if design is not None:
+                raise ShapeError(
+                    "a design was given, but the likelihood of this posterior takes none (its "
+                    "estimator was trained on simulations without a design column)"
+                )
+            return None
+        k = self.design_dim
+        if design is None:
+            raise ShapeError(
+                f"this posterior's likelihood conditions on a design [{k}]: pass design= (one "
+                f"[{k}] for all observations, or one per observation [n, {k}])"
+            )
+        design = torch.as_tensor(design, device=self.device)
+        if not design.is_floating_point():
+            design = design.to(torch.get_default_dtype())
+        if design.ndim == 0 or (design.ndim == 1 and design.shape[0] == k):
+            design = design.reshape(1, k).expand(n, k)
+        elif design.ndim == 1 and k == 1 and design.shape[0] == n:
+            design = design[:, None]
+        if tuple(design.shape) != (n, k):
+            raise ShapeError(
+                f"design must be one design [{k}] or one per observation [{n}, {k}], got "
+                f"{list(design.shape)}"
+            )
+        if not bool(torch.isfinite(design).all()):
+            raise ValueError("design holds NaN or inf")
+        return design
 
     def _as_theta(self, theta: Any) -> Tensor:
         theta = torch.as_tensor(theta, device=self.device)
@@ -144,33 +203,41 @@ class Posterior:
         other than `BoxUniform` cannot move, so θ goes to it and the result comes back)."""
         return self.prior.log_prob(theta.to(self._prior_device)).to(theta.device)
 
-    def _sum_over_events(self, theta: Tensor, x: Tensor) -> Tensor:
-        """Σ_i ℓ(x_i | θ_b) for every θ_b: θ ``[b, d]``, x ``[n, *x_shape]`` → ``[b]``."""
+    def _sum_over_events(self, theta: Tensor, x: Tensor, design: Tensor | None) -> Tensor:
+        """Σ_i ℓ(x_i | θ_b, d_i) for every θ_b: θ ``[b, d]``, x ``[n, *x_shape]``, designs
+        ``[n, k]`` or None → ``[b]``."""
         b, n = theta.shape[0], x.shape[0]
         per_chunk = max(1, self.max_rows // max(b, 1))
         total = theta.new_zeros(b)
         for start in range(0, n, per_chunk):
             events = x[start : start + per_chunk]
             k = events.shape[0]
+            designs = None
+            if design is not None:
+                designs = design[start : start + per_chunk].repeat(b, 1)
             value = self.event_log_likelihood(
-                events.repeat(b, *([1] * len(self.x_shape))), theta.repeat_interleave(k, dim=0)
+                events.repeat(b, *([1] * len(self.x_shape))),
+                theta.repeat_interleave(k, dim=0),
+                designs,
             )
             total = total + value.reshape(b, k).sum(1)
         return total
 
     def log_likelihood(self, theta: Any) -> Tensor:
-        """Σ_i ℓ(x_i | θ) ``[batch]`` (log-likelihood up to a θ-independent constant)."""
-        return self._sum_over_events(self._as_theta(theta), self.x_obs)
+        """Σ_i ℓ(x_i | θ, d_i) ``[batch]`` (log-likelihood up to a θ-independent constant)."""
+        return self._sum_over_events(self._as_theta(theta), self.x_obs, self.design_obs)
 
     def log_prob(self, theta: Any) -> Tensor:
         """log p(θ | x_obs) ``[batch]`` for θ ``[batch, theta_dim]``: −∞ outside the prior's
         support; normalised only when `normalized` is True, else up to a constant."""
         theta = self._as_theta(theta)
         if self.normalized:
-            return self._normalized_log_prob(theta, self.x_obs)
-        return self._unnormalized(theta, self.x_obs)
+            return self._normalized_log_prob(theta, self.x_obs, self.design_obs)
+        return self._unnormalized(theta, self.x_obs, self.design_obs)
 
-    def _unnormalized(self, theta: Tensor, x: Tensor, rows: Tensor | None = None) -> Tensor:
+    def _unnormalized(
+        self, theta: Tensor, x: Tensor, design: Tensor | None, rows: Tensor | None = None
+    ) -> Tensor:
         """log p(θ) + Σ ℓ on the rows inside the support, −∞ elsewhere.  With ``rows``,
         θ's row b belongs to observation ``rows[b]`` of x (one event each)."""
         inside = self.inside(theta)
@@ -178,9 +245,12 @@ class Posterior:
         if bool(inside.any()):
             kept = theta[inside]
             if rows is None:
-                term = self._sum_over_events(kept, x)
+                term = self._sum_over_events(kept, x, design)
             else:
-                term = self.event_log_likelihood(x[rows[inside]], kept)
+                owner = rows[inside]
+                term = self.event_log_likelihood(
+                    x[owner], kept, None if design is None else design[owner]
+                )
             value = value.masked_scatter(inside, self.prior_log_prob(kept) + term)
         return value
 
@@ -214,8 +284,8 @@ class Posterior:
         method = self._method(method)
         with seeded(seed) if seed is not None else contextlib.nullcontext():
             if method == "direct":
-                draws = self._direct(n, self.x_obs)[0]
-                self.diagnostics = {"method": "direct", **getattr(self, "_direct_info", {})}
+                draws = self._direct(n, self.x_obs, self.design_obs)[0]
+                self.diagnostics = {"method": "direct"}
                 return draws
             if method == "rejection":
                 from .rejection import rejection_sample
@@ -229,7 +299,7 @@ class Posterior:
                 from .mcmc import pyro_mcmc
 
                 chains = num_chains or 4
-                init = self._initial_points(chains, self.x_obs)
+                init = self._initial_points(chains, self.x_obs, self.design_obs)
                 samples, info = pyro_mcmc(
                     self._target(),
                     self.prior,
@@ -245,9 +315,9 @@ class Posterior:
                 self.diagnostics = {"method": method, **info}
                 return samples
             chains = num_chains or self._default_chains(n)
-            init = self._initial_points(chains, self.x_obs)
+            init = self._initial_points(chains, self.x_obs, self.design_obs)
             result = slice_sample(
-                lambda theta, rows: self._unnormalized(theta, self.x_obs),
+                lambda theta, rows: self._unnormalized(theta, self.x_obs, self.design_obs),
                 init,
                 math.ceil(n / chains),
                 warmup=100 if warmup is None else warmup,
@@ -264,6 +334,7 @@ class Posterior:
         n: int,
         x_batch: Any,
         *,
+        design: Any = None,
         method: str | None = None,
         seed: int | None = None,
         num_chains: int | None = None,
@@ -273,21 +344,23 @@ class Posterior:
         progress: bool = False,
     ) -> Tensor:
         """n draws for each of m observations at once: x_batch ``[m, *x_shape]`` (each row
-        its own single-event posterior) → ``[m, n, theta_dim]``.  NPE draws directly; the
-        others run ``num_chains`` slice chains per observation (default 20), all together."""
+        its own single-event posterior) → ``[m, n, theta_dim]``; ``design`` is one for all
+        or one per row ``[m, design_dim]``.  NPE draws directly; the others run
+        ``num_chains`` slice chains per observation (default 20), all together."""
         x = self._as_observations(x_batch)
+        design = self._as_designs(design, x.shape[0])
         method = self._method(method, n_observations=1)
         with seeded(seed) if seed is not None else contextlib.nullcontext():
             if method == "direct":
                 self.diagnostics = {"method": "direct"}
-                return self._direct(n, x)
+                return self._direct(n, x, design)
             if method != "slice":
                 raise ValueError("sample_batched runs 'direct' (NPE) or 'slice'")
             m, chains = x.shape[0], num_chains or 20
-            init = self._initial_points(chains, x, batched=True)  # [m * chains, d]
+            init = self._initial_points(chains, x, design, batched=True)  # [m * chains, d]
             owner = torch.arange(m, device=x.device).repeat_interleave(chains)
             result = slice_sample(
-                lambda theta, rows: self._unnormalized(theta, x, owner[rows]),
+                lambda theta, rows: self._unnormalized(theta, x, design, owner[rows]),
                 init,
                 math.ceil(n / chains),
                 groups=m,
@@ -317,10 +390,16 @@ class Posterior:
         return min(n, 1000 if self.device.type == "cuda" else 100)
 
     def _target(self) -> Callable[[Tensor], Tensor]:
-        return lambda theta: self._unnormalized(theta, self.x_obs)
+        return lambda theta: self._unnormalized(theta, self.x_obs, self.design_obs)
 
     def _initial_points(
-        self, chains: int, x: Tensor, *, batched: bool = False, per_chain: int = 10
+        self,
+        chains: int,
+        x: Tensor,
+        design: Tensor | None,
+        *,
+        batched: bool = False,
+        per_chain: int = 10,
     ) -> Tensor:
         """Start points: ``max(per_chain·chains, 1000)`` prior draws resampled in proportion
         to their likelihood (sampling importance resampling), for the whole x, or with
@@ -330,10 +409,10 @@ class Posterior:
         theta = self.prior.sample((groups * k,)).to(self.device)
         with torch.no_grad():
             if groups == 1:
-                log_w = self._unnormalized(theta, x) - self.prior_log_prob(theta)
+                log_w = self._unnormalized(theta, x, design) - self.prior_log_prob(theta)
             else:
                 rows = torch.arange(groups, device=self.device).repeat_interleave(k)
-                log_w = self._unnormalized(theta, x, rows) - self.prior_log_prob(theta)
+                log_w = self._unnormalized(theta, x, design, rows) - self.prior_log_prob(theta)
         log_w = torch.nan_to_num(log_w.reshape(groups, k), nan=-math.inf, neginf=-math.inf)
         finite = torch.isfinite(log_w).any(1)
         if not bool(finite.all()):
@@ -383,6 +462,8 @@ class Posterior:
         """Move the observations, a `BoxUniform` prior and the estimator to ``device``."""
         self.device = torch.device(device)
         self.x_obs = self.x_obs.to(self.device)
+        if self.design_obs is not None:
+            self.design_obs = self.design_obs.to(self.device)
         if isinstance(self.prior, BoxUniform):
             self.prior = self.prior.to(self.device)
             self._prior_device = self.device
@@ -398,29 +479,38 @@ class Posterior:
         )
 
 
-def distribution_device(distribution: Distribution) -> torch.device:
-    """The device a torch distribution's parameters live on (the first tensor among its
-    attributes, or a wrapped base distribution's); the CPU for one without tensors."""
-    for value in vars(distribution).values():
-        if isinstance(value, Tensor):
-            return value.device
-        if isinstance(value, Distribution):
-            return distribution_device(value)
-    return torch.device("cpu")
-
-
 def posterior_from_likelihood(
-    log_likelihood: EventLogLikelihood,
+    log_likelihood: Callable[..., Tensor],
     prior: Distribution,
     x_obs: Any,
     *,
     x_shape: tuple[int, ...] | None = None,
+    design: Any = None,
+    design_dim: int | None = None,
     device: str | torch.device = "cpu",
 ) -> Posterior:
     """The posterior of an exact (or any) per-event log-likelihood, e.g. a simulator's
-    ``log_likelihood(x [b, *x_shape], θ [b, d]) → [b]``; x_obs is one observation, or
-    ``[n, *x_shape]`` iid ones when ``x_shape`` is given (default: x_obs is one)."""
+    ``log_likelihood(x [b, *x_shape], θ [b, d]) → [b]``, or with ``design`` (one
+    ``[design_dim]`` or one per observation) ``log_likelihood(x, θ, design [b, k])``; x_obs
+    is one observation, or ``[n, *x_shape]`` iid ones when ``x_shape`` is given (default:
+    x_obs is one)."""
     x_obs = torch.as_tensor(x_obs)
     if x_shape is None:
         x_shape = tuple(x_obs.shape) if x_obs.ndim else (1,)
-    return Posterior(prior, x_obs, log_likelihood, x_shape=x_shape, device=device)
+    if design is None:
+        design_dim = 0
+    elif design_dim is None:
+        design_dim = int(torch.as_tensor(design).shape[-1]) if torch.as_tensor(design).ndim else 1
+
+    def term(x: Tensor, theta: Tensor, d: Tensor | None) -> Tensor:
+        return log_likelihood(x, theta) if d is None else log_likelihood(x, theta, d)
+
+    return Posterior(
+        prior,
+        x_obs,
+        term,
+        x_shape=x_shape,
+        design=design,
+        design_dim=design_dim,
+        device=device,
+    )

@@ -234,11 +234,13 @@ class StandardizeTransform(Transform):
 
 
 class ConditionalFlow(Flow):
-    """An nflows ``Flow`` q(v|c) whose first transform standardises v and whose context
-    network standardises c (or is the user's embedding).
+    """An nflows ``Flow`` q(v|c, d) whose first transform standardises v and whose context
+    network standardises c (or is the user's embedding); a design d, when the flow has
+    ``design_features``, is standardised and appended to the context's summary.
 
     ``log_prob(v, context=c)``: v ``[N, D]``, c ``[N, C]`` (or ``[N, *x_shape]`` for an
-    embedding) → ``[N]``.  ``sample(n, context=c)``: c ``[M, …]`` → ``[M, n, D]``.
+    embedding) → ``[N]``.  ``sample(n, context=c)``: c ``[M, …]`` → ``[M, n, D]``.  With a
+    design, use ``summarize(c, d)`` and the ``*_given_summary`` methods.
     """
 
     def __init__(
@@ -246,10 +248,15 @@ class ConditionalFlow(Flow):
         transforms: list[Transform],
         features: int,
         context_net: nn.Module,
+        design_features: int = 0,
     ):
         chain = CompositeTransform([StandardizeTransform(features), *transforms])
         super().__init__(chain, StandardNormal([features]), embedding_net=context_net)
         self.features = features
+        self.design_features = int(design_features)
+        # registered only with a design, so design-free models keep their saved keys
+        if self.design_features:
+            self.design_standardize = Standardize(self.design_features)
 
     @property
     def input_standardize(self) -> Standardize:
@@ -265,9 +272,22 @@ class ConditionalFlow(Flow):
         net = self._embedding_net
         return None if isinstance(net, Standardize) else net
 
-    def summarize(self, context: Tensor) -> Tensor:
-        """The context as the transforms see it ``[N, C]``: standardised, or embedded."""
+    def embed(self, context: Tensor) -> Tensor:
+        """The context's own summary ``[N, C]``: standardised, or embedded (no design)."""
         return self._embedding_net(context)
+
+    def summarize(self, context: Tensor, design: Tensor | None = None) -> Tensor:
+        """The context as the transforms see it ``[N, C (+ K)]``: standardised, or embedded,
+        with the standardised design ``[N, K]`` appended when the flow takes one."""
+        summary = self.embed(context)
+        if not self.design_features:
+            if design is not None:
+                raise ValueError("this flow takes no design")
+            return summary
+        if design is None:
+            raise ValueError(f"this flow needs a design [N, {self.design_features}]")
+        design = self.design_standardize(design.to(summary.dtype))
+        return torch.cat([summary, design.expand(summary.shape[0], -1)], dim=1)
 
     def log_prob_given_summary(self, inputs: Tensor, summary: Tensor) -> Tensor:
         """log q(v|c) ``[N]`` from v ``[N, D]`` and ``summarize(c)`` ``[N, C]`` (so that a
@@ -275,12 +295,23 @@ class ConditionalFlow(Flow):
         noise, logabsdet = self._transform(inputs, context=summary)
         return self._distribution.log_prob(noise, context=summary) + logabsdet
 
-    def fit_standardization(self, inputs: Tensor, context: Tensor | None = None) -> None:
-        """Set μ, σ of the inputs (and of the context, unless an embedding takes it) from
-        training data ``[N, D]`` (``[N, C]``)."""
+    def sample_given_summary(self, n: int, summary: Tensor) -> Tensor:
+        """n draws v ~ q(v|c) for each row of ``summarize(c)`` ``[M, C]`` → ``[M, n, D]``."""
+        noise = self._distribution.sample(n, context=summary)  # [M, n, D]
+        repeated = summary.repeat_interleave(n, dim=0)
+        draws, _ = self._transform.inverse(noise.reshape(-1, self.features), context=repeated)
+        return draws.reshape(summary.shape[0], n, self.features)
+
+    def fit_standardization(
+        self, inputs: Tensor, context: Tensor | None = None, design: Tensor | None = None
+    ) -> None:
+        """Set μ, σ of the inputs (and of the context, unless an embedding takes it, and of
+        the design) from training data ``[N, D]`` (``[N, C]``, ``[N, K]``)."""
         self.input_standardize.fit(inputs)
         if context is not None and self.context_standardize is not None:
             self.context_standardize.fit(context)
+        if design is not None and self.design_features:
+            self.design_standardize.fit(design)
 
 
 def build_flow(
@@ -294,6 +325,7 @@ def build_flow(
     tail_bound: float = 4.0,
     activation: str = "silu",
     embedding: nn.Module | None = None,
+    design_features: int = 0,
     seed: int = 0,
 ) -> ConditionalFlow:
     """A conditional flow q(v|c) over ``features`` variables (see the module docstring).
@@ -315,6 +347,8 @@ def build_flow(
             −3.98 for SiLU) and smooth ones slower (GaussianMixture: 1.237 against 1.200).
         embedding: a network applied to the raw context, trained jointly; the context is
             then not standardised (do it inside the embedding if it needs it).
+        design_features: K, the number of design variables appended (standardised) to the
+            context's summary; the transforms then see C + K context features.
         seed: seed of the initial weights and permutations.
     """
     kind = kind.lower()
@@ -331,6 +365,9 @@ def build_flow(
             f"{bins}, {tail_bound}"
         )
     activation_fn = ACTIVATIONS[check_activation(activation)]
+    if int(design_features) < 0:
+        raise ValueError(f"design_features must be ≥ 0, got {design_features}")
+    conditioner_context = int(context_features) + int(design_features)
     if embedding is not None and not isinstance(embedding, nn.Module):
         raise TypeError(f"embedding must be a torch.nn.Module, got {type(embedding).__name__}")
     with seeded(seed):
@@ -341,7 +378,7 @@ def build_flow(
                 layer = SplineCouplingTransform(
                     mask,
                     hidden,
-                    context_features,
+                    conditioner_context,
                     num_bins=bins,
                     tail_bound=float(tail_bound),
                     activation=activation_fn,
@@ -350,7 +387,7 @@ def build_flow(
                 layer = SplineAutoregressiveTransform(
                     features=features,
                     hidden_features=hidden,
-                    context_features=context_features,
+                    context_features=conditioner_context,
                     num_bins=bins,
                     tail_bound=float(tail_bound),
                     num_blocks=2,
@@ -360,7 +397,7 @@ def build_flow(
                 layer = MaskedAffineAutoregressiveTransform(
                     features=features,
                     hidden_features=hidden,
-                    context_features=context_features,
+                    context_features=conditioner_context,
                     num_blocks=2,
                     activation=activation_fn,
                 )
@@ -372,4 +409,4 @@ def build_flow(
                 )
                 transforms.append(permutation)
         context_net = Standardize(context_features) if embedding is None else embedding
-        return ConditionalFlow(transforms, features, context_net)
+        return ConditionalFlow(transforms, features, context_net, int(design_features))
