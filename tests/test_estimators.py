@@ -1,5 +1,9 @@
 """Ratio and score estimators on the Galton board, whose exact log r and score are known."""
 
+import dataclasses
+import inspect
+import json
+
 import pyro
 import pyro.distributions as dist
 import pytest
@@ -7,6 +11,7 @@ import torch
 
 import simfer
 from simfer import ModelFileError
+from simfer.estimators.dims import Dims
 from simulators import GaltonBoard
 
 FAST = dict(hidden=(64, 64), progress=False, seed=0)
@@ -52,7 +57,12 @@ def evaluation(board):
 def log_ratio_mse(estimator, evaluation) -> float:
     x, grid, exact = evaluation
     estimate = torch.stack(
-        [estimator.log_ratio(x, torch.full((len(x), 1), float(t)), torch.zeros(1)) for t in grid]
+        [
+            estimator.log_ratio(
+                x=x, theta=torch.full((len(x), 1), float(t)), reference=torch.zeros(1)
+            )
+            for t in grid
+        ]
     )
     return float(((estimate - exact) ** 2).mean())
 
@@ -75,8 +85,10 @@ def test_bnre_is_balanced(data, evaluation, board):
     trivial = float((evaluation[2] ** 2).mean())
     assert log_ratio_mse(estimator, evaluation) < trivial
     fresh = simfer.simulate(board, board.prior(), 4000, seed=11, executor="serial", progress=False)
-    joint = estimator.log_ratio(fresh.x, fresh.theta)
-    marginal = estimator.log_ratio(fresh.x, torch.roll(fresh.theta, 1, 0))
+    joint = estimator.log_ratio(x=fresh.x, theta=fresh.theta, reference="marginal")
+    marginal = estimator.log_ratio(
+        x=fresh.x, theta=torch.roll(fresh.theta, 1, 0), reference="marginal"
+    )
     balance = float(torch.sigmoid(joint).mean() + torch.sigmoid(marginal).mean())
     assert abs(balance - 1) < 0.05
 
@@ -122,7 +134,8 @@ def test_a_pyro_simulator_trains_through_the_same_fit():
         exact = board_log_likelihood(x.double(), theta0.double()) - board_log_likelihood(
             x.double(), torch.zeros(300, 1, dtype=torch.float64)
         )
-        squared_errors.append((estimator.log_ratio(x, theta0) - exact.float()) ** 2)
+        log_r = estimator.log_ratio(x=x, theta=theta0, reference=estimator.theta_ref)
+        squared_errors.append((log_r - exact.float()) ** 2)
         trivial.append(exact.float() ** 2)
     assert float(torch.cat(squared_errors).mean()) < 0.2 * float(torch.cat(trivial).mean())
     score = simfer.ScoreEstimator("sally", max_epochs=20, **FAST).fit(data)
@@ -130,7 +143,7 @@ def test_a_pyro_simulator_trains_through_the_same_fit():
         board_log_likelihood(x.double(), torch.full((300, 1), 1e-4, dtype=torch.float64))
         - board_log_likelihood(x.double(), torch.full((300, 1), -1e-4, dtype=torch.float64))
     ) / 2e-4
-    assert float(((score.score(x)[:, 0] - exact_score.float()) ** 2).mean()) < 0.2 * float(
+    assert float(((score.score(x=x)[:, 0] - exact_score.float()) ** 2).mean()) < 0.2 * float(
         exact_score.var()
     )
 
@@ -146,7 +159,13 @@ def test_ensemble_spread_is_a_usable_error_bar(data, evaluation):
     )
     x, grid, exact = evaluation
     pairs = [
-        ensemble.log_ratio(x, torch.full((len(x), 1), float(t)), return_std=True) for t in grid
+        ensemble.log_ratio(
+            x=x,
+            theta=torch.full((len(x), 1), float(t)),
+            reference=ensemble.theta_ref,
+            return_std=True,
+        )
+        for t in grid
     ]
     means, stds = zip(*pairs, strict=True)
     error, spread = (torch.stack(means) - exact).abs(), torch.stack(stds)
@@ -161,12 +180,12 @@ def test_sally_learns_the_score_and_the_fisher_information(board, data):
     estimator = simfer.ScoreEstimator("sally", max_epochs=40, **FAST).fit(data)
     x = board.simulate(torch.zeros(20_000, 1), seed=3)
     exact = board.likelihood_score(x.double(), torch.zeros(20_000, 1, dtype=torch.float64))
-    estimate = estimator.score(x)
+    estimate = estimator.score(x=x)
     assert float(((estimate - exact.float()) ** 2).mean()) < 0.05 * float(exact.var())
     exact_fisher = float((exact**2).mean())
-    learned_fisher = float(estimator.fisher_information(x)[0, 0])
+    learned_fisher = float(estimator.fisher_information(x=x)[0, 0])
     assert abs(learned_fisher / exact_fisher - 1) < 0.1
-    assert float(estimator.fisher_information(x, n_events=100)[0, 0]) == pytest.approx(
+    assert float(estimator.fisher_information(x=x, n_events=100)[0, 0]) == pytest.approx(
         100 * learned_fisher, rel=1e-5
     )
 
@@ -180,10 +199,17 @@ def test_save_and_load_give_identical_outputs(data, tmp_path):
     score.save(tmp_path / "score.pt")
     loaded = simfer.load(tmp_path / "ratio.pt")
     assert isinstance(loaded, simfer.RatioEstimator) and loaded.method == "alices"
-    assert torch.equal(loaded.log_ratio_ensemble(x, theta), ratio.log_ratio_ensemble(x, theta))
-    assert torch.equal(loaded.score(x, theta), ratio.score(x, theta))
+    assert loaded.dims == ratio.dims and torch.equal(loaded.theta_ref, ratio.theta_ref)
+    reference = ratio.theta_ref
+    assert torch.equal(
+        loaded.log_ratio_ensemble(x=x, theta=theta, reference=reference),
+        ratio.log_ratio_ensemble(x=x, theta=theta, reference=reference),
+    )
+    assert torch.equal(loaded.score(x=x, theta=theta), ratio.score(x=x, theta=theta))
     assert loaded.history.train_loss == ratio.history.train_loss
-    assert torch.equal(simfer.ScoreEstimator.load(tmp_path / "score.pt").score(x), score.score(x))
+    again = simfer.ScoreEstimator.load(tmp_path / "score.pt")
+    assert again.dims == score.dims and torch.equal(again.theta_ref, score.theta_ref)
+    assert torch.equal(again.score(x=x), score.score(x=x))
     with pytest.raises(ModelFileError, match="holds a ScoreEstimator, not a RatioEstimator"):
         simfer.RatioEstimator.load(tmp_path / "score.pt")
 
@@ -231,7 +257,9 @@ def test_estimators_explain_what_data_they_need(board):
     with pytest.raises(TypeError, match="unknown arguments"):
         simfer.RatioEstimator("carl", epochs=3)
     with pytest.raises(simfer.SimferError, match="not trained yet"):
-        simfer.RatioEstimator("carl").log_ratio(torch.zeros(1, 1), torch.zeros(1, 1))
+        simfer.RatioEstimator("carl").log_ratio(
+            x=torch.zeros(1, 1), theta=torch.zeros(1, 1), reference=torch.zeros(1)
+        )
 
 
 def test_a_fit_is_reproducible_from_its_seed(data):
@@ -240,4 +268,235 @@ def test_a_fit_is_reproducible_from_its_seed(data):
     torch.manual_seed(12345)  # the global generator must not matter
     second = simfer.RatioEstimator("alices", max_epochs=3, **FAST).fit(subset)
     x, theta = subset.x[:20], subset.theta[:20]
-    assert torch.equal(first.log_ratio(x, theta), second.log_ratio(x, theta))
+    reference = first.theta_ref
+    assert torch.equal(
+        first.log_ratio(x=x, theta=theta, reference=reference),
+        second.log_ratio(x=x, theta=theta, reference=reference),
+    )
+
+
+# -- the keyword-only evaluation API -----------------------------------------------------------
+EVALUATION_METHODS = {
+    simfer.LikelihoodEstimator: ("log_prob", "score", "sample", "log_prob_valid"),
+    simfer.PosteriorEstimator: ("log_prob", "sample"),
+    simfer.RatioEstimator: ("log_ratio", "log_ratio_ensemble", "score"),
+    simfer.ScoreEstimator: ("score", "fisher_information"),
+}
+
+
+@pytest.fixture(scope="module")
+def trained(board, data):
+    """One quickly trained estimator of every kind (the API tests need weights, not quality)."""
+    subset = data.subset(slice(0, 1000))
+    quick = dict(FAST, max_epochs=2)
+    flows = dict(progress=False, seed=0, max_epochs=2)
+    return {
+        "carl": simfer.RatioEstimator("carl", **quick).fit(subset),
+        "alices": simfer.RatioEstimator("alices", **quick).fit(subset),
+        "nre": simfer.RatioEstimator("nre", **quick).fit(subset),
+        "sally": simfer.ScoreEstimator("sally", **quick).fit(subset),
+        "nle": simfer.LikelihoodEstimator("nle", **flows).fit(subset),
+        "npe": simfer.PosteriorEstimator(**flows).fit(subset, board.prior()),
+    }
+
+
+def test_evaluation_methods_declare_x_theta_design_and_reference_keyword_only():
+    keyword_only = inspect.Parameter.KEYWORD_ONLY
+    for cls, names in EVALUATION_METHODS.items():
+        for name in names:
+            parameters = inspect.signature(getattr(cls, name)).parameters
+            for argument in ("x", "theta", "design", "reference"):
+                if argument in parameters:
+                    assert parameters[argument].kind is keyword_only, (cls, name, argument)
+            positional = [
+                p
+                for p, value in parameters.items()
+                if value.kind is not keyword_only and p != "self"
+            ]
+            assert positional in ([], ["n"]), (cls, name, positional)
+            assert "design" in parameters, (cls, name)
+
+
+def test_positional_x_and_theta_raise_a_type_error_for_every_estimator(trained):
+    x, theta = torch.zeros(3, 1), torch.zeros(3, 1)
+    theta_ref = trained["carl"].theta_ref
+    calls = {
+        "ratio": [
+            lambda e: e.log_ratio(x, theta, reference=theta_ref),
+            lambda e: e.log_ratio(x, theta, theta_ref),
+            lambda e: e.log_ratio(x, theta=theta, reference=theta_ref),
+            lambda e: e.log_ratio_ensemble(x, theta, theta_ref),
+            lambda e: e.score(x, theta),
+            lambda e: e.score(x, theta=theta),
+        ],
+        "sally": [
+            lambda e: e.score(x),
+            lambda e: e.fisher_information(x),
+            lambda e: e.fisher_information(x, n_events=10),
+        ],
+        "nle": [
+            lambda e: e.log_prob(x, theta),
+            lambda e: e.log_prob(x, theta=theta),
+            lambda e: e.score(x, theta),
+            lambda e: e.sample(5, theta),
+            lambda e: e.log_prob_valid(theta),
+        ],
+        "npe": [
+            lambda e: e.log_prob(theta, x),
+            lambda e: e.log_prob(theta, x=x),
+            lambda e: e.sample(5, x),
+        ],
+    }
+    owners = {"ratio": ["carl", "alices", "nre"], "sally": ["sally"], "nle": ["nle"]}
+    owners["npe"] = ["npe"]
+    for kind, names in owners.items():
+        for name in names:
+            for call in calls[kind]:
+                with pytest.raises(TypeError, match="positional argument"):
+                    call(trained[name])
+    # the same calls by keyword work
+    for name in ("carl", "alices", "nre"):
+        assert trained[name].log_ratio(x=x, theta=theta, reference=theta_ref).shape == (3,)
+        assert trained[name].score(x=x, theta=theta).shape == (3, 1)
+    assert trained["sally"].score(x=x).shape == (3, 1)
+    assert trained["sally"].fisher_information(x=x).shape == (1, 1)
+    assert trained["nle"].log_prob(x=x, theta=theta).shape == (3,)
+    assert trained["nle"].score(x=x, theta=theta).shape == (3, 1)
+    assert trained["nle"].sample(5, theta=theta[0], seed=0).shape == (5, 1)
+    assert trained["nle"].log_prob_valid(theta=theta).shape == (3,)
+    assert trained["npe"].log_prob(theta=theta, x=x).shape == (3,)
+    assert trained["npe"].sample(5, x=x[0], seed=0).shape == (5, 1)
+
+
+def test_log_ratio_needs_an_explicit_reference(trained):
+    x, theta = torch.zeros(3, 1), torch.zeros(3, 1)
+    for name in ("carl", "alices", "nre"):
+        estimator = trained[name]
+        with pytest.raises(TypeError, match="reference"):
+            estimator.log_ratio(x=x, theta=theta)
+        with pytest.raises(TypeError, match="reference"):
+            estimator.log_ratio_ensemble(x=x, theta=theta)
+        with pytest.raises(TypeError, match="reference="):
+            estimator.log_ratio(x=x, theta=theta, reference=None)
+        with pytest.raises(ValueError, match="'marginal'"):
+            estimator.log_ratio(x=x, theta=theta, reference="evidence")
+    with pytest.raises(TypeError, match=r"reference=.*'marginal'"):
+        trained["nre"].log_ratio(x=x, theta=theta, reference=None)
+    with pytest.raises(TypeError, match=r"reference=.*θ_ref = \[0\.0\]"):
+        trained["carl"].log_ratio(x=x, theta=theta, reference=None)
+
+
+@pytest.mark.parametrize("name", ["alices", "carl"])
+def test_a_reference_class_estimator_refuses_the_marginal_reference(trained, name):
+    with pytest.raises(ValueError, match="marginal"):
+        trained[name].log_ratio(x=torch.zeros(3, 1), theta=torch.zeros(3, 1), reference="marginal")
+    with pytest.raises(ValueError, match="marginal"):
+        trained[name].log_ratio_ensemble(
+            x=torch.zeros(3, 1), theta=torch.zeros(3, 1), reference="marginal"
+        )
+
+
+def test_nre_ratio_between_two_points_is_the_difference_of_marginal_ratios(trained, data):
+    nre = trained["nre"]
+    assert nre.theta_ref is None and nre.dims.theta_ref is None
+    x, theta = data.x[:50], data.theta[:50]
+    theta1 = torch.tensor([0.3])
+
+    def marginal(at):
+        return nre.log_ratio(x=x, theta=at, reference="marginal")
+
+    expected = marginal(theta) - marginal(theta1)
+    assert torch.allclose(nre.log_ratio(x=x, theta=theta, reference=theta1), expected, atol=1e-5)
+    # a reference per row, and the ratio of a point to itself
+    per_row = data.theta[50:100]
+    assert torch.allclose(
+        nre.log_ratio(x=x, theta=theta, reference=per_row),
+        marginal(theta) - marginal(per_row),
+        atol=1e-5,
+    )
+    assert torch.allclose(
+        nre.log_ratio(x=x, theta=theta, reference=theta), torch.zeros(50), atol=1e-6
+    )
+
+
+def test_a_single_parameterized_carl_chains_another_reference_through_theta_ref(trained, data):
+    carl = trained["carl"]
+    assert not carl.dims.double and carl.dims.theta_ref == (0.0,)
+    assert torch.equal(carl.theta_ref, torch.zeros(1))
+    x, theta = data.x[:50], data.theta[:50]
+    theta1 = torch.tensor([0.4])
+
+    def to_theta_ref(at):
+        return carl.log_ratio(x=x, theta=at, reference=carl.theta_ref)
+
+    chained = carl.log_ratio(x=x, theta=theta, reference=theta1)
+    assert torch.allclose(chained, to_theta_ref(theta) - to_theta_ref(theta1), atol=1e-5)
+    assert not torch.allclose(chained, to_theta_ref(theta), atol=1e-3)
+    assert torch.allclose(
+        carl.log_ratio(x=x, theta=theta, reference=theta), torch.zeros(50), atol=1e-6
+    )
+    # θ_ref given as a list, a tensor or one per row is the same reference
+    for reference in ([0.0], torch.zeros(1), torch.zeros(50, 1)):
+        assert torch.equal(
+            carl.log_ratio(x=x, theta=theta, reference=reference), to_theta_ref(theta)
+        )
+
+
+def test_dims_is_a_frozen_record_and_theta_ref_a_tensor(trained):
+    for name, estimator in trained.items():
+        assert isinstance(estimator.dims, Dims), name
+        assert estimator.dims.x_kind == "array" and estimator.dims.x_shape == (1,)
+        assert estimator.dims.theta_dim == 1 and estimator.dims.design_dim == 0
+        assert estimator.dims.n_train > 0
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        trained["carl"].dims.theta_ref = (1.0,)
+    assert trained["sally"].dims.theta_ref == (0.0,)
+    assert torch.equal(trained["sally"].theta_ref, torch.zeros(1))
+    assert trained["alices"].dims.alpha == trained["alices"].alpha_used > 0
+    assert trained["npe"].dims.x_dim == 1 and trained["nle"].dims.validity is False
+
+
+@pytest.mark.parametrize("name,reference", [("carl", "theta_ref"), ("nre", "marginal")])
+def test_the_posterior_sums_the_ratio_to_the_fixed_reference(trained, board, name, reference):
+    estimator = trained[name]
+    x = board.simulate(torch.full((20, 1), 0.2), seed=4)
+    posterior = estimator.posterior(board.prior(), x)
+    theta = torch.tensor([[0.2], [-0.3], [0.5]])
+    reference = estimator.theta_ref if reference == "theta_ref" else reference
+    expected = torch.stack(
+        [estimator.log_ratio(x=x, theta=t, reference=reference).sum() for t in theta]
+    )
+    assert torch.allclose(posterior.log_likelihood(theta), expected, atol=1e-4)
+    with pytest.raises(TypeError):
+        estimator.posterior(x_obs=x)  # the prior is required
+
+
+def test_model_files_are_format_2_and_format_1_files_still_load(trained, data, tmp_path):
+    carl = trained["carl"]
+    path = tmp_path / "carl.pt"
+    carl.save(path)
+    payload = torch.load(path, weights_only=True)
+    assert payload["format_version"] == 2
+    # the same model as simfer 0.1 wrote it: format 1, dims as a plain dict
+    payload["format_version"] = 1
+    payload["dims"] = json.dumps(
+        {
+            "x_dim": 1,
+            "theta_dim": 1,
+            "double": False,
+            "theta_ref": [0.0],
+            "x_shape": [1],
+            "embedding": None,
+            "x_kind": "array",
+            "alpha": None,
+        }
+    )
+    old = tmp_path / "carl_format_1.pt"
+    torch.save(payload, old)
+    loaded = simfer.load(old)
+    assert loaded.dims == carl.dims.replace(n_train=None)
+    x, theta = data.x[:20], data.theta[:20]
+    assert torch.equal(
+        loaded.log_ratio(x=x, theta=theta, reference=loaded.theta_ref),
+        carl.log_ratio(x=x, theta=theta, reference=carl.theta_ref),
+    )
