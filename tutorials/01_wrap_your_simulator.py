@@ -17,13 +17,12 @@
 # This tutorial writes a small simulator as a Pyro program, wraps it with
 # `simfer.Simulator.from_pyro` (which gets the gold by tracing the program once and
 # replaying the recorded path at other θ), and checks both identities against the exact
-# likelihood, which this toy model has.  Then it runs `simfer.simulate` into an HDF5 store
-# and resumes it.
+# likelihood, which this toy model has, with `simfer.diagnostics.check_gold`.  Then it
+# runs `simfer.simulate` into an HDF5 store and resumes it.
 #
 # Figures go to `$SIMFER_TUTORIAL_OUT` (default: `./tutorial_output`).
 
 # %%
-import math
 import os
 import tempfile
 from pathlib import Path
@@ -34,7 +33,6 @@ import matplotlib.pyplot as plt
 import pyro
 import pyro.distributions as dist
 import torch
-from scipy.stats import chi2
 
 import simfer
 
@@ -122,53 +120,83 @@ assert abs(float(mass) - 1) < 1e-6, mass
 
 
 # %% [markdown]
-# ## 3. The test: conditional means in bins of x
+# ## 3. The check: `simfer.diagnostics.check_gold`
 #
 # Both identities say that a per-event difference d = gold − exact has mean zero given x.
-# We bin x by the nearest final position, compute the mean of d and its standard error in
-# each bin, and add the squared z-scores: under the identity this is χ² with one degree of
-# freedom per bin.  A correct simfer fails `p > 1e-3` once in a thousand seeds; the seeds
-# here are fixed, so the tutorial is deterministic.  Each check is paired with a wrong
-# target that the same test must reject, so we know it has the power to fail.
+# `check_gold` draws N events at θ and N at θ_ref with gold, bins x (here one bin per
+# final position), computes the mean of d and its standard error in each bin, and adds
+# the squared z-scores: under the identity this is χ² with one degree of freedom per bin.
+# It also tests two identities that need no likelihood: E_θ[t(x,z|θ)] = 0 and
+# E_θ_ref[r(x,z|θ,θ_ref)] = 1, the means of the two identities above over x.  A
+# correct simfer fails `p > 1e-3` once in a thousand seeds; the seeds here are fixed, so
+# the tutorial is deterministic.
+#
+# The exact quantities go in as callables with simfer's shapes: x and θ ``[n, 1]``.
 
 # %%
 N = 20_000
+THETA = 0.6
 EDGES = torch.arange(-N_ROWS - 1.0, N_ROWS + 2.0, 2.0, dtype=torch.float64)  # one bin per K
 X_GRID = torch.linspace(-N_ROWS, N_ROWS, 801, dtype=torch.float64)
 
 
-def binned(values, x, min_count=50):
-    """Mean x, mean of ``values`` and its standard error in each bin of x that holds at
-    least ``min_count`` events: ``[3, bins]``."""
-    index = torch.bucketize(x, EDGES)
-    rows = []
-    for b in index.unique():
-        v = values[index == b]
-        if v.numel() >= min_count:
-            rows.append((x[index == b].mean(), v.mean(), v.std() / math.sqrt(v.numel())))
-    return torch.tensor(rows, dtype=torch.float64).T
+def exact_log_ratio(x, theta, theta_ref):
+    """log r(x|θ,θ_ref): x, θ, θ_ref ``[n, 1]`` → ``[n]``."""
+    return exact_log_likelihood(x[:, 0], theta[:, 0]) - exact_log_likelihood(
+        x[:, 0], theta_ref[:, 0]
+    )
 
 
-def chi2_p_value(d, x):
-    """p-value of "E[d | x in bin] = 0 in every bin"."""
-    _, means, errors = binned(d, x)
-    return float(chi2.sf(float(((means / errors) ** 2).sum()), means.numel()))
+def exact_score_rows(x, theta):
+    """t(x|θ): x, θ ``[n, 1]`` → ``[n, 1]``."""
+    return exact_score(x[:, 0], theta[:, 0])[:, None]
 
 
+check = simfer.diagnostics.check_gold(
+    sim,
+    [THETA],
+    [0.0],
+    exact_log_ratio=exact_log_ratio,
+    exact_score=exact_score_rows,
+    n=N,
+    seed=1,
+    bins=EDGES,
+)
+print(check.summary())
+assert check.passed, "the gold is biased"
+assert check.score_vs_exact[0].p_value > 1e-3 and check.ratio_vs_exact.p_value > 1e-3
+
+# %% [markdown]
+# Each check must also have the power to fail.  `check.at_theta` and `check.at_reference`
+# are the events it used, and `simfer.diagnostics.binned_mean_test` is its binned test on
+# its own: we hand it wrong targets, which it must reject.
+
+
+# %%
 def plot_check(x, gold, exact, exact_curve, label, title, filename, log_scale=False):
     """Top: binned means of the gold against the exact curve.  Bottom: the pull of each
     bin, mean(gold − exact) / its standard error, which must scatter like N(0, 1)."""
+    test = simfer.diagnostics.binned_mean_test
     figure, (top, bottom) = plt.subplots(
         2, 1, sharex=True, figsize=(6, 5.5), gridspec_kw={"height_ratios": [2, 1]}
     )
     top.plot(X_GRID, exact_curve, label=f"exact {label}(x)")
-    top.errorbar(*binned(gold, x), fmt="o", ms=4, capsize=2, label=f"mean of {label}(x,z) in bin")
+    means = test(gold, x, EDGES)
+    top.errorbar(
+        means.centres,
+        means.means,
+        means.stderrs,
+        fmt="o",
+        ms=4,
+        capsize=2,
+        label=f"mean of {label}(x,z) in bin",
+    )
     top.set(ylabel=label, title=title, yscale="log" if log_scale else "linear")
     top.legend()
-    centres, means, errors = binned(gold - exact, x)
+    differences = test(gold - exact, x, EDGES)
     bottom.axhspan(-2, 2, color="0.9")
     bottom.axhline(0.0, color="black", lw=0.8)
-    bottom.plot(centres, means / errors, "o", ms=4)
+    bottom.plot(differences.centres, differences.pulls, "o", ms=4)
     bottom.set(xlabel="x", ylabel="pull", ylim=(-4, 4))
     figure.tight_layout()
     figure.savefig(OUT / filename, dpi=120)
@@ -178,23 +206,25 @@ def plot_check(x, gold, exact, exact_curve, label, title, filename, log_scale=Fa
 # %% [markdown]
 # ### The joint score
 #
-# Draw N events at θ = 0.6 with gold.  E[t(x,z|θ) | x] = t(x|θ): the binned means of the
-# joint score must follow the exact score curve.  The joint score is much noisier than
-# t(x|θ) (it knows the path, not just x), which is why the averages need error bars.
+# The N events at θ = 0.6: E[t(x,z|θ) | x] = t(x|θ), so the binned means of the joint
+# score follow the exact score curve.  The joint score is much noisier than t(x|θ) (it
+# knows the path, not just x), which is why the averages need error bars.  The score at
+# θ + 0.1 is the wrong target.
 
 # %%
-THETA = 0.6
-theta = torch.full((N, 1), THETA, dtype=torch.float64)
-data = sim.simulate(theta, gold=True, theta_ref=[0.0], seed=1)
+data = check.at_theta
+theta = data.theta
 x = data.x[:, 0]
 joint_score = data.joint_score[:, 0]
 exact = exact_score(x, theta[:, 0])
 
-p_score = chi2_p_value(joint_score - exact, x)
-p_wrong = chi2_p_value(joint_score - exact_score(x, theta[:, 0] + 0.1), x)
+p_score = check.score_vs_exact[0].p_value
+p_wrong = simfer.diagnostics.binned_mean_test(
+    joint_score - exact_score(x, theta[:, 0] + 0.1), x, EDGES
+).p_value
 print(f"joint score vs exact score:      p = {p_score:.3f}")
 print(f"joint score vs score at θ + 0.1: p = {p_wrong:.2e}")
-print(f"spread of t(x,z|θ) − t(x|θ): {float((joint_score - exact).std()):.2f}")
+print(f"spread of t(x,z|θ) − t(x|θ): {check.score_vs_exact[0].spread:.2f}")
 plot_check(
     x,
     joint_score,
@@ -205,29 +235,27 @@ plot_check(
     filename="01_joint_score.png",
 )
 
-assert p_score > 1e-3, "the joint score is not unbiased for the exact score"
 assert p_wrong < 1e-6, "the check has no power: it accepts the score at the wrong θ"
-assert float((joint_score - exact).std()) > 0.1  # the gold is noisy; the test is not trivial
+assert check.score_vs_exact[0].spread > 0.1  # the gold is noisy; the test is not trivial
 
 # %% [markdown]
 # ### The joint ratio
 #
-# Now draw N events at the reference θ_ref = 0 (`at_reference=True`) while the gold is
-# evaluated at (θ, θ_ref) = (0.6, 0).  E[r(x,z|θ,θ_ref) | x] = r(x|θ,θ_ref): the binned
-# means of exp(joint log ratio) must follow the exact ratio.  Averaging the *log* ratio
+# The N events drawn at the reference θ_ref = 0 (`at_reference=True`), with the gold
+# evaluated at (θ, θ_ref) = (0.6, 0): E[r(x,z|θ,θ_ref) | x] = r(x|θ,θ_ref), so the binned
+# means of exp(joint log ratio) follow the exact ratio.  Averaging the *log* ratio
 # instead gives E[log r(x,z) | x] < log r(x|θ,θ_ref) (Jensen's inequality): the log of the
 # gold is biased, and the same test rejects it.
 
 # %%
-at_ref = sim.simulate(theta, gold=True, theta_ref=[0.0], at_reference=True, seed=2)
+at_ref = check.at_reference
 assert bool(at_ref.from_reference.all())
 x_ref = at_ref.x[:, 0]
-exact_log_r = exact_log_likelihood(x_ref, theta[:, 0]) - exact_log_likelihood(
-    x_ref, torch.zeros(N, dtype=torch.float64)
-)
+exact_log_r = exact_log_ratio(at_ref.x, at_ref.theta, at_ref.theta_ref)
 
-p_ratio = chi2_p_value(at_ref.joint_log_ratio.exp() - exact_log_r.exp(), x_ref)
-p_log = chi2_p_value(at_ref.joint_log_ratio - exact_log_r, x_ref)
+p_ratio = check.ratio_vs_exact.p_value
+p_log = simfer.diagnostics.binned_mean_test(at_ref.joint_log_ratio - exact_log_r, x_ref, EDGES)
+p_log = p_log.p_value
 print(f"joint ratio vs exact ratio:          p = {p_ratio:.3f}")
 print(f"joint log ratio vs exact log ratio:  p = {p_log:.2e}  (Jensen)")
 exact_log_r_grid = exact_log_likelihood(
@@ -244,7 +272,6 @@ plot_check(
     log_scale=True,
 )
 
-assert p_ratio > 1e-3, "the joint ratio is not unbiased for the exact ratio"
 assert p_log < 1e-6, "the check has no power: it accepts the biased log-space average"
 
 # %% [markdown]

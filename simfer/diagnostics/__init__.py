@@ -1,5 +1,7 @@
-"""Diagnostics of a learnt posterior, each working on any `simfer.inference.Posterior`.
+"""Diagnostics of a simulator's gold, and of a learnt posterior (any
+`simfer.inference.Posterior`).
 
+* `check_gold`: is a simulator's joint log ratio and joint score unbiased? (`GoldCheck`);
 * `sbc`: simulation-based calibration (rank statistics and their uniformity test);
 * `expected_coverage`: coverage of the highest-posterior-density regions;
 * `tarp`: coverage of random balls (TARP), from samples alone;
@@ -18,14 +20,20 @@ from .calibration import (
     sbc,
     tarp,
 )
+from .gold import BinnedCheck, GoldCheck, MeanCheck, binned_mean_test, check_gold
 from .predictive import PredictiveCheck, posterior_predictive_check
 
 __all__ = [
+    "BinnedCheck",
     "CoverageCurve",
+    "GoldCheck",
+    "MeanCheck",
     "PredictiveCheck",
     "SBCResult",
     "TARPResult",
+    "binned_mean_test",
     "c2st",
+    "check_gold",
     "expected_coverage",
     "per_observation_log_prob",
     "posterior_predictive_check",
