@@ -11,6 +11,7 @@ of the checks themselves (10⁴ draws: 0.01σ on a mean, 1.4% on a variance) are
 next to that.
 """
 
+import json
 import math
 import warnings
 from pathlib import Path
@@ -21,17 +22,14 @@ from conftest import run_markdown_examples
 from torch import nn
 
 import simfer
+from simfer import losses
 from simfer.diagnostics import c2st
 from simfer.errors import ModelFileError, ShapeError, SimferError
 from simfer.estimators.base import load
-from simfer.estimators.likelihood import (
-    LikelihoodEstimator,
-    default_scandal_weight,
-    log_prob_and_score,
-    scandal_loss,
-)
+from simfer.estimators.likelihood import LikelihoodEstimator, log_prob_and_score
 from simfer.estimators.posterior import PosteriorEstimator
-from simfer.nn.flows import build_flow, seeded
+from simfer.nn.flows import build_flow
+from simfer.seeding import seeded
 from simulators import GaussianLinear
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -223,7 +221,7 @@ def test_npe_matches_the_analytic_gaussian_posterior(gaussian, npe):
     kls, mean_errors, variance_ratios, correlations = [], [], [], []
     for i, x in enumerate(x_obs):
         exact = gaussian.posterior(x)
-        draws = npe.sample(10_000, x, seed=i)
+        draws = npe.sample(10_000, x=x, seed=i)
         sd = exact.variance.sqrt()
         mean_errors.append(((draws.mean(0) - exact.mean) / sd).abs().max())
         covariance = torch.cov(draws.T)
@@ -231,7 +229,7 @@ def test_npe_matches_the_analytic_gaussian_posterior(gaussian, npe):
         correlations.append(covariance[0, 1] / covariance.diagonal().prod().sqrt())
         with seeded(i):
             reference = exact.sample((4000,))
-        kls.append((exact.log_prob(reference) - npe.log_prob(reference, x)).mean())
+        kls.append((exact.log_prob(reference) - npe.log_prob(theta=reference, x=x)).mean())
     kls, mean_errors = torch.stack(kls), torch.stack(mean_errors)
     variance_ratios, correlations = torch.stack(variance_ratios), torch.stack(correlations)
     print(
@@ -258,7 +256,7 @@ def test_npe_trains_only_on_rows_drawn_at_their_own_theta(gaussian):
         progress=False,
     )
     npe = PosteriorEstimator("maf", max_epochs=1, **FAST).fit(data)
-    assert npe.dims["n_train"] == int((~data.from_reference).sum()) < len(data)
+    assert npe.dims.n_train == int((~data.from_reference).sum()) < len(data)
 
 
 def test_npe_rejects_leaked_draws_and_reports_the_acceptance(tmp_path):
@@ -275,7 +273,7 @@ def test_npe_rejects_leaked_draws_and_reports_the_acceptance(tmp_path):
     data = simfer.simulate(simulator, prior, 2000, seed=0, executor="serial", progress=False)
     npe = PosteriorEstimator(max_epochs=40, **FAST).fit(data, prior)
     x = torch.tensor([-0.2])
-    draws = npe.sample(4000, x, seed=0)
+    draws = npe.sample(4000, x=x, seed=0)
     assert draws.shape == (4000, 1)
     assert bool(((draws >= 0) & (draws < 1)).all())
     with torch.no_grad(), torch.random.fork_rng():
@@ -285,14 +283,16 @@ def test_npe_rejects_leaked_draws_and_reports_the_acceptance(tmp_path):
     print(f"\nleakage at x = -0.2: acceptance {npe.acceptance_rate:.4f}, independent {inside:.4f}")
     assert 0.5 < npe.acceptance_rate < 1.0
     assert abs(npe.acceptance_rate - inside) < 4 * math.sqrt(0.25 / 4000) + 0.01
-    assert bool(torch.isinf(npe.log_prob(torch.tensor([[-0.1], [1.5]]), x)).all())
-    log_p = npe.log_prob(torch.tensor([0.1]), x)
-    corrected = npe.log_prob(torch.tensor([0.1]), x, leakage_correction=True)
+    assert bool(torch.isinf(npe.log_prob(theta=torch.tensor([[-0.1], [1.5]]), x=x)).all())
+    log_p = npe.log_prob(theta=torch.tensor([0.1]), x=x)
+    corrected = npe.log_prob(theta=torch.tensor([0.1]), x=x, leakage_correction=True)
     assert 0 < float(corrected - log_p) < 1  # −log(acceptance) > 0
     npe.save(tmp_path / "box.pt")  # the box prior travels with the model
-    assert torch.equal(load(tmp_path / "box.pt").sample(300, x, seed=2), npe.sample(300, x, seed=2))
+    assert torch.equal(
+        load(tmp_path / "box.pt").sample(300, x=x, seed=2), npe.sample(300, x=x, seed=2)
+    )
     with pytest.raises(SimferError, match=r"fell inside the prior's support.*min_acceptance"):
-        npe.sample(10, x, prior=simfer.BoxUniform([5.0], [5.001]))
+        npe.sample(10, x=x, prior=simfer.BoxUniform([5.0], [5.001]))
 
 
 def test_npe_trains_an_embedding_and_reloads_it(gaussian, gaussian_data, tmp_path):
@@ -301,7 +301,7 @@ def test_npe_trains_an_embedding_and_reloads_it(gaussian, gaussian_data, tmp_pat
     npe = PosteriorEstimator("maf", embedding=embedding, max_epochs=25, **FAST)
     npe.fit(gaussian_data.subset(slice(0, 2000)))
     x = torch.tensor([0.3, -0.4])
-    draws = npe.sample(4000, x, seed=0)
+    draws = npe.sample(4000, x=x, seed=0)
     exact = gaussian.posterior(x)
     assert float(((draws.mean(0) - exact.mean) / exact.variance.sqrt()).abs().max()) < 0.5
     npe.save(tmp_path / "embedded.pt")
@@ -310,8 +310,8 @@ def test_npe_trains_an_embedding_and_reloads_it(gaussian, gaussian_data, tmp_pat
     fresh = nn.Sequential(nn.Linear(2, 32), nn.SiLU(), nn.Linear(32, 4))
     loaded = PosteriorEstimator.load(tmp_path / "embedded.pt", embedding=fresh)
     theta = gaussian_data.theta[:50]
-    assert torch.equal(loaded.log_prob(theta, x), npe.log_prob(theta, x))
-    assert torch.equal(loaded.sample(100, x, seed=4), npe.sample(100, x, seed=4))
+    assert torch.equal(loaded.log_prob(theta=theta, x=x), npe.log_prob(theta=theta, x=x))
+    assert torch.equal(loaded.sample(100, x=x, seed=4), npe.sample(100, x=x, seed=4))
 
 
 # -- NLE and SCANDAL ---------------------------------------------------------------------------
@@ -327,8 +327,8 @@ def test_nle_and_scandal_learn_the_exact_likelihood(
     fisher = float((exact_score**2).sum(1).mean())
     results = {}
     for name, estimator in (("nle", nle), ("scandal", scandal)):
-        log_q = estimator.log_prob(held_out.x, held_out.theta)
-        score = estimator.score(held_out.x, held_out.theta)
+        log_q = estimator.log_prob(x=held_out.x, theta=held_out.theta)
+        score = estimator.score(x=held_out.x, theta=held_out.theta)
         results[name] = dict(
             kl=float((exact - log_q).mean()),
             corr=float(torch.corrcoef(torch.stack([log_q, exact]))[0, 1]),
@@ -344,13 +344,14 @@ def test_nle_and_scandal_learn_the_exact_likelihood(
     assert results["scandal"]["score"] < 0.5 * results["nle"]["score"]
     # the default α = ½/(E|t|²/d + 1/Var θ) = ½/(1/σ² + 1/σ₀²) = 0.025 here
     assert scandal.alpha_used == pytest.approx(0.5 / (1 / 0.1 + 1 / 0.1), rel=0.05)
-    assert scandal.alpha_used == default_scandal_weight(
+    assert scandal.alpha_used == losses.default_scandal_weight(
         gaussian_data.joint_score, gaussian_data.theta
     )
     # one x broadcasts over many θ
     theta = held_out.theta[:10]
     assert torch.allclose(
-        nle.log_prob(held_out.x[0], theta), nle.log_prob(held_out.x[:1].expand(10, -1), theta)
+        nle.log_prob(x=held_out.x[0], theta=theta),
+        nle.log_prob(x=held_out.x[:1].expand(10, -1), theta=theta),
     )
 
 
@@ -366,7 +367,7 @@ def test_scandal_score_term_vanishes_for_the_exact_likelihood(gaussian, gaussian
         (rows.joint_score**2).sum(1).mean()
     )
     assert torch.allclose(
-        scandal_loss(log_q, score, rows.joint_score, 1.0), -log_q.mean(), atol=1e-5
+        losses.scandal(log_q, score, rows.joint_score, 1.0), -log_q.mean(), atol=1e-5
     )
 
     generator = torch.Generator().manual_seed(0)
@@ -386,7 +387,7 @@ def test_scandal_score_term_vanishes_for_the_exact_likelihood(gaussian, gaussian
         grads, terms = [], []
         for part in torch.arange(n).chunk(parts):
             log_q, score = log_prob_and_score(log_prob, x[part], theta[part], create_graph=True)
-            loss = scandal_loss(log_q, score, joint_score[part], 1.0)
+            loss = losses.scandal(log_q, score, joint_score[part], 1.0)
             grads.append(torch.autograd.grad(loss, parameters)[0])
             terms.append(((score - joint_score[part]) ** 2).mean().detach())
         grads = torch.stack(grads)
@@ -422,7 +423,7 @@ def test_nle_learns_where_the_simulator_fails(tmp_path):
     nle = LikelihoodEstimator("nle", "maf", **FAST).fit(data, prior)
     grid = torch.linspace(-0.95, 0.95, 39)[:, None]
     exact_valid = torch.log1p(-fail_probability(grid[:, 0]))
-    learnt_valid = nle.log_prob_valid(grid)
+    learnt_valid = nle.log_prob_valid(theta=grid)
     # p(valid|θ) against the truth: a 0.1-wide bin of θ holds ~150 of the 3000 simulations,
     # where p ≈ 0.2 at the edge that is a standard error √(0.2·0.8/150) ≈ 0.033; allow two.
     error = float((learnt_valid.exp() - exact_valid.exp()).abs().max())
@@ -430,7 +431,7 @@ def test_nle_learns_where_the_simulator_fails(tmp_path):
     assert error < 0.07
     x = torch.tensor([0.4])
     exact_log_post = torch.distributions.Normal(grid[:, 0], 0.3).log_prob(x) + exact_valid
-    folded = nle.log_prob(x, grid)
+    folded = nle.log_prob(x=x, theta=grid)
     flow_only = folded - learnt_valid
 
     def grid_mean(log_density):
@@ -444,8 +445,8 @@ def test_nle_learns_where_the_simulator_fails(tmp_path):
 
     nle.save(tmp_path / "fragile.pt")
     loaded = load(tmp_path / "fragile.pt")
-    assert loaded.dims["validity"]
-    assert torch.equal(loaded.log_prob(x, grid), folded)
+    assert loaded.dims.validity
+    assert torch.equal(loaded.log_prob(x=x, theta=grid), folded)
 
 
 # -- save and load -----------------------------------------------------------------------------
@@ -454,20 +455,48 @@ def test_trained_flows_survive_save_and_load_bit_identically(npe, nle, scandal, 
     npe.save(tmp_path / "npe.pt")
     loaded = load(tmp_path / "npe.pt")
     assert isinstance(loaded, PosteriorEstimator) and loaded.flow == "nsf"
-    assert torch.equal(loaded.log_prob(theta, x), npe.log_prob(theta, x))
-    assert torch.equal(loaded.sample(500, x[0], seed=3), npe.sample(500, x[0], seed=3))
+    assert torch.equal(loaded.log_prob(theta=theta, x=x), npe.log_prob(theta=theta, x=x))
+    assert torch.equal(loaded.sample(500, x=x[0], seed=3), npe.sample(500, x=x[0], seed=3))
     assert loaded.history.train_loss == npe.history.train_loss
     for name, estimator in (("nle", nle), ("scandal", scandal)):
         estimator.save(tmp_path / f"{name}.pt")
         again = LikelihoodEstimator.load(tmp_path / f"{name}.pt")
         assert again.method == name and again.alpha_used == estimator.alpha_used
-        assert torch.equal(again.log_prob(x, theta), estimator.log_prob(x, theta))
-        assert torch.equal(again.score(x, theta), estimator.score(x, theta))
+        assert torch.equal(again.log_prob(x=x, theta=theta), estimator.log_prob(x=x, theta=theta))
+        assert torch.equal(again.score(x=x, theta=theta), estimator.score(x=x, theta=theta))
         assert torch.equal(
-            again.sample(50, theta[0], seed=1), estimator.sample(50, theta[0], seed=1)
+            again.sample(50, theta=theta[0], seed=1), estimator.sample(50, theta=theta[0], seed=1)
         )
     with pytest.raises(ModelFileError, match="holds a PosteriorEstimator"):
         LikelihoodEstimator.load(tmp_path / "npe.pt")
+
+
+def test_an_npe_file_of_model_format_1_still_loads(npe, held_out, tmp_path):
+    """simfer 0.1 wrote model format 1: the dims a plain dict that named the flow's context
+    width "context_features" (now `Dims.x_dim`).  Such a file loads into the same model; a
+    format-2 file with the old name is refused as not understood."""
+    npe.save(tmp_path / "npe.pt")
+    payload = torch.load(tmp_path / "npe.pt", weights_only=True)
+    assert payload["format_version"] == 2 and json.loads(payload["dims"])["x_dim"] == 2
+    old_dims = {
+        "theta_dim": 2,
+        "context_features": 2,
+        "n_train": npe.dims.n_train,
+        "x_shape": [2],
+        "embedding": None,
+        "x_kind": "array",
+    }
+    payload["dims"] = json.dumps(old_dims)
+    payload["format_version"] = 1
+    torch.save(payload, tmp_path / "format_1.pt")
+    old = load(tmp_path / "format_1.pt")
+    assert isinstance(old, PosteriorEstimator) and old.dims == npe.dims
+    x, theta = held_out.x[:50], held_out.theta[:50]
+    assert torch.equal(old.log_prob(theta=theta, x=x), npe.log_prob(theta=theta, x=x))
+    payload["format_version"] = 2
+    torch.save(payload, tmp_path / "misnamed.pt")
+    with pytest.raises(ModelFileError, match="context_features"):
+        load(tmp_path / "misnamed.pt")
 
 
 def test_a_relu_flow_keeps_its_activation_through_save_and_load(gaussian_data, held_out, tmp_path):
@@ -477,7 +506,7 @@ def test_a_relu_flow_keeps_its_activation_through_save_and_load(gaussian_data, h
     again = LikelihoodEstimator.load(tmp_path / "relu.pt")
     assert again.activation == "relu"
     x, theta = held_out.x[:200], held_out.theta[:200]
-    assert torch.equal(again.log_prob(x, theta), relu.log_prob(x, theta))
+    assert torch.equal(again.log_prob(x=x, theta=theta), relu.log_prob(x=x, theta=theta))
 
 
 # -- bad input ---------------------------------------------------------------------------------
@@ -491,7 +520,7 @@ def test_flow_estimators_name_bad_input(gaussian, gaussian_data, npe, nle):
     with pytest.raises(TypeError, match="embedding must be a torch.nn.Module"):
         PosteriorEstimator(embedding="deepsets")
     with pytest.raises(SimferError, match="not trained yet"):
-        PosteriorEstimator().sample(10, torch.zeros(2))
+        PosteriorEstimator().sample(10, x=torch.zeros(2))
     with pytest.raises(TypeError, match="SimulationData"):
         PosteriorEstimator().fit((gaussian_data.theta, gaussian_data.x))
     no_gold = simfer.simulate(
@@ -500,13 +529,19 @@ def test_flow_estimators_name_bad_input(gaussian, gaussian_data, npe, nle):
     with pytest.raises(SimferError, match="gold=True"):
         LikelihoodEstimator("scandal").fit(no_gold)
     with pytest.raises(ShapeError, match=r"x must have shape \[2\] or \[batch, 2\]"):
-        npe.sample(10, torch.zeros(3))
+        npe.sample(10, x=torch.zeros(3))
     with pytest.raises(ValueError, match="x holds NaN"):
-        npe.log_prob(torch.zeros(2), torch.tensor([math.nan, 0.0]))
-    with pytest.raises(ShapeError, match="cannot pair them"):
-        nle.log_prob(torch.zeros(3, 2), torch.zeros(4, 2))
+        npe.log_prob(theta=torch.zeros(2), x=torch.tensor([math.nan, 0.0]))
+    with pytest.raises(ShapeError, match="cannot pair rows of x 3, theta 4"):
+        nle.log_prob(x=torch.zeros(3, 2), theta=torch.zeros(4, 2))
     with pytest.raises(ValueError, match="n must be a positive integer"):
-        npe.sample(0, torch.zeros(2))
+        npe.sample(0, x=torch.zeros(2))
+    with pytest.raises(TypeError, match="positional argument"):
+        npe.log_prob(torch.zeros(2), torch.zeros(2))
+    with pytest.raises(TypeError, match="positional argument"):
+        nle.log_prob(torch.zeros(2), torch.zeros(2))
+    with pytest.raises(ShapeError, match="without a design column"):
+        nle.log_prob(x=torch.zeros(2), theta=torch.zeros(2), design=torch.zeros(1))
     everything_failed = gaussian_data.subset(slice(0, 10))
     everything_failed = type(everything_failed)(
         theta=everything_failed.theta, x=torch.full_like(everything_failed.x, math.nan)
