@@ -1,7 +1,18 @@
-"""Fixtures shared by the test modules."""
+"""Fixtures and helpers shared by the test modules (import a helper with
+``from conftest import ...``)."""
 
 import pytest
 import torch
+
+import simfer
+from simfer.data import RaggedSets
+from simulators import GaltonBoard, ToyJets
+
+#: θ ~ U(−1, 1): the prior of the one-parameter simulators' runs.
+PRIOR = simfer.BoxUniform([-1.0], [1.0])
+
+#: The ToyJets run of the set-valued store and estimator tests (with ``jets.prior()``).
+JET_RUN = dict(gold=True, theta_ref=[4.0], seed=5, chunk_size=30, progress=False)
 
 
 def pytest_configure(config):
@@ -37,3 +48,55 @@ def run_markdown_examples(path) -> None:
     with torch.random.fork_rng():
         for first_line, block in blocks:
             exec(compile("\n" * first_line + block, str(path), "exec"), namespace)
+
+
+def assert_same_data(a: simfer.SimulationData, b: simfer.SimulationData) -> None:
+    """The same columns, bit for bit (NaN equal to NaN; sets: the same sizes and elements)."""
+    assert a.columns().keys() == b.columns().keys()
+    for name, column in a.columns().items():
+        other = b.columns()[name]
+        if isinstance(column, RaggedSets):  # set-valued x: the same sizes and elements
+            assert isinstance(other, RaggedSets), name
+            torch.testing.assert_close(column.offsets, other.offsets, rtol=0, atol=0)
+            column, other = column.values, other.values
+        torch.testing.assert_close(column, other, rtol=0, atol=0, equal_nan=True)
+
+
+def simulate_on_local_dask(*args, **kwargs) -> simfer.SimulationData:
+    """`simfer.simulate(*args, **kwargs)` on a two-worker local Dask cluster."""
+    distributed = pytest.importorskip("distributed")
+    with (
+        distributed.LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+        ) as cluster,
+        distributed.Client(cluster) as client,
+    ):
+        return simfer.simulate(*args, executor=client.get_executor(), **kwargs)
+
+
+@pytest.fixture(scope="session")
+def small_board():
+    """A Galton board of 8 rows: cheap gold for the simulate and store tests."""
+    return GaltonBoard(n_rows=8)
+
+
+@pytest.fixture(scope="session")
+def small_board_run(small_board):
+    """300 simulations of `small_board` with gold and θ_ref = 0, in this process, in chunks
+    of 40: the table that other executors and the store must reproduce."""
+    return simfer.simulate(
+        small_board,
+        PRIOR,
+        300,
+        gold=True,
+        theta_ref=[0.0],
+        seed=42,
+        chunk_size=40,
+        executor="serial",
+        progress=False,
+    )
+
+
+@pytest.fixture(scope="session")
+def jets():
+    return ToyJets()

@@ -1,23 +1,15 @@
-"""Set-valued x end to end: RaggedSets, simulate → store → load → estimators, and ToyJets."""
+"""Set-valued x: RaggedSets, padding and packing, ToyJets, and the estimators on sets (the
+stores of set-valued x are tested in test_store.py)."""
 
 import math
-import shutil
-import textwrap
 import warnings
 
-import h5py
 import pytest
 import torch
-from test_simulate import (
-    assert_same_data,
-    kill_after_calls,
-    run_script,
-    simulate_on_local_dask,
-)
+from conftest import JET_RUN
 
 import simfer
-import simfer.cli
-from simfer import InvalidSimulationWarning, ModelFileError, ShapeError, StoreError
+from simfer import ModelFileError, ShapeError
 from simfer.data import (
     RaggedSets,
     SimulationData,
@@ -27,12 +19,8 @@ from simfer.data import (
     unpack_sets,
 )
 from simfer.nn import DeepSets, LorentzNet
-from simfer.store import SimulationStore
 from simfer.training import TrainingConfig, fit_network, gather
-from simulators import ToyJets
 from simulators.toyjets import truncated_exponential_log_prob
-
-PRIOR = simfer.BoxUniform([-1.0], [1.0])
 
 
 def sets_4_2_1() -> RaggedSets:
@@ -74,6 +62,43 @@ def test_ragged_sizes_survive_padding_indexing_and_batching():
         RaggedSets(torch.zeros(5, 2), torch.tensor([0, 2, 4]))
     with pytest.raises(ShapeError, match="non-decreasing"):
         RaggedSets(torch.zeros(5, 2), torch.tensor([0, 3, 2, 5]))
+
+
+def test_simulation_data_subsets_and_concatenates_sets():
+    x = RaggedSets.concatenate([sets_4_2_1(), RaggedSets.nan_sets(1, 2)])
+    data = SimulationData(
+        theta=torch.arange(4.0)[:, None],
+        x=x,
+        theta_ref=torch.full((4, 1), -1.0),
+        from_reference=torch.tensor([False, True, False, False]),
+    )
+    assert data.is_set and data.x_shape == (None, 2)
+    assert data.valid.tolist() == [True, True, True, False]  # NaN marks the failed row only
+    assert data.valid_only().x.sizes.tolist() == [4, 2, 1]
+    assert data.subset(torch.tensor([2, 0])).x.sizes.tolist() == [1, 4]
+    assert data.theta_simulated[:, 0].tolist() == [0.0, -1.0, 2.0, 3.0]
+    both = SimulationData.concatenate([data, data.subset(slice(1, 3))])
+    assert both.x.sizes.tolist() == [4, 2, 1, 1, 2, 1] and len(both) == 6
+    assert torch.equal(data[0]["x"], x[0])
+    with pytest.raises(ValueError, match="set-valued x with fixed-shape x"):
+        dense = SimulationData(**{**data.columns(), "x": torch.zeros(4, 2)})
+        SimulationData.concatenate([data, dense])
+
+
+def test_fit_network_pads_each_batch_to_its_own_largest_set():
+    sizes = [1, 1, 1, 1, 9, 1, 1, 1]
+    sets = RaggedSets.from_list([torch.ones(n, 2) for n in sizes])
+    torch.manual_seed(0)
+    network = DeepSets(2, 1, hidden=4)
+    widths = []
+
+    def loss_fn(net, batch, training):
+        widths.append(batch["x"].shape[1])
+        return net(*unpack_sets(batch["x"])).square().mean()[None]
+
+    config = TrainingConfig(max_epochs=1, batch_size=2, validation_fraction=0.25, progress=False)
+    fit_network(network, loss_fn, {"x": sets}, config)
+    assert min(widths) == 1 and max(widths) == 9
 
 
 # -- padding and packing (simfer.data, re-exported by simfer.nn) ------------------------------
@@ -153,212 +178,6 @@ def test_pack_and_unpack_sets_round_trip_and_clear_the_padding():
     assert simfer.nn.pack_sets is simfer.nn.sets.pack_sets is simfer.data.pack_sets
     assert simfer.nn.unpack_sets is simfer.nn.sets.unpack_sets is simfer.data.unpack_sets
     assert simfer.nn.set_sizes is simfer.nn.sets.set_sizes is simfer.data.set_sizes
-
-
-def test_simulation_data_subsets_and_concatenates_sets():
-    x = RaggedSets.concatenate([sets_4_2_1(), RaggedSets.nan_sets(1, 2)])
-    data = SimulationData(
-        theta=torch.arange(4.0)[:, None],
-        x=x,
-        theta_ref=torch.full((4, 1), -1.0),
-        from_reference=torch.tensor([False, True, False, False]),
-    )
-    assert data.is_set and data.x_shape == (None, 2)
-    assert data.valid.tolist() == [True, True, True, False]  # NaN marks the failed row only
-    assert data.valid_only().x.sizes.tolist() == [4, 2, 1]
-    assert data.subset(torch.tensor([2, 0])).x.sizes.tolist() == [1, 4]
-    assert data.theta_simulated[:, 0].tolist() == [0.0, -1.0, 2.0, 3.0]
-    both = SimulationData.concatenate([data, data.subset(slice(1, 3))])
-    assert both.x.sizes.tolist() == [4, 2, 1, 1, 2, 1] and len(both) == 6
-    assert torch.equal(data[0]["x"], x[0])
-    with pytest.raises(ValueError, match="set-valued x with fixed-shape x"):
-        dense = SimulationData(**{**data.columns(), "x": torch.zeros(4, 2)})
-        SimulationData.concatenate([data, dense])
-
-
-def test_fit_network_pads_each_batch_to_its_own_largest_set():
-    sizes = [1, 1, 1, 1, 9, 1, 1, 1]
-    sets = RaggedSets.from_list([torch.ones(n, 2) for n in sizes])
-    torch.manual_seed(0)
-    network = DeepSets(2, 1, hidden=4)
-    widths = []
-
-    def loss_fn(net, batch, training):
-        widths.append(batch["x"].shape[1])
-        return net(*unpack_sets(batch["x"])).square().mean()[None]
-
-    config = TrainingConfig(max_epochs=1, batch_size=2, validation_fraction=0.25, progress=False)
-    fit_network(network, loss_fn, {"x": sets}, config)
-    assert min(widths) == 1 and max(widths) == 9
-
-
-# -- simulate and the store --------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def jets():
-    return ToyJets()
-
-
-JET_RUN = dict(gold=True, theta_ref=[4.0], seed=5, chunk_size=30, progress=False)
-
-
-@pytest.fixture(scope="module")
-def serial_jets(jets):
-    return simfer.simulate(jets, jets.prior(), 160, executor="serial", **JET_RUN)
-
-
-def test_ragged_runs_are_the_same_in_processes_and_through_the_store(jets, serial_jets, tmp_path):
-    assert serial_jets.x.sizes.unique().numel() > 3  # sizes vary
-    assert serial_jets.x.dtype == torch.float64
-    processes = simfer.simulate(
-        jets, jets.prior(), 160, executor="processes", n_workers=2, **JET_RUN
-    )
-    assert_same_data(processes, serial_jets)
-    path = tmp_path / "jets.h5"
-    stored = simfer.simulate(jets, jets.prior(), 160, path=path, executor="serial", **JET_RUN)
-    assert_same_data(stored, serial_jets)
-    assert_same_data(simfer.load_simulations(path), serial_jets)
-    with h5py.File(path, "r") as file:
-        assert "x" not in file  # no padded copy
-        assert file["x.values"].shape == (int(serial_jets.x.sizes.sum()), 4)
-        assert file["x.ends"].shape == (160,)
-    longer = simfer.simulate(jets, jets.prior(), 220, path=path, executor="serial", **JET_RUN)
-    assert_same_data(longer.subset(slice(0, 160)), serial_jets)
-
-
-@pytest.mark.slow
-def test_ragged_runs_are_the_same_on_a_dask_cluster(jets, serial_jets):
-    assert_same_data(simulate_on_local_dask(jets, jets.prior(), 160, **JET_RUN), serial_jets)
-
-
-def test_a_half_written_ragged_chunk_is_discarded(jets, tmp_path):
-    path = tmp_path / "jets.h5"
-    run = dict(seed=7, chunk_size=30, executor="serial", progress=False)
-    first = simfer.simulate(jets, jets.prior(), 90, path=path, **run)
-    # a kill while appending a fourth chunk: its elements and rows written, nothing committed
-    with h5py.File(path, "r+") as file:
-        n_values = file["x.values"].shape[0]
-        file["x.values"].resize(n_values + 7, axis=0)
-        file["x.values"][n_values:] = 99.0
-        for name in file:
-            if name != "x.values":
-                file[name].resize(93, axis=0)
-        file["x.ends"][90:] = n_values + torch.tensor([2, 5, 7]).numpy()
-    assert_same_data(simfer.load_simulations(path), first)
-    resumed = simfer.simulate(jets, jets.prior(), 120, path=path, **run)
-    assert_same_data(resumed, simfer.simulate(jets, jets.prior(), 120, **run))
-    assert not bool((resumed.x.values == 99.0).any())
-
-
-def test_damaged_or_mismatched_ragged_stores_name_the_problem(jets, tmp_path, capsys):
-    good = tmp_path / "good.h5"
-    simfer.simulate(jets, jets.prior(), 60, seed=1, chunk_size=30, path=good, executor="serial")
-
-    def damaged(name, edit):
-        path = tmp_path / f"{name}.h5"
-        shutil.copy(good, path)
-        with h5py.File(path, "r+") as file:
-            edit(file)
-        return path
-
-    no_ends = damaged("no_ends", lambda f: f.__delitem__("x.ends"))
-    with pytest.raises(StoreError, match="no 'x.ends'"):
-        simfer.load_simulations(no_ends)
-    short = damaged("short", lambda f: f["x.values"].resize(3, axis=0))
-    with pytest.raises(StoreError, match="holds only 3"):
-        simfer.load_simulations(short)
-
-    def decrease(file):
-        file["x.ends"][5] = 0
-
-    with pytest.raises(StoreError, match="non-decreasing"):
-        simfer.load_simulations(damaged("decreasing", decrease))
-    assert simfer.cli.main(["inspect", str(good)]) == 0
-    assert "RaggedSets(n=60" in capsys.readouterr().out
-    with SimulationStore.open(good, SimulationStore.read_fingerprint(good)) as store:
-        dense = SimulationData(theta=torch.ones(2, 1), x=torch.zeros(2, 4))
-        with pytest.raises(StoreError, match="fixed-shape 'x', the store holds set-valued"):
-            store.append(5, 60, dense)
-
-
-def sparks_sets(theta):
-    """1 + ⌊5|θ|⌋ elements (θ, k), k = 0, 1, …: a set simulator whose output is checkable."""
-    sizes = (1 + (5 * theta[:, 0].abs()).long()).tolist()
-    return [
-        torch.stack([t.expand(n), torch.arange(n, dtype=t.dtype)], 1)
-        for t, n in zip(theta[:, 0], sizes, strict=True)
-    ]
-
-
-def assert_sparks(data: SimulationData) -> None:
-    sets = data.x
-    assert torch.equal(sets.sizes, 1 + (5 * data.theta[:, 0].abs()).long())
-    rows = sets.row_ids()
-    torch.testing.assert_close(sets.values[:, 0], data.theta[rows, 0])
-    within = torch.arange(len(sets.values)) - sets.offsets[:-1][rows]
-    torch.testing.assert_close(sets.values[:, 1], within.to(sets.dtype))
-
-
-def test_failed_set_simulations_are_one_nan_element_and_stored(tmp_path):
-    def sparks(theta):
-        if float(theta[0]) > 0.6:
-            raise ValueError("too hot")
-        return sparks_sets(theta[None])[0]
-
-    simulator = simfer.Simulator.from_function(
-        sparks, theta_dim=1, x_shape=(None, 2), vectorized=False
-    )
-    path = tmp_path / "sparks.h5"
-    with pytest.warns(InvalidSimulationWarning, match="raised"):
-        data = simfer.simulate(
-            simulator, PRIOR, 80, seed=2, chunk_size=10, path=path, executor="serial"
-        )
-    failed = ~data.valid
-    assert bool(failed.any()) and torch.equal(failed, data.theta[:, 0] > 0.6)
-    assert bool((data.x.sizes[failed] == 1).all())
-    assert bool(data.x[failed].values.isnan().all())
-    assert_sparks(data.valid_only())
-    assert_same_data(simfer.load_simulations(path), data)
-
-
-RAGGED_KILLABLE_SCRIPT = textwrap.dedent(
-    """
-    import os, sys, time, torch, simfer
-
-    def sparks(theta):  # 1 + floor(5|θ|) elements (θ, k), k = 0, 1, …
-        with open(os.environ["MARKER"], "a") as f:
-            f.write("x")
-        time.sleep(float(os.environ.get("SLEEP", "0")))
-        sizes = (1 + (5 * theta[:, 0].abs()).long()).tolist()
-        return [torch.stack([t.expand(n), torch.arange(n, dtype=t.dtype)], 1)
-                for t, n in zip(theta[:, 0], sizes)]
-
-    sim = simfer.Simulator.from_function(sparks, theta_dim=1, x_shape=(None, 2))
-    prior = simfer.BoxUniform([-1.0], [1.0])
-    data = simfer.simulate(sim, prior, 400, seed=9, chunk_size=20, path=sys.argv[1],
-                           executor=sys.argv[2], n_workers=2, progress=False)
-    print(len(data), int(data.x.sizes.sum()), float(data.x.values.sum()))
-    """
-)
-
-
-@pytest.mark.slow
-def test_a_killed_ragged_run_resumes_with_whole_sets(tmp_path):
-    store = tmp_path / "killed.h5"
-    calls = tmp_path / "calls"
-    partial = kill_after_calls(tmp_path, store, RAGGED_KILLABLE_SCRIPT)
-    assert 0 < len(partial) < 400 and len(partial) % 20 == 0
-    assert_sparks(partial)
-    calls.write_text("")
-    out = run_script(tmp_path, store, "serial", sleep=0.0, source=RAGGED_KILLABLE_SCRIPT)
-    assert len(calls.read_text()) == (400 - len(partial)) // 20  # only the missing chunks
-    data = simfer.load_simulations(store)
-    assert len(data) == 400
-    assert_sparks(data)
-    assert_same_data(data.subset(slice(0, len(partial))), partial)
-    fresh = run_script(
-        tmp_path, tmp_path / "fresh.h5", "processes", sleep=0.0, source=RAGGED_KILLABLE_SCRIPT
-    )
-    assert fresh == out
 
 
 # -- ToyJets -----------------------------------------------------------------------------------
