@@ -93,8 +93,8 @@ assert all(score < 0.95 for score in scores.values()), scores
 # ## 4. A corner plot against the reference
 #
 # The diagonal shows each parameter's marginal, the lower panel the joint; the
-# reference is grey.  (A reusable corner-plot helper is planned for `simfer.plotting`;
-# here it is a few lines of matplotlib.)
+# reference is grey.  (`simfer.plotting.corner` draws one sample against a reference;
+# to overlay three estimates in one figure, here it is a few lines of matplotlib.)
 
 
 # %%
