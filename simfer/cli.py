@@ -124,7 +124,8 @@ def _train_ratio_estimators(board, data, out: Path, args, plt) -> dict:
         exact = board.log_likelihood_ratio(x.double(), theta.double(), reference).float()
         squared["trivial"].append(exact**2)
         for method, estimator in estimators.items():
-            squared[method].append((estimator.log_ratio(x, theta) - exact) ** 2)
+            log_r = estimator.log_ratio(x=x, theta=theta, reference=reference.float())
+            squared[method].append((log_r - exact) ** 2)
     models = {}
     for method, estimator in estimators.items():
         models[method] = str(out / f"{method}.pt")
@@ -140,7 +141,8 @@ def _train_ratio_estimators(board, data, out: Path, args, plt) -> dict:
         )
         axis.plot(grid[:, 0], exact, "k", lw=2, label="exact")
         for method, estimator in estimators.items():
-            axis.plot(grid[:, 0], estimator.log_ratio(x_obs, grid), label=method.upper())
+            log_r = estimator.log_ratio(x=x_obs, theta=grid, reference=torch.zeros(81, 1))
+            axis.plot(grid[:, 0], log_r, label=method.upper())
         axis.set(title=f"x = {value}", xlabel="θ0")
     axes[0].set_ylabel("log r(x | θ0, 0)")
     axes[0].legend()
