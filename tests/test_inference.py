@@ -20,6 +20,9 @@ from scipy import stats
 import simfer
 from simfer.errors import ShapeError, SimferError
 from simfer.inference import (
+    EventTerm,
+    Posterior,
+    SupportsPosterior,
     effective_sample_size,
     expected_scans,
     likelihood_scan,
@@ -184,6 +187,45 @@ def test_sample_batched_matches_each_observation(gaussian):
     for i in range(3):
         exact = gaussian.posterior(x[i : i + 1])
         check_moments(draws[i], exact.mean, exact.variance, 0.12, 0.15)
+
+
+def test_a_posterior_from_any_event_term_pairs_each_observation_with_its_design(gaussian):
+    """`Posterior.from_term` takes the `EventTerm` of anything with an ``event_term`` method;
+    ℓ(x, θ, d) gets rows of x, θ and each observation's own design, already paired."""
+    sigma = math.sqrt(gaussian.noise_var)
+
+    class Scaled:  # x ~ N(θ, (σ d)²): the design scales the noise
+        def event_term(self, prior, x_obs, *, design=None):
+            def log_likelihood(x, theta, design):
+                assert x.shape[0] == theta.shape[0] == design.shape[0]
+                return torch.distributions.Normal(theta, sigma * design).log_prob(x).sum(-1)
+
+            return EventTerm(log_likelihood, x_obs, (2,), design_dim=1, model=self)
+
+    model, prior = Scaled(), gaussian.prior()
+    assert isinstance(model, SupportsPosterior)
+    x = gaussian.simulate(torch.zeros(3, 2), seed=2)
+    designs = torch.tensor([[1.0], [2.0], [0.5]])
+    term = model.event_term(prior, x, design=designs)
+    posterior = Posterior.from_term(term, prior, design=designs)
+    theta = prior.sample((7,))
+
+    def exact(scales):
+        return sum(
+            torch.distributions.Normal(theta, sigma * float(d)).log_prob(x[i]).sum(-1)
+            for i, d in enumerate(scales)
+        )
+
+    assert torch.allclose(posterior.log_likelihood(theta), exact(designs[:, 0]), atol=1e-5)
+    assert torch.allclose(
+        posterior.log_prob(theta), exact(designs[:, 0]) + prior.log_prob(theta), atol=1e-5
+    )
+    shared = Posterior.from_term(term, prior, design=torch.tensor([2.0]))  # one for all
+    assert torch.allclose(shared.log_likelihood(theta), exact([2.0] * 3), atol=1e-5)
+    with pytest.raises(ShapeError, match="pass design="):
+        Posterior.from_term(term, prior)
+    with pytest.raises(ShapeError, match="one per observation"):
+        Posterior.from_term(term, prior, design=torch.ones(2, 1))
 
 
 # -- budgets and errors --------------------------------------------------------------------------
