@@ -349,6 +349,119 @@ def test_default_score_weight_scales_with_the_units_of_theta(c):
     torch.testing.assert_close(scaled * losses.score_mse(c * score, c * joint_score), term)
 
 
+# -- vmap over an ensemble axis -----------------------------------------------------------------
+E, B, D, K = 3, 8, 2, 4  # members, rows, theta_dim, NRE-B/C classes
+# the helpers that choose a weight return a Python float from the data: not losses
+NOT_LOSSES = {"default_score_weight", "default_scandal_weight"}
+
+
+def ensemble_cases(dtype):
+    """Every loss of `losses.__all__` as ``(function of the members' tensors, those tensors
+    [E, …])``; the targets (labels, gold) are shared by the members, as in training."""
+    g = torch.Generator().manual_seed(3)
+
+    def draw(*shape, scale=1.0):
+        return scale * torch.randn(*shape, generator=g, dtype=torch.float64).to(dtype)
+
+    y = torch.tensor([0, 1] * (B // 2))
+    joint_log_ratio = draw(B, scale=3.0)
+    joint_log_ratio[0], joint_log_ratio[1] = 40.0, -40.0
+    joint_score, joint_score_ref = draw(B, D), draw(B, D)
+    valid = (torch.arange(B) % 3 != 0).to(dtype)
+    log_r = draw(E, B, scale=3.0)
+    log_r[:, 2], log_r[:, 3] = 40.0, -40.0
+    score, score_ref = draw(E, B, D), draw(E, B, D)
+    log_q, logits = draw(E, B, scale=5.0), draw(E, B, K, scale=3.0)
+    logits_marginal = draw(E, B, K, scale=3.0)
+
+    def gold(loss):
+        return lambda log_r, score, score_ref, weight=None: loss(
+            log_r,
+            y,
+            *((joint_log_ratio,) if loss is not losses.cascal else ()),
+            score,
+            joint_score,
+            0.3,
+            weight=weight,
+            score_ref=score_ref,
+            joint_score_ref=joint_score_ref,
+        )
+
+    return {
+        "carl": (lambda r, weight=None: losses.carl(r, y, weight=weight), (log_r,)),
+        "rolr": (
+            lambda r, weight=None: losses.rolr(r, y, joint_log_ratio, weight=weight),
+            (log_r,),
+        ),
+        "alice": (
+            lambda r, weight=None: losses.alice(r, joint_log_ratio, weight=weight),
+            (log_r,),
+        ),
+        "score_mse": (
+            lambda t, weight=None: losses.score_mse(t, joint_score, weight=weight),
+            (score,),
+        ),
+        "sally": (lambda t, weight=None: losses.sally(t, joint_score, weight=weight), (score,)),
+        "rascal": (gold(losses.rascal), (log_r, score, score_ref)),
+        "cascal": (gold(losses.cascal), (log_r, score, score_ref)),
+        "alices": (gold(losses.alices), (log_r, score, score_ref)),
+        "nre_a": (
+            lambda a, b, weight=None: losses.nre_a(a, b, weight=weight),
+            (log_r, logits[..., 0]),
+        ),
+        "bnre": (
+            lambda a, b, weight=None: losses.bnre(a, b, 100.0, weight=weight),
+            (log_r, logits[..., 0]),
+        ),
+        "nre_b": (lambda a, weight=None: losses.nre_b(a, weight=weight), (logits,)),
+        "nre_c": (
+            lambda a, b, weight=None: losses.nre_c(a, b, 2.0, weight=weight),
+            (logits, logits_marginal),
+        ),
+        "negative_log_likelihood": (
+            lambda q, weight=None: losses.negative_log_likelihood(q, weight=weight),
+            (log_q,),
+        ),
+        "scandal": (
+            lambda q, t, weight=None: losses.scandal(q, t, joint_score, 0.1, weight=weight),
+            (log_q, score),
+        ),
+        "validity": (
+            lambda a, weight=None: losses.validity(a, valid, weight=weight),
+            (log_r,),
+        ),
+    }
+
+
+def test_every_loss_has_an_ensemble_case():
+    assert set(ensemble_cases(torch.float64)) == set(losses.__all__) - NOT_LOSSES
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("name", sorted(set(losses.__all__) - NOT_LOSSES))
+def test_every_loss_runs_under_vmap_over_an_ensemble_axis(name, weighted, dtype):
+    """The module docstring's claim: each loss runs under ``torch.func.vmap``, one call for
+    E ensemble members, and gives what a loop over the members gives (with per-member
+    bootstrap weights too)."""
+    loss, members = ensemble_cases(dtype)[name]
+    if weighted:
+        weights = torch.poisson(torch.ones(E, B), generator=torch.Generator().manual_seed(4))
+        members = (*members, weights.to(dtype) + 0.5)
+    vectorised = torch.func.vmap(loss)(*members)
+    looped = torch.stack([loss(*(m[e] for m in members)) for e in range(E)])
+    assert vectorised.shape == (E,)
+    assert torch.isfinite(looped).all()
+    rtol = 1e-5 if dtype == torch.float32 else 1e-12
+    torch.testing.assert_close(vectorised, looped, rtol=rtol, atol=1e-12)
+    # and its gradient, per member, as an ensemble trains
+    grads = torch.func.vmap(torch.func.grad(loss))(*members)
+    for e in range(E):
+        first = members[0][e].detach().clone().requires_grad_(True)
+        (expected,) = torch.autograd.grad(loss(first, *(m[e] for m in members[1:])), first)
+        torch.testing.assert_close(grads[e], expected.to(grads.dtype), rtol=rtol, atol=1e-10)
+
+
 # -- population-level minimisers -------------------------------------------------------------
 def per_row(loss, *columns: torch.Tensor) -> torch.Tensor:
     """The loss of each row alone, ``[n]``: vmap over single-row batches."""
