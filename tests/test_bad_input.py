@@ -110,3 +110,70 @@ def test_box_uniform_bounds(low, high):
 def test_simulate_rejects_a_bad_budget(board, n):
     with pytest.raises(ValueError):
         simfer.simulate(board, simfer.BoxUniform([-1.0], [1.0]), n, executor="serial")
+
+
+# -- a trained estimator's keyword-only evaluation methods -------------------------------------
+small_shapes = hnp.array_shapes(min_dims=0, max_dims=3, min_side=1, max_side=3)
+real_arrays = hnp.arrays(
+    dtype=st.sampled_from([np.float32, np.float64]),
+    shape=small_shapes,
+    elements=st.floats(-3, 3, width=32) | st.sampled_from([math.nan, math.inf]),
+) | hnp.arrays(dtype=np.int64, shape=small_shapes, elements=st.integers(-2, 2))
+
+
+@pytest.fixture(scope="module")
+def trained(board):
+    """One tiny estimator of each family, trained for an epoch (the tests need shapes)."""
+    prior = simfer.BoxUniform([-1.0], [1.0])
+    data = simfer.simulate(
+        board, prior, 300, gold=True, theta_ref=[0.0], seed=0, executor="serial", progress=False
+    )
+    quick = dict(progress=False, seed=0, max_epochs=1)
+    flows = dict(hidden=8, n_transforms=1, **quick)
+    return {
+        "carl": simfer.RatioEstimator("carl", hidden=(8,), **quick).fit(data),
+        "nre": simfer.RatioEstimator("nre", hidden=(8,), **quick).fit(data),
+        "sally": simfer.ScoreEstimator(hidden=(8,), **quick).fit(data),
+        "nle": simfer.LikelihoodEstimator(**flows).fit(data),
+        "npe": simfer.PosteriorEstimator(**flows).fit(data, prior),
+    }
+
+
+def evaluate(estimator, name, arguments):
+    if name in ("carl", "nre"):
+        return estimator.log_ratio(**arguments)
+    if name == "sally":
+        return estimator.score(x=arguments["x"], design=arguments["design"])
+    arguments.pop("reference")
+    return estimator.log_prob(**arguments)
+
+
+@FAST
+@given(
+    name=st.sampled_from(["carl", "nre", "sally", "nle", "npe"]),
+    argument=st.sampled_from(["x", "theta", "reference", "design"]),
+    value=st.one_of(real_arrays, st.just("marginal"), st.just("evidence"), st.just([0.5])),
+)
+def test_evaluation_arguments_of_any_shape_and_dtype(trained, name, argument, value):
+    """Two rows of x and θ with one of x, θ, the reference or the design replaced by anything:
+    a finite result for the two rows, or a named error (ShapeError, ValueError; a TypeError
+    for text where only the reference may be a word)."""
+    arguments = dict(x=torch.zeros(2, 1), theta=torch.full((2, 1), 0.3), design=None)
+    arguments["reference"] = "marginal" if name == "nre" else torch.zeros(1)
+    arguments[argument] = value
+    named = (
+        (SimferError, ValueError, TypeError)
+        if isinstance(value, str)
+        else (SimferError, ValueError)
+    )
+    try:
+        result = evaluate(trained[name], name, arguments)
+    except named:
+        return
+    assert bool(torch.isfinite(result).all())
+    if name == "sally" and argument == "x":  # t̂(x) depends on x alone: one row per x
+        assert result.ndim == 2 and result.shape[1] == 1
+    else:
+        assert result.shape[0] == 2
+    if argument == "design":  # none of these models takes a design
+        raise AssertionError(f"{name} accepted design={value!r}")
