@@ -241,7 +241,7 @@ def jet_data(jets):
 
 
 def small_lorentz_net() -> LorentzNet:
-    with simfer.nn.seeded(0):
+    with simfer.seeding.seeded(0):
         return LorentzNet(4, 6, hidden=8, n_layers=1)
 
 
@@ -252,24 +252,24 @@ def test_npe_on_sets_takes_every_form_of_x_and_saves(jets, jet_data, tmp_path):
     npe = simfer.PosteriorEstimator(
         embedding=small_lorentz_net(), hidden=16, n_transforms=1, **TINY
     ).fit(jet_data, jets.prior())
-    assert npe.dims["x_kind"] == "set" and npe.dims["context_features"] == 6
+    assert npe.dims.x_kind == "set" and npe.dims.x_dim == 6
     theta = torch.tensor([[3.0], [5.0]])
     one = jet_data.x[0]
-    expected = npe.log_prob(theta, one)
+    expected = npe.log_prob(theta=theta, x=one)
     assert torch.isfinite(expected).all()
     padded, mask = jet_data.x[:1].padded(max_n=40)  # extra padding changes nothing
     for form in ([one], jet_data.x[:1], (padded, mask)):
-        torch.testing.assert_close(npe.log_prob(theta, form), expected)
-    assert npe.sample(5, one, seed=0).shape == (5, 1)
-    assert npe.sample(5, jet_data.x[:3], seed=0).shape == (3, 5, 1)
+        torch.testing.assert_close(npe.log_prob(theta=theta, x=form), expected)
+    assert npe.sample(5, x=one, seed=0).shape == (5, 1)
+    assert npe.sample(5, x=jet_data.x[:3], seed=0).shape == (3, 5, 1)
     path = tmp_path / "npe.pt"
     npe.save(path)
     loaded = simfer.PosteriorEstimator.load(path, embedding=LorentzNet(4, 6, hidden=8, n_layers=1))
-    torch.testing.assert_close(loaded.log_prob(theta, one), expected)
+    torch.testing.assert_close(loaded.log_prob(theta=theta, x=one), expected)
     with pytest.raises(ModelFileError, match="embedding=LorentzNet"):
         simfer.PosteriorEstimator.load(path)
     with pytest.raises(ShapeError, match=r"one set \[n, 4\]"):
-        npe.log_prob(theta, torch.zeros(5, 3))
+        npe.log_prob(theta=theta, x=torch.zeros(5, 3))
     with pytest.raises(ShapeError, match="needs embedding="):
         simfer.PosteriorEstimator(**TINY).fit(jet_data)
 
@@ -279,13 +279,15 @@ def test_alices_on_sets_with_an_embedding(jets, jet_data, tmp_path):
         "alices", embedding=small_lorentz_net(), hidden=(16,), **TINY
     ).fit(jet_data)
     theta = torch.tensor([[3.0], [5.0]])
-    log_r = ratio.log_ratio(jet_data.x[0], theta)
+    log_r = ratio.log_ratio(x=jet_data.x[0], theta=theta, reference=ratio.theta_ref)
     assert log_r.shape == (2,) and torch.isfinite(log_r).all()
-    assert ratio.score(jet_data.x[:2], theta).shape == (2, 1)
+    assert ratio.score(x=jet_data.x[:2], theta=theta).shape == (2, 1)
     path = tmp_path / "ratio.pt"
     ratio.save(path)
     loaded = simfer.RatioEstimator.load(path, embedding=LorentzNet(4, 6, hidden=8, n_layers=1))
-    torch.testing.assert_close(loaded.log_ratio(jet_data.x[0], theta), log_r)
+    torch.testing.assert_close(
+        loaded.log_ratio(x=jet_data.x[0], theta=theta, reference=loaded.theta_ref), log_r
+    )
     with pytest.raises(ValueError, match="n_ensemble must be 1"):
         simfer.RatioEstimator("alices", embedding=small_lorentz_net(), n_ensemble=2)
 
@@ -296,25 +298,25 @@ def test_sally_on_sets_learns_a_boost_invariant_score(jets, jet_data, tmp_path):
     score (float64 invariants)."""
     sally = simfer.ScoreEstimator(embedding=small_lorentz_net(), hidden=(16,), **TINY)
     sally.fit(jet_data)
-    assert sally.dims["x_kind"] == "set" and sally.dims["theta_ref"] == [4.0]
+    assert sally.dims.x_kind == "set" and sally.dims.theta_ref == (4.0,)
     one, three = jet_data.x[0], jet_data.x[:3]
-    t = sally.score(three)
+    t = sally.score(x=three)
     assert t.shape == (3, 1) and torch.isfinite(t).all()
-    torch.testing.assert_close(sally.score(one), t[:1])
-    torch.testing.assert_close(sally.score(three.padded(max_n=40)), t)
+    torch.testing.assert_close(sally.score(x=one), t[:1])
+    torch.testing.assert_close(sally.score(x=three.padded(max_n=40)), t)
     boost = torch.eye(4, dtype=torch.float64)
     boost[0, 0] = boost[3, 3] = math.cosh(2.0)
     boost[0, 3] = boost[3, 0] = math.sinh(2.0)
     boosted = [s.to(torch.float64) @ boost.T for s in three.as_list()]
-    torch.testing.assert_close(sally.score(boosted), t, rtol=1e-6, atol=1e-6)
-    information = sally.fisher_information(jet_data.x[:50])
+    torch.testing.assert_close(sally.score(x=boosted), t, rtol=1e-6, atol=1e-6)
+    information = sally.fisher_information(x=jet_data.x[:50])
     assert information.shape == (1, 1) and information.item() > 0
     posterior = sally.posterior(jets.prior(), three, fisher_information=information)
     assert posterior.log_likelihood(torch.tensor([[3.0], [5.0]])).shape == (2,)
     path = tmp_path / "sally.pt"
     sally.save(path)
     loaded = simfer.ScoreEstimator.load(path, embedding=LorentzNet(4, 6, hidden=8, n_layers=1))
-    torch.testing.assert_close(loaded.score(three), t)
+    torch.testing.assert_close(loaded.score(x=three), t)
     with pytest.raises(ModelFileError, match="embedding=LorentzNet"):
         simfer.ScoreEstimator.load(path)
     with pytest.raises(ShapeError, match="needs embedding="):
@@ -342,8 +344,8 @@ def test_estimators_embed_each_distinct_x_once(jet_data, jet_npe, jet_ratio):
     theta = torch.linspace(2.5, 5.5, 60)[:, None]
     jets_ = jet_data.x[[0, 1, 2] * 20]  # three distinct jets, 60 rows
     for estimator, evaluate in (
-        (npe, lambda x: npe.log_prob(theta, x)),
-        (ratio, lambda x: ratio.log_ratio(x, theta)),
+        (npe, lambda x: npe.log_prob(theta=theta, x=x)),
+        (ratio, lambda x: ratio.log_ratio(x=x, theta=theta, reference=ratio.theta_ref)),
     ):
         seen: list[int] = []
         hook = estimator.embedding.register_forward_hook(
@@ -370,14 +372,14 @@ def test_nle_keeps_its_embedding_fixed(jets, jet_data, tmp_path):
     assert all(p.requires_grad for p in embedding.parameters())
     assert not any(p.requires_grad for p in nle.embedding.parameters())
     theta = torch.tensor([[3.0], [5.0]])
-    log_q = nle.log_prob(jet_data.x[0], theta)
-    assert torch.isfinite(log_q).all() and nle.score(jet_data.x[0], theta).shape == (2, 1)
+    log_q = nle.log_prob(x=jet_data.x[0], theta=theta)
+    assert torch.isfinite(log_q).all() and nle.score(x=jet_data.x[0], theta=theta).shape == (2, 1)
     path = tmp_path / "nle.pt"
     nle.save(path)
     loaded = simfer.LikelihoodEstimator.load(path, embedding=LorentzNet(4, 6, hidden=8, n_layers=1))
-    torch.testing.assert_close(loaded.log_prob(jet_data.x[0], theta), log_q)
+    torch.testing.assert_close(loaded.log_prob(x=jet_data.x[0], theta=theta), log_q)
     with pytest.raises(simfer.SimferError, match="cannot draw x"):
-        nle.sample(3, theta[0])
+        nle.sample(3, theta=theta[0])
     with warnings.catch_warnings():  # a frozen embedding is what NLE wants: no warning
         warnings.simplefilter("error")
         simfer.LikelihoodEstimator(
@@ -391,7 +393,7 @@ def test_posteriors_from_set_estimators(jets, jet_data, jet_npe, jet_ratio):
     one, three = jet_data.x[0], jet_data.x[:3]
     posterior = npe.posterior(jets.prior(), one)
     theta = torch.tensor([[3.0], [5.0]])
-    torch.testing.assert_close(posterior.log_prob(theta), npe.log_prob(theta, one))
+    torch.testing.assert_close(posterior.log_prob(theta), npe.log_prob(theta=theta, x=one))
     assert posterior.sample(20, seed=0).shape == (20, 1)
     for estimator in (npe, ratio):
         iid = estimator.posterior(jets.prior(), three)

@@ -64,6 +64,8 @@ def x_batch(x: Any, dims: Dims, parameter: Tensor) -> tuple[Tensor, bool]:
         raise TypeError("x= is required")
     if not dims.is_set:
         shape = tuple(dims.x_shape)
+        if torch.as_tensor(x).is_complex():
+            raise TypeError("x is complex; simfer's networks take real numbers")
         value = torch.as_tensor(x, dtype=parameter.dtype, device=parameter.device)
         single = tuple(value.shape) == shape
         if single:
@@ -73,6 +75,8 @@ def x_batch(x: Any, dims: Dims, parameter: Tensor) -> tuple[Tensor, bool]:
             raise ShapeError(
                 f"x must have shape [{wanted}] or [batch, {wanted}], got {list(value.shape)}"
             )
+        if value.shape[0] == 0:
+            raise ShapeError("x has no rows: pass at least one observation")
         _check_finite(value)
         return value, single
     features = int(dims.set_features)

@@ -484,13 +484,16 @@ class RatioEstimator(EmbeddingMixin, Estimator):
             )
         if self.dims.double:
             return head(summary, theta0, reference, design)
+        # a single-parameterized estimator knows r(x|θ, θ_ref): a row whose θ1 is not θ_ref
+        # chains through the reference, log r(x|θ,θ1) = log r(x|θ,θ_ref) − log r(x|θ1,θ_ref)
         theta_ref = torch.tensor(
             self.dims.theta_ref, dtype=reference.dtype, device=reference.device
         )
-        if torch.allclose(reference, theta_ref.expand_as(reference)):
-            return head(summary, theta0, design=design)
-        # a single-parameterized estimator knows r(x|θ, θ_ref): chain through the reference
-        return head(summary, theta0, design=design) - head(summary, reference, design=design)
+        at_ref = torch.isclose(reference, theta_ref.expand_as(reference)).all(-1)
+        value = head(summary, theta0, design=design)
+        if bool(at_ref.all()):
+            return value
+        return torch.where(at_ref, value, value - head(summary, reference, design=design))
 
     def log_ratio_ensemble(
         self, *, x: Any, theta: Any, reference: Any, design: Any = None
@@ -498,8 +501,9 @@ class RatioEstimator(EmbeddingMixin, Estimator):
         """log r̂(x|θ, θ1, d) of every member, ``[E, batch]`` (arguments as in `log_ratio`);
         differentiable when θ (or x) requires grad."""
         network, x, theta, reference, design = self._inputs(x, theta, reference, design)
+        inputs = [x, theta] + ([reference] if isinstance(reference, Tensor) else [])
         with torch.set_grad_enabled(
-            torch.is_grad_enabled() and (theta.requires_grad or x.requires_grad)
+            torch.is_grad_enabled() and any(v.requires_grad for v in inputs)
         ):
             return self._log_ratio_members(network, x, theta, reference, design)
 

@@ -22,6 +22,8 @@ def as_batch(value: Any, event_shape: tuple[int, ...], name: str, parameter: Ten
     ``[batch, *event_shape]`` on ``parameter``'s device, in its dtype."""
     if value is None:
         raise TypeError(f"{name}= is required")
+    if torch.as_tensor(value).is_complex():
+        raise TypeError(f"{name} is complex; simfer's networks take real numbers")
     value = torch.as_tensor(value, dtype=parameter.dtype, device=parameter.device)
     if tuple(value.shape) == event_shape:
         value = value[None]
@@ -30,6 +32,8 @@ def as_batch(value: Any, event_shape: tuple[int, ...], name: str, parameter: Ten
         raise ShapeError(
             f"{name} must have shape [{wanted}] or [batch, {wanted}], got {list(value.shape)}"
         )
+    if value.shape[0] == 0:
+        raise ShapeError(f"{name} has no rows: pass at least one")
     if not bool(torch.isfinite(value).all()):
         raise ValueError(f"{name} holds NaN or inf values")
     return value
