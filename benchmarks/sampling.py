@@ -74,7 +74,7 @@ def targets(quick: bool):
 
 def run_simfer(posterior, n, chains, warmup, move):
     start = time.perf_counter()
-    draws = posterior.sample(n, seed=0, num_chains=chains, warmup=warmup, move=move)
+    draws = posterior.sample(n, seed=0, n_chains=chains, warmup=warmup, move=move)
     seconds = time.perf_counter() - start
     per_chain = draws.reshape(-1, chains, draws.shape[-1]).transpose(0, 1)  # draw-major
     return draws, per_chain, seconds

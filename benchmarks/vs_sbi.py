@@ -164,7 +164,7 @@ def slcp_reference(simulator: SLCP, x_obs, n: int, seed: int, mcmc: dict) -> tor
     prior = simulator.prior()
     posterior = posterior_from_likelihood(simulator.log_likelihood, prior, x_obs)
     draws = posterior.sample(
-        n, seed=seed, num_chains=mcmc["num_chains"], warmup=mcmc["warmup_steps"], thin=mcmc["thin"]
+        n, seed=seed, n_chains=mcmc["n_chains"], warmup=mcmc["warmup_steps"], thin=mcmc["thin"]
     ).double()
     print(f"slcp reference: {posterior.diagnostics}", flush=True)
     generator = torch.Generator().manual_seed(seed)
@@ -274,10 +274,10 @@ def train_simfer(method, data, prior, max_epochs, flow="nsf"):
 
 def sample_simfer(method, estimator, prior, x_obs, n, seed, mcmc):
     if method == "NPE":
-        return estimator.sample(n, x_obs, seed=seed), {"acceptance": estimator.acceptance_rate}
+        return estimator.sample(n, x=x_obs, seed=seed), {"acceptance": estimator.acceptance_rate}
     posterior = estimator.posterior(prior, x_obs)
     samples = posterior.sample(
-        n, seed=seed, num_chains=mcmc["num_chains"], warmup=mcmc["warmup_steps"], thin=mcmc["thin"]
+        n, seed=seed, n_chains=mcmc["n_chains"], warmup=mcmc["warmup_steps"], thin=mcmc["thin"]
     )
     return samples, posterior.diagnostics
 
@@ -331,7 +331,7 @@ def sample_sbi(method, model, prior, x_obs, n, seed, mcmc, own_mcmc=False):
             posterior = trainer.build_posterior(
                 mcmc_method="slice_np_vectorized",
                 mcmc_parameters={
-                    "num_chains": mcmc["num_chains"],
+                    "num_chains": mcmc["n_chains"],
                     "warmup_steps": mcmc["warmup_steps"],
                     "thin": mcmc["thin"],
                     "init_strategy": "resample",
@@ -350,7 +350,7 @@ def sample_sbi(method, model, prior, x_obs, n, seed, mcmc, own_mcmc=False):
 
     posterior = posterior_from_likelihood(log_likelihood, prior, x_obs)
     samples = posterior.sample(
-        n, seed=seed, num_chains=mcmc["num_chains"], warmup=mcmc["warmup_steps"], thin=mcmc["thin"]
+        n, seed=seed, n_chains=mcmc["n_chains"], warmup=mcmc["warmup_steps"], thin=mcmc["thin"]
     )
     return samples, posterior.diagnostics
 
@@ -419,7 +419,7 @@ def render(rows: list[dict], simulators: list[str], budgets: list[int], meta: di
         "",
         f"Seconds to draw {meta['n_time']:,} posterior samples at one observation (NPE: "
         "direct, with rejection against the prior's support; NLE: slice-sampling MCMC, "
-        f"{meta['mcmc']['num_chains']} chains, {meta['mcmc']['warmup_steps']} warm-up steps, "
+        f"{meta['mcmc']['n_chains']} chains, {meta['mcmc']['warmup_steps']} warm-up steps, "
         f"thinning {meta['mcmc']['thin']}):",
         "",
         head,
@@ -524,9 +524,9 @@ def main(argv=None) -> None:
             return QUICK_MAX_EPOCHS
         return MAX_EPOCHS.get(budget, 30)
 
-    mcmc = {"num_chains": args.chains, "warmup_steps": args.warmup, "thin": 1}
+    mcmc = {"n_chains": args.chains, "warmup_steps": args.warmup, "thin": 1}
     # SLCP's reference: one draw from each of n_c2st chains after 500 warm-up sweeps
-    reference_mcmc = {"num_chains": n_c2st, "warmup_steps": 500, "thin": 1}
+    reference_mcmc = {"n_chains": n_c2st, "warmup_steps": 500, "thin": 1}
     skip = set(args.skip)
     log = JsonLines(args.jsonl)
     if args.fresh and log.path.exists():

@@ -110,7 +110,7 @@ def check_against_banana(draws, ess):
 
 
 def test_slice_sampler_on_a_banana(banana):
-    draws = banana.sample(40_000, seed=0, num_chains=100, warmup=200)
+    draws = banana.sample(40_000, seed=0, n_chains=100, warmup=200)
     info = banana.diagnostics
     assert info["move"] == "mixed" and info["stuck_updates"] == 0
     assert info["r_hat_max"] < 1.1, info  # Gelman & Rubin (1992)'s threshold
@@ -124,19 +124,19 @@ def test_slice_sampler_on_a_banana(banana):
 def test_differential_moves_mix_better_than_coordinate_moves(banana):
     ess = {}
     for move in ("differential", "coordinate"):
-        banana.sample(40_000, seed=0, num_chains=100, warmup=200, move=move)
+        banana.sample(40_000, seed=0, n_chains=100, warmup=200, move=move)
         ess[move] = banana.diagnostics["ess_min"]
     assert ess["differential"] > 1.5 * ess["coordinate"], ess
 
 
 @pytest.mark.slow
 def test_nuts_agrees_with_slice_on_a_banana(banana):
-    draws = banana.sample(2000, method="nuts", seed=0, num_chains=2, warmup=500, max_tree_depth=10)
+    draws = banana.sample(2000, method="nuts", seed=0, n_chains=2, warmup=500, max_tree_depth=10)
     info = banana.diagnostics
     assert info["r_hat_max"] < 1.1
     check_against_banana(draws, torch.tensor(info["ess_min"]))
     nuts_ess = torch.tensor(info["ess_min"])
-    slice_draws = banana.sample(20_000, seed=1, num_chains=100, warmup=200)
+    slice_draws = banana.sample(20_000, seed=1, n_chains=100, warmup=200)
     slice_ess = torch.tensor(banana.diagnostics["ess_min"])
     # the two chains' means differ by less than 4 standard errors of their difference (a KS
     # test would be wrong here: MCMC draws are autocorrelated)
@@ -151,7 +151,7 @@ def test_every_sampler_recovers_the_exact_gaussian_posterior(gaussian, observati
     )
     exact = gaussian.posterior(x)
     for method, n in [("slice", 4000), ("rejection", 4000), ("nuts", 600)]:
-        options = dict(num_chains=2, warmup=100) if method == "nuts" else {}
+        options = dict(n_chains=2, warmup=100) if method == "nuts" else {}
         draws = posterior.sample(n, method=method, seed=0, **options)
         ess = posterior.diagnostics.get("ess_min", n)
         check_moments(draws, exact.mean, exact.variance, 4 / math.sqrt(ess), 0.15)
@@ -332,7 +332,7 @@ def routes(gaussian, data):
 def test_every_route_recovers_the_analytic_posterior(routes, gaussian, observation, route, method):
     posterior = routes[route].posterior(gaussian.prior(), observation)
     n = 300 if method == "nuts" else 4000
-    options = dict(num_chains=2, warmup=60) if method == "nuts" else {}
+    options = dict(n_chains=2, warmup=60) if method == "nuts" else {}
     draws = posterior.sample(n, method=method, seed=0, **options)
     exact = gaussian.posterior(observation[None])
     check_moments(draws, exact.mean, exact.variance, MEAN_TOLERANCE, VARIANCE_TOLERANCE)
@@ -343,7 +343,7 @@ def test_npe_with_iid_observations_uses_the_product_of_posteriors(routes, gaussi
     x = gaussian.simulate(torch.tensor([[0.2, -0.3]]).expand(8, -1), seed=4)
     posterior = routes["npe"].posterior(gaussian.prior(), x)
     assert not posterior.normalized
-    draws = posterior.sample(1000, seed=0, num_chains=50, warmup=50)
+    draws = posterior.sample(1000, seed=0, n_chains=50, warmup=50)
     assert posterior.diagnostics["method"] == "slice"
     exact = gaussian.posterior(x)
     # eight events multiply eight errors of the single-event fit: 8× the KL budget
@@ -362,7 +362,7 @@ def test_the_examples_in_docs_inference_run(monkeypatch, tmp_path):
 def test_posterior_samples_on_the_gpu(routes, gaussian, observation):
     posterior = routes["nle"].posterior(gaussian.prior(), observation).to("cuda")
     draws = posterior.sample(2000, seed=0)
-    assert draws.device.type == "cuda" and posterior.diagnostics["num_chains"] == 1000
+    assert draws.device.type == "cuda" and posterior.diagnostics["n_chains"] == 1000
     exact = gaussian.posterior(observation[None])
     check_moments(draws.cpu(), exact.mean, exact.variance, MEAN_TOLERANCE, VARIANCE_TOLERANCE)
     routes["nle"].to("cpu")

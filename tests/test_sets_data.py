@@ -398,7 +398,7 @@ def test_posteriors_from_set_estimators(jets, jet_data, jet_npe, jet_ratio):
     for estimator in (npe, ratio):
         iid = estimator.posterior(jets.prior(), three)
         assert iid.n_observations == 3
-        draws = iid.sample(40, seed=0, num_chains=8, warmup=10)
+        draws = iid.sample(40, seed=0, n_chains=8, warmup=10)
         assert draws.shape == (40, 1) and bool(jets.prior().support.check(draws).all())
     # the sum over three jets is the sum of each jet's term
     single = [ratio.posterior(jets.prior(), jet_data.x[i]).log_likelihood(theta) for i in range(3)]

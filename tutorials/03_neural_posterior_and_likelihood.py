@@ -71,7 +71,7 @@ print(f"SCANDAL's score weight α = {scandal.alpha_used:.3g}")
 
 # %%
 n = 1000
-mcmc = dict(num_chains=100, warmup=30)  # 100 chains, 30 warm-up sweeps
+mcmc = dict(n_chains=100, warmup=30)  # 100 chains, 30 warm-up sweeps
 nle_posterior = nle.posterior(prior, x_obs)
 samples = {
     "NPE": npe.posterior(prior, x_obs).sample(n, seed=0),
@@ -154,6 +154,6 @@ corner(
 
 # %%
 other = moons.simulate(torch.tensor([[-0.5, 0.2]]), seed=2)[0]
-print("NPE at another x:", npe.sample(5, other, seed=0))
+print("NPE at another x:", npe.sample(5, x=other, seed=0))
 print("slice sampler:", {k: v for k, v in nle_posterior.diagnostics.items() if k != "method"})
 print("figures in", OUT)

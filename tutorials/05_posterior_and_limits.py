@@ -6,8 +6,8 @@
 # sin²θ_W.  We train a likelihood-ratio surrogate (ALICES, with the simulator's gold) on
 # single events, then ask what the 1000 observed events say about sin²θ_W:
 #
-# * a Bayesian answer: `ratio.posterior(prior, x_obs)` sums log r̂(x_i|θ) over the events
-#   and samples the posterior with many parallel slice-sampling chains;
+# * a Bayesian answer: `ratio.posterior(prior, x_obs)` sums log r̂(x_i|θ, θ_ref) over the
+#   events and samples the posterior with many parallel slice-sampling chains;
 # * a frequentist answer: the likelihood-ratio scan q(θ) = −2 Δ log L with confidence
 #   intervals by Wilks' theorem, and the expected (Asimov) limits for the same N.
 #
@@ -49,7 +49,8 @@ print(f"trained for {len(ratio.history.validation_loss)} epochs")
 # %% [markdown]
 # ## 2. The posterior from 1000 observed events
 #
-# `posterior` sums the per-event log-ratios in batches (θ_ref's constant cancels) and
+# `posterior` sums the per-event log-ratios log r̂(x_i|θ, θ_ref) in batches (the same as
+# `ratio.log_ratio(x=x_i, theta=θ, reference=ratio.theta_ref)`; θ_ref's constant cancels) and
 # starts 40 chains from prior draws resampled by their likelihood (so a short warm-up of
 # 50 sweeps suffices; `posterior.diagnostics` reports R̂ and the effective sample size).
 # The same call on the exact likelihood gives the reference.
@@ -58,10 +59,10 @@ print(f"trained for {len(ratio.history.validation_loss)} epochs")
 theta_true = torch.tensor([[0.231]])
 x_obs = simulator.simulate(theta_true.expand(1000, 1), seed=42)  # [1000 events, 1]
 posterior = ratio.posterior(prior, x_obs)
-samples = posterior.sample(2000, seed=0, num_chains=40, warmup=50)
+samples = posterior.sample(2000, seed=0, n_chains=40, warmup=50)
 print(posterior, posterior.diagnostics)
 exact = posterior_from_likelihood(simulator.log_likelihood, prior, x_obs, x_shape=(1,))
-reference = exact.sample(2000, seed=1, num_chains=40, warmup=50)
+reference = exact.sample(2000, seed=1, n_chains=40, warmup=50)
 print(f"surrogate: {float(samples.mean()):.4f} ± {float(samples.std()):.4f}")
 print(f"exact:     {float(reference.mean()):.4f} ± {float(reference.std()):.4f}")
 

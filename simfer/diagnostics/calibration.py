@@ -75,11 +75,11 @@ def posterior_samples(
     """``n_samples`` independent draws from each single-observation posterior q(θ | x_i):
     x ``[N, *x_shape]`` → ``[N, n_samples, theta_dim]``, by ``posterior.sample_batched``.
 
-    An NPE posterior draws directly.  Otherwise the slice sampler runs ``num_chains``
+    An NPE posterior draws directly.  Otherwise the slice sampler runs ``n_chains``
     chains per observation (default: ``n_samples``, so each chain contributes one draw after
     its warm-up and the draws are independent); ``options`` go to ``sample_batched``.
     """
-    options.setdefault("num_chains", n_samples)
+    options.setdefault("n_chains", n_samples)
     return posterior.sample_batched(n_samples, x, seed=seed, **options)
 
 

@@ -1,7 +1,7 @@
 r"""Convergence diagnostics of parallel Markov chains: split R̂ and effective sample size.
 
 Both follow Gelman et al., *Bayesian Data Analysis* (3rd ed., §11.4–11.5) and Stan's
-reference implementation.  ``chains`` is ``[num_chains, num_draws, dim]``.
+reference implementation.  ``chains`` is ``[n_chains, n_draws, dim]``.
 
 Split R̂.  Every chain is cut in two halves, giving m chains of n draws.  With W the mean
 of the within-chain variances and B/n the variance of the chain means,
@@ -29,7 +29,7 @@ __all__ = ["split_r_hat", "effective_sample_size"]
 
 def _split(chains: Tensor) -> Tensor:
     if chains.ndim != 3:
-        raise ValueError(f"chains must be [num_chains, num_draws, dim], got {list(chains.shape)}")
+        raise ValueError(f"chains must be [n_chains, n_draws, dim], got {list(chains.shape)}")
     half = chains.shape[1] // 2
     if half < 2:
         raise ValueError(f"need at least 4 draws per chain, got {chains.shape[1]}")
@@ -37,7 +37,7 @@ def _split(chains: Tensor) -> Tensor:
 
 
 def split_r_hat(chains: Tensor) -> Tensor:
-    """Split R̂ per dimension ``[dim]`` of ``chains`` ``[num_chains, num_draws, dim]``."""
+    """Split R̂ per dimension ``[dim]`` of ``chains`` ``[n_chains, n_draws, dim]``."""
     halves = _split(chains)
     n = halves.shape[1]
     within = halves.var(dim=1).mean(0)

@@ -42,14 +42,14 @@ def pyro_mcmc(
     max_seconds: float | None = None,
     progress: bool = False,
     max_tree_depth: int = 8,
-    num_steps: int = 10,
+    n_steps: int = 10,
 ) -> tuple[Tensor, dict]:
     """n draws ``[n, theta_dim]`` from ``init.shape[0]`` chains started at ``init``
-    ``[num_chains, theta_dim]``; returns the draws and R̂, ESS, divergences, timings."""
+    ``[n_chains, theta_dim]``; returns the draws and R̂, ESS, divergences, timings."""
     from pyro.infer.mcmc import HMC, MCMC, NUTS
 
     transform = biject_to(prior.support)
-    num_chains, dim = init.shape
+    n_chains, dim = init.shape
 
     def potential(params: dict[str, Tensor]) -> Tensor:
         u = params["u"]
@@ -62,7 +62,7 @@ def pyro_mcmc(
             "NUTS/HMC needs a log-likelihood that is differentiable in θ; use method='slice'"
         )
 
-    per_chain = math.ceil(n / num_chains) * thin
+    per_chain = math.ceil(n / n_chains) * thin
     start = time.perf_counter()
 
     def hook(kernel_, samples, stage, i):
@@ -70,11 +70,11 @@ def pyro_mcmc(
             raise _OutOfTime(f"{stage} iteration {i}")
 
     chains, divergences, accept = [], 0, []
-    for c in range(num_chains):
+    for c in range(n_chains):
         if kernel == "nuts":
             k = NUTS(potential_fn=potential, max_tree_depth=max_tree_depth, full_mass=False)
         else:
-            k = HMC(potential_fn=potential, num_steps=num_steps, full_mass=False)
+            k = HMC(potential_fn=potential, num_steps=n_steps, full_mass=False)
         mcmc = MCMC(
             k,
             num_samples=per_chain,
@@ -88,7 +88,7 @@ def pyro_mcmc(
         except _OutOfTime as where:
             raise SimferError(
                 f"{kernel.upper()} ran out of its time budget ({max_seconds:g} s) in chain "
-                f"{c + 1} of {num_chains} at {where}; raise max_seconds, or use "
+                f"{c + 1} of {n_chains} at {where}; raise max_seconds, or use "
                 f"method='slice' (many chains at once)"
             ) from None
         u = mcmc.get_samples()["u"][::thin]
@@ -98,7 +98,7 @@ def pyro_mcmc(
         accept.append(float(info.get("acceptance rate", {}).get("chain 0", float("nan"))))
     stacked = torch.stack(chains)  # [chains, draws, d]
     summary = {
-        "num_chains": num_chains,
+        "n_chains": n_chains,
         "draws_per_chain": stacked.shape[1],
         "divergences": divergences,
         "acceptance_rate": sum(accept) / len(accept),

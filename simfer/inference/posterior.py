@@ -261,7 +261,7 @@ class Posterior:
         *,
         method: str | None = None,
         seed: int | None = None,
-        num_chains: int | None = None,
+        n_chains: int | None = None,
         warmup: int | None = None,
         thin: int = 1,
         max_seconds: float | None = None,
@@ -272,7 +272,7 @@ class Posterior:
 
         ``method``: one of ``direct`` (NPE with one observation, its default), ``slice``
         (the default otherwise), ``nuts``, ``hmc``, ``rejection``.  MCMC runs
-        ``num_chains`` chains (slice: 100 on a CPU, 1000 on a GPU; NUTS/HMC: 4) for
+        ``n_chains`` chains (slice: 100 on a CPU, 1000 on a GPU; NUTS/HMC: 4) for
         ``warmup`` sweeps (slice 100, NUTS 300) and keeps every ``thin``-th; chains start
         from prior draws resampled by their likelihood.  ``diagnostics`` then holds R̂,
         effective sample size, acceptance and timings.  ``max_seconds`` bounds the wall
@@ -298,7 +298,7 @@ class Posterior:
             if method in ("nuts", "hmc"):
                 from .mcmc import pyro_mcmc
 
-                chains = num_chains or 4
+                chains = n_chains or 4
                 init = self._initial_points(chains, self.x_obs, self.design_obs)
                 samples, info = pyro_mcmc(
                     self._target(),
@@ -314,7 +314,7 @@ class Posterior:
                 )
                 self.diagnostics = {"method": method, **info}
                 return samples
-            chains = num_chains or self._default_chains(n)
+            chains = n_chains or self._default_chains(n)
             init = self._initial_points(chains, self.x_obs, self.design_obs)
             result = slice_sample(
                 lambda theta, rows: self._unnormalized(theta, self.x_obs, self.design_obs),
@@ -337,7 +337,7 @@ class Posterior:
         design: Any = None,
         method: str | None = None,
         seed: int | None = None,
-        num_chains: int | None = None,
+        n_chains: int | None = None,
         warmup: int = 100,
         thin: int = 1,
         max_seconds: float | None = None,
@@ -346,7 +346,7 @@ class Posterior:
         """n draws for each of m observations at once: x_batch ``[m, *x_shape]`` (each row
         its own single-event posterior) → ``[m, n, theta_dim]``; ``design`` is one for all
         or one per row ``[m, design_dim]``.  NPE draws directly; the others run
-        ``num_chains`` slice chains per observation (default 20), all together."""
+        ``n_chains`` slice chains per observation (default 20), all together."""
         x = self._as_observations(x_batch)
         design = self._as_designs(design, x.shape[0])
         method = self._method(method, n_observations=1)
@@ -356,7 +356,7 @@ class Posterior:
                 return self._direct(n, x, design)
             if method != "slice":
                 raise ValueError("sample_batched runs 'direct' (NPE) or 'slice'")
-            m, chains = x.shape[0], num_chains or 20
+            m, chains = x.shape[0], n_chains or 20
             init = self._initial_points(chains, x, design, batched=True)  # [m * chains, d]
             owner = torch.arange(m, device=x.device).repeat_interleave(chains)
             result = slice_sample(
@@ -432,19 +432,19 @@ class Posterior:
     def map(
         self,
         *,
-        num_starts: int = 16,
+        n_starts: int = 16,
         steps: int = 300,
         learning_rate: float = 0.05,
         seed: int | None = 0,
     ) -> Tensor:
         """The maximum a posteriori θ ``[theta_dim]``: Adam on the log-density in the
-        unconstrained space of the prior's support, from the ``num_starts`` best of 1000
+        unconstrained space of the prior's support, from the ``n_starts`` best of 1000
         prior draws; the best end point wins."""
         transform = biject_to(self.prior.support)
         with seeded(seed) if seed is not None else contextlib.nullcontext():
-            candidates = self.prior.sample((max(1000, num_starts),)).to(self.device)
+            candidates = self.prior.sample((max(1000, n_starts),)).to(self.device)
         with torch.no_grad():
-            start = candidates[self.log_prob(candidates).topk(num_starts).indices]
+            start = candidates[self.log_prob(candidates).topk(n_starts).indices]
         unconstrained = transform.inv(start).detach().clone().requires_grad_(True)
         optimizer = torch.optim.Adam([unconstrained], lr=learning_rate)
         for _ in range(steps):

@@ -62,8 +62,8 @@ LogDensity = Callable[[Tensor, Tensor], Tensor]
 class SliceResult:
     """What `slice_sample` returns.
 
-    chains: kept draws ``[num_chains, num_draws, dim]``.
-    log_density: f at the kept draws ``[num_chains, num_draws]``.
+    chains: kept draws ``[n_chains, n_draws, dim]``.
+    log_density: f at the kept draws ``[n_chains, n_draws]``.
     r_hat, ess: split R̂ and bulk effective sample size per dimension (None when there are
         fewer than 4 draws per chain).
     evaluations: calls of f per chain and update, on average.
@@ -83,7 +83,7 @@ class SliceResult:
 
     def summary(self) -> dict:
         return {
-            "num_chains": self.chains.shape[0],
+            "n_chains": self.chains.shape[0],
             "draws_per_chain": self.chains.shape[1],
             "move": self.move,
             "r_hat_max": None if self.r_hat is None else float(self.r_hat.max()),
@@ -170,7 +170,7 @@ class _Slicer:
 def slice_sample(
     log_density: LogDensity,
     init: Tensor,
-    num_draws: int,
+    n_draws: int,
     *,
     warmup: int = 100,
     thin: int = 1,
@@ -183,25 +183,25 @@ def slice_sample(
     max_seconds: float | None = None,
     progress: bool = False,
 ) -> SliceResult:
-    """Run ``init.shape[0]`` chains from ``init`` ``[num_chains, dim]`` (all with finite f).
+    """Run ``init.shape[0]`` chains from ``init`` ``[n_chains, dim]`` (all with finite f).
 
-    Returns ``num_draws`` draws per chain after ``warmup`` sweeps, keeping every
+    Returns ``n_draws`` draws per chain after ``warmup`` sweeps, keeping every
     ``thin``-th sweep.  ``groups``: the chains form that many equal consecutive groups
     sampling different densities.  ``move``: ``"mixed"``, ``"differential"``,
     ``"coordinate"`` or ``"auto"`` (mixed when each group has ≥ 2·(dim + 1) chains, else
     coordinate).  ``width``:
-    initial coordinate widths (float, ``[dim]`` or ``[num_chains, dim]``; default twice
+    initial coordinate widths (float, ``[dim]`` or ``[n_chains, dim]``; default twice
     the chains' spread).  ``max_seconds`` bounds the wall time: past it a `SimferError`
     says how far the run got.
     """
     if init.ndim != 2:
-        raise ValueError(f"init must be [num_chains, dim], got {list(init.shape)}")
-    if num_draws < 1 or warmup < 0 or thin < 1:
-        raise ValueError("num_draws ≥ 1, warmup ≥ 0 and thin ≥ 1 are required")
-    num_chains, dim = init.shape
-    if num_chains % groups:
-        raise ValueError(f"{num_chains} chains do not split into {groups} equal groups")
-    per_group = num_chains // groups
+        raise ValueError(f"init must be [n_chains, dim], got {list(init.shape)}")
+    if n_draws < 1 or warmup < 0 or thin < 1:
+        raise ValueError("n_draws ≥ 1, warmup ≥ 0 and thin ≥ 1 are required")
+    n_chains, dim = init.shape
+    if n_chains % groups:
+        raise ValueError(f"{n_chains} chains do not split into {groups} equal groups")
+    per_group = n_chains // groups
     if move == "auto":
         move = "mixed" if per_group >= 2 * (dim + 1) else "coordinate"
     if move not in ("differential", "coordinate", "mixed"):
@@ -215,22 +215,22 @@ def slice_sample(
     if not bool(torch.isfinite(state.current).all()):
         bad = int((~torch.isfinite(state.current)).sum())
         raise SimferError(
-            f"{bad} of {num_chains} chains start where the log-density is not finite; start "
+            f"{bad} of {n_chains} chains start where the log-density is not finite; start "
             f"them inside the support, where the posterior has mass"
         )
     if width is None:
-        spread = theta.std(0) if num_chains > 1 else torch.ones_like(theta[0])
+        spread = theta.std(0) if n_chains > 1 else torch.ones_like(theta[0])
         width = torch.where(spread > 0, 2 * spread, torch.ones_like(spread))
     width = torch.as_tensor(width, dtype=theta.dtype, device=device)
-    width = width.expand(num_chains, dim).clone()
+    width = width.expand(n_chains, dim).clone()
     scale = torch.ones(groups, dtype=theta.dtype, device=device)  # μ of the differential move
     half = per_group // 2
-    position = torch.arange(num_chains, device=device) % per_group
-    group_of = torch.arange(num_chains, device=device) // per_group
+    position = torch.arange(n_chains, device=device) % per_group
+    group_of = torch.arange(n_chains, device=device) // per_group
     halves = [torch.nonzero(position < half).flatten(), torch.nonzero(position >= half).flatten()]
 
     kept, kept_density = [], []
-    sweeps = warmup + num_draws * thin
+    sweeps = warmup + n_draws * thin
     start = time.perf_counter()
     for sweep in tqdm(range(sweeps), desc="slice sampling", disable=not progress, leave=False):
         if max_seconds is not None and time.perf_counter() - start > max_seconds:
@@ -260,7 +260,7 @@ def slice_sample(
                         0.5, 2.0
                     )
         if move in ("coordinate", "mixed"):
-            every = torch.arange(num_chains, device=device)
+            every = torch.arange(n_chains, device=device)
             for j in torch.randperm(dim, generator=generator).tolist():
                 direction = torch.zeros_like(theta)
                 direction[:, j] = width[:, j]
