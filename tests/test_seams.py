@@ -4,6 +4,7 @@ context, the Dims record, and one-way imports."""
 from __future__ import annotations
 
 import ast
+import inspect
 import json
 import math
 from pathlib import Path
@@ -285,3 +286,23 @@ def test_dims_is_frozen_and_format_1_model_files_still_load(tmp_path):
     torch.save(payload, tmp_path / "odd.pt")
     with pytest.raises(ModelFileError, match="model format 1"):
         simfer.load(tmp_path / "odd.pt")
+
+
+# -- a consistent public API ----------------------------------------------------------------
+@pytest.mark.parametrize(
+    "cls",
+    [
+        simfer.RatioEstimator,
+        simfer.ScoreEstimator,
+        simfer.PosteriorEstimator,
+        simfer.LikelihoodEstimator,
+    ],
+)
+def test_training_settings_show_in_the_signature_and_hidden_means_widths(cls):
+    parameters = inspect.signature(cls).parameters
+    for name in ("max_epochs", "batch_size", "learning_rate", "patience", "seed", "device"):
+        assert parameters[name].kind is inspect.Parameter.KEYWORD_ONLY, name
+    assert "training" not in parameters
+    cls(hidden=32)  # one width at the default depth
+    with pytest.raises(ValueError, match="hidden"):
+        cls(hidden=(0,))

@@ -22,6 +22,8 @@ device, so a model trained on a GPU loads on a CPU.
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import json
 import os
 from pathlib import Path
@@ -52,6 +54,7 @@ class Estimator:
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
         _REGISTRY[cls.__name__] = cls
+        cls.__signature__ = _signature_with_training(cls)
 
     def __init__(self, **training: Any):
         unknown = set(training) - set(self.training_keys)
@@ -191,6 +194,25 @@ class Estimator:
     def __repr__(self) -> str:
         state = "trained" if self.network is not None else "untrained"
         return f"{type(self).__name__}({self.hyperparameters()}, {state})"
+
+
+def _signature_with_training(cls: type) -> inspect.Signature:
+    """The constructor's signature with ``**training`` spelled out as the keyword-only
+    settings of `TrainingConfig` and their defaults, so ``help(cls)`` and editors show them
+    (they are written once, in `TrainingConfig`)."""
+    own = list(inspect.signature(cls.__init__).parameters.values())[1:]  # without self
+    kept = [p for p in own if p.kind is not inspect.Parameter.VAR_KEYWORD]
+    if len(kept) == len(own):  # no **training: nothing to spell out
+        return inspect.Signature(own)
+    names = {p.name for p in kept}
+    training = [
+        inspect.Parameter(
+            f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default, annotation=f.type
+        )
+        for f in dataclasses.fields(TrainingConfig)
+        if f.name not in names
+    ]
+    return inspect.Signature(kept + training)
 
 
 def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> Estimator:

@@ -77,7 +77,7 @@ from ..data import SimulationData
 from ..errors import SimferError
 from ..inference import EventTerm
 from ..nn import EnsembleMLP, Standardize
-from ..nn.flows import FLOWS, ConditionalFlow, build_flow, check_activation
+from ..nn.flows import FLOWS, ConditionalFlow, build_flow, check_activation, conditioner_layers
 from ..prior import as_prior, describe_prior
 from ..seeding import seeded
 from ..training import TrainingHistory, fit_network
@@ -173,7 +173,9 @@ class LikelihoodEstimator(EmbeddingMixin, Estimator):
         flow: ``"nsf"`` (default), ``"nsf-coupling"`` or ``"maf"``; see `simfer.nn.flows`.
         alpha: weight of SCANDAL's score term; None chooses
             `simfer.losses.default_scandal_weight` from the training data.
-        hidden, n_transforms, bins, tail_bound, activation: the flow's architecture
+        hidden: the widths of each conditioner's hidden layers: an int w (default 64) for
+            two residual blocks of width w, or a sequence such as (64, 64, 64, 64).
+        n_transforms, bins, tail_bound, activation: the flow's architecture
             (`simfer.nn.flows.build_flow`).
         validity_hidden: hidden widths of the p(valid|θ) classifier (trained only when the
             training rows hold failed simulations).
@@ -191,7 +193,7 @@ class LikelihoodEstimator(EmbeddingMixin, Estimator):
         flow: str = "nsf",
         *,
         alpha: float | None = None,
-        hidden: int = 64,
+        hidden: int | Sequence[int] = 64,
         n_transforms: int = 5,
         bins: int = 10,
         tail_bound: float = 4.0,
@@ -211,7 +213,8 @@ class LikelihoodEstimator(EmbeddingMixin, Estimator):
         self.method = method
         self.flow = flow
         self.alpha = None if alpha is None else float(alpha)
-        self.hidden = int(hidden)
+        conditioner_layers(hidden)  # a clear error now rather than at fit
+        self.hidden = hidden if isinstance(hidden, int) else [int(h) for h in hidden]
         self.n_transforms = int(n_transforms)
         self.bins = int(bins)
         self.tail_bound = float(tail_bound)

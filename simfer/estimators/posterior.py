@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -44,7 +45,7 @@ from .. import losses
 from ..data import SimulationData
 from ..errors import SimferError
 from ..inference import EventTerm
-from ..nn.flows import FLOWS, ConditionalFlow, build_flow, check_activation
+from ..nn.flows import FLOWS, ConditionalFlow, build_flow, check_activation, conditioner_layers
 from ..prior import (
     BoxUniform,
     as_prior,
@@ -69,7 +70,9 @@ class PosteriorEstimator(EmbeddingMixin, Estimator):
     Args:
         flow: ``"nsf"`` (neural spline flow, the default), ``"nsf-coupling"`` or ``"maf"``; see
             `simfer.nn.flows` for the architectures and their defaults.
-        hidden: hidden units of each MADE conditioner.
+        hidden: the widths of each conditioner's hidden layers: an int w (default 64) for
+            two residual blocks of width w, or a sequence such as (64, 64, 64, 64)
+            (`simfer.nn.flows.conditioner_layers`).
         n_transforms: number of autoregressive transforms.
         bins: spline bins (NSF).
         tail_bound: half-width of the spline window, in standardised units (NSF).
@@ -90,7 +93,7 @@ class PosteriorEstimator(EmbeddingMixin, Estimator):
         self,
         flow: str = "nsf",
         *,
-        hidden: int = 64,
+        hidden: int | Sequence[int] = 64,
         n_transforms: int = 5,
         bins: int = 10,
         tail_bound: float = 4.0,
@@ -106,7 +109,8 @@ class PosteriorEstimator(EmbeddingMixin, Estimator):
             raise ValueError(f"min_acceptance must lie in (0, 1], got {min_acceptance}")
         super().__init__(**training)
         self.flow = flow
-        self.hidden = int(hidden)
+        conditioner_layers(hidden)  # a clear error now rather than at fit
+        self.hidden = hidden if isinstance(hidden, int) else [int(h) for h in hidden]
         self.n_transforms = int(n_transforms)
         self.bins = int(bins)
         self.tail_bound = float(tail_bound)

@@ -43,6 +43,7 @@ from ..data import SimulationData
 from ..errors import SimferError
 from ..inference import EventTerm
 from ..nn import EnsembleMLP, Standardize
+from ..nn.mlp import mlp_widths
 from ..prior import describe_prior
 from ..seeding import seeded
 from ..training import fit_network
@@ -229,7 +230,8 @@ class RatioEstimator(EmbeddingMixin, Estimator):
         method: ``carl``, ``rolr``, ``rascal``, ``alice``, ``alices``, ``cascal`` (gold
             mining, need the reference class of ``simfer.simulate(..., theta_ref=...)``),
             or ``nre``, ``bnre`` (contrastive, no reference class needed).
-        hidden: hidden layer widths.
+        hidden: the widths of the hidden layers, e.g. (128, 128, 128) (the default); an
+            int w means three layers of width w.
         n_ensemble: number of members trained together.
         alpha: weight of the score term (RASCAL, CASCAL, ALICES); None chooses
             `losses.default_score_weight` from the training data's joint scores.
@@ -249,7 +251,7 @@ class RatioEstimator(EmbeddingMixin, Estimator):
         self,
         method: str = "alices",
         *,
-        hidden: Sequence[int] = (128, 128, 128),
+        hidden: int | Sequence[int] = (128, 128, 128),
         n_ensemble: int = 1,
         alpha: float | None = None,
         bnre_lambda: float = 100.0,
@@ -264,7 +266,7 @@ class RatioEstimator(EmbeddingMixin, Estimator):
             raise ValueError("n_ensemble must be at least 1")
         super().__init__(**training)
         self.method = method
-        self.hidden = tuple(int(h) for h in hidden)
+        self.hidden = mlp_widths(hidden)
         self.n_ensemble = int(n_ensemble)
         self.alpha = alpha
         self.bnre_lambda = float(bnre_lambda)

@@ -45,6 +45,7 @@ from ..data import SimulationData
 from ..errors import SimferError
 from ..inference import EventTerm, Posterior
 from ..nn import EnsembleMLP, Standardize
+from ..nn.mlp import mlp_widths
 from ..prior import describe_prior
 from ..seeding import seeded
 from ..training import fit_network
@@ -97,7 +98,7 @@ class ScoreEstimator(EmbeddingMixin, Estimator):
         self,
         method: str = "sally",
         *,
-        hidden: Sequence[int] = (128, 128, 128),
+        hidden: int | Sequence[int] = (128, 128, 128),
         n_ensemble: int = 1,
         embedding: nn.Module | dict | None = None,
         **training: Any,
@@ -106,7 +107,7 @@ class ScoreEstimator(EmbeddingMixin, Estimator):
             raise ValueError(f"unknown score method {method!r}; available: 'sally'")
         super().__init__(**training)
         self.method = "sally"
-        self.hidden = tuple(int(h) for h in hidden)
+        self.hidden = mlp_widths(hidden)
         self.n_ensemble = int(n_ensemble)
         self._init_embedding(embedding)
         check_no_ensemble(self.n_ensemble, self.embedding)

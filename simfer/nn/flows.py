@@ -65,6 +65,7 @@ bit-identically.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -95,6 +96,7 @@ __all__ = [
     "SplineCouplingTransform",
     "StandardizeTransform",
     "build_flow",
+    "conditioner_layers",
     "seeded",
 ]
 
@@ -195,7 +197,9 @@ class SplineCouplingTransform(PiecewiseRationalQuadraticCouplingTransform):
     the splines of the others.  Forward and inverse cost one conditioner pass each, so
     sampling is as fast as density evaluation; each layer transforms only part of v."""
 
-    def __init__(self, mask: Tensor, hidden: int, context_features: int, **options):
+    def __init__(
+        self, mask: Tensor, hidden: int, context_features: int, blocks: int = 2, **options
+    ):
         activation = options.pop("activation")
 
         def conditioner(in_features: int, out_features: int) -> ResidualNet:
@@ -204,7 +208,7 @@ class SplineCouplingTransform(PiecewiseRationalQuadraticCouplingTransform):
                 out_features,
                 hidden_features=hidden,
                 context_features=context_features,
-                num_blocks=2,
+                num_blocks=blocks,
                 activation=activation,
             )
 
@@ -314,12 +318,29 @@ class ConditionalFlow(Flow):
             self.design_standardize.fit(design)
 
 
+def conditioner_layers(hidden: int | Sequence[int]) -> tuple[int, int]:
+    """(width, residual blocks) of a conditioner from ``hidden``, the widths of its hidden
+    layers: an int w means (w, w, w, w), two residual blocks of two layers of width w; a
+    sequence must hold one width an even number of times (one block per pair)."""
+    if isinstance(hidden, int):
+        widths = [hidden] * 4
+    else:
+        widths = [int(h) for h in hidden]
+    if not widths or len(set(widths)) != 1 or len(widths) % 2 or widths[0] < 1:
+        raise ValueError(
+            f"a flow's conditioner is a residual network: its hidden layers share one positive "
+            f"width and come in pairs (one residual block each), e.g. hidden=64 or (64, 64, 64, "
+            f"64); got hidden={hidden!r}"
+        )
+    return widths[0], len(widths) // 2
+
+
 def build_flow(
     kind: str,
     features: int,
     context_features: int,
     *,
-    hidden: int = 64,
+    hidden: int | Sequence[int] = 64,
     n_transforms: int = 5,
     bins: int = 10,
     tail_bound: float = 4.0,
@@ -337,7 +358,9 @@ def build_flow(
         features: D, the dimension of v (1 works).
         context_features: the dimension of the context the transforms see: of c itself,
             or of the embedding's output when ``embedding`` is given.
-        hidden: hidden units of each MADE conditioner (2 residual blocks).
+        hidden: the widths of each conditioner's hidden layers: an int w for two residual
+            blocks of width w (the default, 64), or a sequence of one width repeated in
+            pairs (`conditioner_layers`).
         n_transforms: number of autoregressive transforms.
         bins: spline bins (NSF).
         tail_bound: B, the half-width of the spline window in standardised units (NSF).
@@ -354,9 +377,9 @@ def build_flow(
     kind = kind.lower()
     if kind not in FLOWS:
         raise ValueError(f"unknown flow {kind!r}; choose one of {list(FLOWS)}")
-    for name, value in (("features", features), ("hidden", hidden)):
-        if int(value) < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value}")
+    if int(features) < 1:
+        raise ValueError(f"features must be a positive integer, got {features}")
+    hidden, blocks = conditioner_layers(hidden)
     if int(context_features) < 1:
         raise ValueError(f"context_features must be a positive integer, got {context_features}")
     if int(n_transforms) < 1 or int(bins) < 1 or not tail_bound > 0:
@@ -379,6 +402,7 @@ def build_flow(
                     mask,
                     hidden,
                     conditioner_context,
+                    blocks,
                     num_bins=bins,
                     tail_bound=float(tail_bound),
                     activation=activation_fn,
@@ -390,7 +414,7 @@ def build_flow(
                     context_features=conditioner_context,
                     num_bins=bins,
                     tail_bound=float(tail_bound),
-                    num_blocks=2,
+                    num_blocks=blocks,
                     activation=activation_fn,
                 )
             else:
@@ -398,7 +422,7 @@ def build_flow(
                     features=features,
                     hidden_features=hidden,
                     context_features=conditioner_context,
-                    num_blocks=2,
+                    num_blocks=blocks,
                     activation=activation_fn,
                 )
             _start_at_identity(layer, features)

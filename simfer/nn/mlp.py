@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-__all__ = ["EnsembleLinear", "EnsembleMLP", "Standardize"]
+__all__ = ["EnsembleLinear", "EnsembleMLP", "Standardize", "mlp_widths"]
 
 
 class Standardize(nn.Module):
@@ -85,3 +85,12 @@ class EnsembleMLP(nn.Module):
             if i < len(self.layers) - 1:
                 h = nn.functional.silu(h)
         return h
+
+
+def mlp_widths(hidden: int | Sequence[int], depth: int = 3) -> tuple[int, ...]:
+    """The hidden layer widths of an MLP: a sequence as given, or an int w as ``depth``
+    layers of width w (every width a positive int)."""
+    widths = (int(hidden),) * depth if isinstance(hidden, int) else tuple(int(h) for h in hidden)
+    if not widths or min(widths) < 1:
+        raise ValueError(f"hidden must be positive widths, e.g. (128, 128, 128); got {hidden!r}")
+    return widths
