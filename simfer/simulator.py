@@ -457,57 +457,22 @@ class Simulator:
 
     # -- constructors --
     @staticmethod
-    def from_function(
-        fn: Callable,
-        theta_dim: int,
-        x_shape: Sequence[int] | None = None,
-        *,
-        vectorized: bool = True,
-        design_dim: int = 0,
-        default_design: Sequence[float] | Tensor | None = None,
-        theta_support: constraints.Constraint | None = None,
-        numpy: bool = False,
-        name: str | None = None,
-    ) -> Simulator:
-        """Wrap a black-box function (no gold); see `simfer.wrappers.FunctionSimulator`."""
-        from .wrappers import FunctionSimulator
+    def from_function(fn: Callable, theta_dim: int, **options: Any) -> Simulator:
+        """Wrap a black-box function (no gold): ``options`` are those of
+        `simfer.wrappers.FunctionSimulator` (``x_shape``, ``vectorized``, ``design_dim``,
+        ``default_design``, ``theta_support``, ``numpy``, ``name``)."""
+        from .wrappers import FunctionSimulator  # a subclass: imported when asked for
 
-        return FunctionSimulator(
-            fn,
-            theta_dim,
-            x_shape,
-            vectorized=vectorized,
-            design_dim=design_dim,
-            default_design=default_design,
-            theta_support=theta_support,
-            numpy=numpy,
-            name=name,
-        )
+        return FunctionSimulator(fn, theta_dim, **options)
 
     @staticmethod
-    def from_pyro(
-        model: Callable,
-        theta_dim: int,
-        *,
-        observation: str | None = None,
-        design_dim: int = 0,
-        default_design: Sequence[float] | Tensor | None = None,
-        theta_support: constraints.Constraint | None = None,
-        name: str | None = None,
-    ) -> Simulator:
-        """Wrap a Pyro program ``model(theta[, design])``; gold by trace and replay
-        (see `simfer.wrappers.PyroSimulator`)."""
-        from .wrappers import PyroSimulator
+    def from_pyro(model: Callable, theta_dim: int, **options: Any) -> Simulator:
+        """Wrap a Pyro program ``model(theta[, design])``, gold by trace and replay:
+        ``options`` are those of `simfer.wrappers.PyroSimulator` (``observation``,
+        ``design_dim``, ``default_design``, ``theta_support``, ``name``)."""
+        from .wrappers import PyroSimulator  # a subclass: imported when asked for
 
-        return PyroSimulator(
-            model,
-            theta_dim,
-            observation=observation,
-            design_dim=design_dim,
-            default_design=default_design,
-            theta_support=theta_support,
-            name=name,
-        )
+        return PyroSimulator(model, theta_dim, **options)
 
     def describe(self) -> dict[str, Any]:
         """A JSON-able fingerprint: what a store made by this simulator must match."""
