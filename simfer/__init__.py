@@ -2,7 +2,7 @@
 
 __version__ = "0.1.0"
 
-from . import diagnostics, inference, losses
+from . import design, diagnostics, inference, losses
 from .data import SimulationData
 from .errors import (
     GoldNotAvailableError,
@@ -47,6 +47,7 @@ __all__ = [
     "SupportError",
     "TractableSimulator",
     "as_prior",
+    "design",
     "diagnostics",
     "inference",
     "load",

@@ -8,7 +8,9 @@ Every function draws on the ``fig``/``ax`` it is given, or on a new figure, and 
   true θ overlaid;
 * `sbc_ranks`: SBC rank histograms with the band a calibrated posterior stays in;
 * `coverage`: expected coverage / TARP curves against the diagonal;
-* `likelihood_contours`: a `LikelihoodScan`'s q with its Wilks thresholds.
+* `likelihood_contours`: a `LikelihoodScan`'s q with its Wilks thresholds;
+* `eig_curve`: an `EIGResult`'s expected information gain over the designs (a heat map
+  for two design variables), its ±2 standard-error band, bounds and best design.
 """
 
 from __future__ import annotations
@@ -25,10 +27,11 @@ from scipy import stats
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
 
+    from .design import EIGResult
     from .diagnostics import CoverageCurve, SBCResult
     from .inference import LikelihoodScan
 
-__all__ = ["corner", "coverage", "likelihood_contours", "sbc_ranks"]
+__all__ = ["corner", "coverage", "eig_curve", "likelihood_contours", "sbc_ranks"]
 
 SAMPLE_COLOUR = "#1f77b4"
 REFERENCE_COLOUR = "#ff7f0e"
@@ -331,4 +334,105 @@ def likelihood_contours(
         ax.set_xlabel(names[0])
         ax.set_ylabel(names[1])
     ax.legend(fontsize=8, frameon=False)
+    return fig
+
+
+def eig_curve(
+    result: EIGResult,
+    ax: Axes | None = None,
+    *,
+    reference: Any = None,
+    label: str | None = None,
+    xlabel: str | None = None,
+    ylabel: str = "EIG [nats]",
+    fig: Figure | None = None,
+) -> Figure:
+    """The EIG of each candidate design in ``result`` (an `EIGResult`).
+
+    One design variable: the estimate against the design with a ±2 standard-error band,
+    the lower and upper estimates (when they differ from it) as dashed lines, an
+    optional ``reference`` curve ``[k]`` (e.g. an analytic EIG) and the best design
+    marked.  Two design variables: a heat map (on the grid when the designs form one,
+    else coloured points) with the best design marked.  ``xlabel`` names the design
+    (default "design"; for two variables pass "name 1, name 2")."""
+    designs = result.designs.detach().cpu().double().numpy()
+    eig = result.eig.detach().cpu().double().numpy()
+    best = result.best_index
+    dim = designs.shape[1]
+    if dim not in (1, 2):
+        raise ValueError(
+            f"eig_curve draws one or two design variables, the result has {dim}; plot a "
+            f"slice (an EIGResult over designs that vary in one or two of them)"
+        )
+    fig, ax = _figure_for(ax, fig, (4.8, 3.4) if dim == 1 else (4.6, 3.8))
+    name = label or result.method.upper()
+    if dim == 1:
+        order = np.argsort(designs[:, 0])
+        d = designs[order, 0]
+        stderr = result.stderr.detach().cpu().double().numpy()[order]
+        ax.fill_between(
+            d,
+            eig[order] - 2 * stderr,
+            eig[order] + 2 * stderr,
+            color=SAMPLE_COLOUR,
+            alpha=0.25,
+            linewidth=0,
+            label="±2 stderr",
+        )
+        ax.plot(d, eig[order], color=SAMPLE_COLOUR, linewidth=1.6, label=name)
+        for bound, text, style in ((result.lower, "lower", "--"), (result.upper, "upper", ":")):
+            if bound is None or torch.equal(bound.cpu(), result.eig.cpu()):
+                continue
+            values = bound.detach().cpu().double().numpy()[order]
+            ax.plot(d, values, color="0.35", linestyle=style, linewidth=1, label=text)
+        if reference is not None:
+            values = np.asarray(torch.as_tensor(reference).detach().cpu(), float).ravel()
+            if values.shape != eig.shape:
+                raise ValueError(
+                    f"reference must have one value per design, [{eig.size}], got "
+                    f"{list(values.shape)}"
+                )
+            ax.plot(d, values[order], color="k", linewidth=1, label="reference")
+        ax.axvline(designs[best, 0], color=TRUTH_COLOUR, linestyle=":", linewidth=1)
+        ax.plot(
+            designs[best, 0],
+            eig[best],
+            "*",
+            color=TRUTH_COLOUR,
+            markersize=11,
+            label=f"best d = {designs[best, 0]:.4g}",
+        )
+        ax.set_xlabel(xlabel or "design")
+        ax.set_ylabel(ylabel)
+        ax.legend(fontsize=8, frameon=False)
+        return fig
+    first, second = np.unique(designs[:, 0]), np.unique(designs[:, 1])
+    on_grid = (
+        first.size * second.size == eig.size and np.unique(designs, axis=0).shape[0] == eig.size
+    )
+    if on_grid:
+        values = np.full((second.size, first.size), np.nan)
+        values[np.searchsorted(second, designs[:, 1]), np.searchsorted(first, designs[:, 0])] = eig
+        image = ax.pcolormesh(first, second, values, shading="nearest", cmap="viridis")
+    else:
+        image = ax.scatter(designs[:, 0], designs[:, 1], c=eig, cmap="viridis", s=30)
+    fig.colorbar(image, ax=ax, label=ylabel)
+    ax.plot(
+        designs[best, 0],
+        designs[best, 1],
+        "*",
+        color=TRUTH_COLOUR,
+        markersize=13,
+        markeredgecolor="white",
+        label="best",
+    )
+    names = (xlabel or "design[0], design[1]").split(",")
+    ax.set_xlabel(names[0].strip())
+    ax.set_ylabel(names[1].strip() if len(names) > 1 else "design[1]")
+    se = float(result.stderr[best])
+    ax.set_title(
+        f"{name}: best ({designs[best, 0]:.3g}, {designs[best, 1]:.3g}), "
+        f"EIG {eig[best]:.3g} ± {se:.2g}",
+        fontsize=9,
+    )
     return fig

@@ -2,6 +2,8 @@
 
 * `GaltonBoard`: generalized Galton board, gold from its latent path, exact likelihood.
 * `WeinbergAngle`: e+e- → μ+μ- forward-backward asymmetry, exact per-event likelihood.
+* `LinearGaussianDesign`: when to sample a damped oscillation; x = X(d)θ + ε with the
+  analytic expected information gain of every design d.
 * `ToyJets`: a toy parton shower; x is a variable-size set of 4-momenta, gold from its tree.
 * The benchmarks of the field (as in sbibm): `GaussianLinear`, `TwoMoons`, `SLCP`,
   `GaussianMixture`, `LotkaVolterra`, `SIR`.
@@ -9,6 +11,7 @@
 
 from .benchmarks import SIR, SLCP, GaussianLinear, GaussianMixture, LotkaVolterra, TwoMoons
 from .galton import GaltonBoard
+from .linear_gaussian import LinearGaussianDesign
 from .toyjets import ToyJets
 from .weinberg import WeinbergAngle
 
@@ -16,6 +19,7 @@ __all__ = [
     "GaltonBoard",
     "GaussianLinear",
     "GaussianMixture",
+    "LinearGaussianDesign",
     "LotkaVolterra",
     "SIR",
     "SLCP",

@@ -1,0 +1,33 @@
+"""Experiment design: which design d makes the next experiment most informative about θ?
+
+The criterion is the expected information gain, the mutual information between the
+parameters and the outcome under design d,
+
+    EIG(d) = E_{p(θ) p(x|θ,d)} [ log p(x|θ,d) − log p(x|d) ],
+
+estimated at many candidate designs at once by `eig`, which returns an `EIGResult`
+(values, Monte-Carlo standard errors, lower/upper estimates, the best design, a plot).
+
+* `nmc`: nested Monte Carlo and the PCE lower bound from one likelihood matrix, over a
+  generic batched log-likelihood (`nested_monte_carlo`, `LikelihoodModel`);
+* `sources`: what a source of likelihoods is and how it is adapted;
+* `methods`: the method table behind `eig`;
+* `result`: `EIGResult`.
+
+See docs/design.md.
+"""
+
+from .methods import DEFAULT_METHOD, METHODS, eig
+from .nmc import LikelihoodModel, NestedEstimate, nested_monte_carlo, nested_terms
+from .result import EIGResult
+
+__all__ = [
+    "DEFAULT_METHOD",
+    "EIGResult",
+    "LikelihoodModel",
+    "METHODS",
+    "NestedEstimate",
+    "eig",
+    "nested_monte_carlo",
+    "nested_terms",
+]

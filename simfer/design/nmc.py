@@ -1,0 +1,273 @@
+r"""Nested Monte Carlo (NMC) and prior contrastive estimation (PCE) of the EIG.
+
+The expected information gain of a design d is the mutual information between the
+parameters θ and the outcome x,
+
+    EIG(d) = E_{p(θ) p(x|θ,d)} [ log p(x|θ,d) − log p(x|d) ],
+    p(x|d) = E_{p(θ')} [ p(x|θ',d) ].
+
+Both estimators draw N outer pairs θ_n ~ p(θ), x_n ~ p(x|θ_n,d) and M inner
+(contrastive) points θ_m ~ p(θ), shared by all outer pairs, and need only the
+N × M matrix ℓ_nm = log p(x_n|θ_m,d) and the diagonal ℓ_n = log p(x_n|θ_n,d):
+
+* **NMC** (Ryan 2003; Rainforth et al., ICML 2018, arXiv:1709.06181) replaces
+  p(x_n|d) by its unbiased estimate (1/M) Σ_m p(x_n|θ_m,d):
+
+      Û_NMC = (1/N) Σ_n [ ℓ_n − (logsumexp_m ℓ_nm − log M) ].
+
+  log is concave, so E[log p̂(x)] ≤ log p(x) (Jensen): Û_NMC overestimates the EIG
+  for every M, and E[Û_NMC] decreases monotonically in M towards it.  Once the inner
+  average is close to its mean the bias is ½ E_x[Var_θ p(x|θ,d) / p(x|d)²] / M =
+  O(1/M); reaching that regime needs M ≫ e^EIG (the inner points must land in the
+  posterior, whose prior mass is about e^−EIG).
+
+* **PCE** (Foster et al., AISTATS 2020, arXiv:1911.00294) counts the outer θ_n among
+  its own M + 1 contrastive samples:
+
+      Û_PCE = (1/N) Σ_n [ ℓ_n − log( (e^ℓ_n + Σ_m e^ℓ_nm) / (M + 1) ) ].
+
+  It is a lower bound in expectation, E[Û_PCE] ≤ EIG, increases monotonically in M,
+  and each term is ≤ log(M + 1) (the numerator is one of the summands), so it
+  *saturates* at log(M + 1) when the EIG is larger.
+
+Both come from the same logsumexp over the same matrix, so they cost one pass
+together: `nested_terms`.  Sharing the inner points between outer samples (as Pyro's
+``nmc_eig`` does) keeps the likelihood matrix a product structure (a matrix product
+for linear-Gaussian models) and does not bias either estimator; the correlation it
+adds between terms vanishes to first order because E_x[p(x|θ_m,d)/p(x|d)] = 1, so
+the standard error is the standard deviation of the N per-outer-sample terms over √N.
+
+`nested_monte_carlo` is the generic core: it takes a `LikelihoodModel` — any batched
+log-likelihood ``log_likelihood(x [B, *x_shape], theta [B, p], design [B, D]) -> [B]``
+and a sampler of x — so the exact likelihood of a simulator and a trained likelihood
+surrogate (NLE's ``log_prob(x=, theta=, design=)``) use the same code.  It is
+vectorised over designs: ``k`` designs are processed in chunks whose [c, n, M]
+likelihood block fits ``max_memory`` elements (chunks over outer samples when a
+single design does not fit), never one Python iteration per (design, sample).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+__all__ = ["LikelihoodModel", "NestedEstimate", "nested_monte_carlo", "nested_terms"]
+
+_BLOCK = 2**18  # elements of one likelihood block: ~1-2 MB, cache-sized
+
+LogLikelihood = Callable[[Tensor, Tensor, Tensor], Tensor]
+PairwiseLogLikelihood = Callable[[Tensor, Tensor, Tensor], Tensor]
+Sampler = Callable[[Tensor, Tensor, int], Tensor]
+
+
+@dataclass
+class LikelihoodModel:
+    """What the nested estimators need of a source: a likelihood and a sampler of x.
+
+    Attributes:
+        log_likelihood: ``(x [B, *x_shape], theta [B, p], design [B, D]) -> [B]``,
+            log p(x|θ,d) row by row (exact, or a trained surrogate's).
+        sample: ``(theta [N, p], design [D], seed) -> x [N, *x_shape]``: x ~ p(x|θ,d),
+            reproducible from the int ``seed``.  The same seed at two designs must
+            draw from the same base randomness (the common random numbers).
+        pairwise: optional fast path, ``(x [c, N, *x_shape], theta [c, M, p],
+            design [c, D]) -> [c, N, M]`` = log p(x_jn|θ_jm,d_j) for every pair; built
+            from ``log_likelihood`` (in batches of rows) when None.  The matrix it
+            returns is consumed: overwritten in place by the logsumexp.
+        name: for messages.
+    """
+
+    log_likelihood: LogLikelihood
+    sample: Sampler
+    pairwise: PairwiseLogLikelihood | None = None
+    name: str = "source"
+
+
+@dataclass
+class NestedEstimate:
+    """NMC and PCE estimates ``[k]`` with their standard errors, and the number of
+    per-outer-sample terms that were not finite (left out of both) per design."""
+
+    nmc: Tensor
+    nmc_stderr: Tensor
+    pce: Tensor
+    pce_stderr: Tensor
+    dropped: Tensor
+
+
+def nested_terms(
+    log_p_outer: Tensor, log_p_inner: Tensor, *, overwrite: bool = False
+) -> tuple[Tensor, Tensor]:
+    """Per-outer-sample NMC and PCE terms from one logsumexp.
+
+    Args:
+        log_p_outer: ``[..., N]``, ℓ_n = log p(x_n|θ_n,d).
+        log_p_inner: ``[..., N, M]``, ℓ_nm = log p(x_n|θ_m,d), θ_m independent of x_n.
+        overwrite: compute the logsumexp in place in ``log_p_inner`` (no temporary of
+            its size; its values are lost).
+
+    Returns:
+        ``(nmc, pce)``, each ``[..., N]``: ℓ_n − (logsumexp_m ℓ_nm − log M) and
+        ℓ_n − (logaddexp(ℓ_n, logsumexp_m ℓ_nm) − log(M + 1)); the PCE term is
+        ≤ log(M + 1) by construction.
+    """
+    m = log_p_inner.shape[-1]
+    if overwrite and log_p_inner.is_contiguous():
+        inner = _logsumexp_(log_p_inner)
+    else:
+        inner = torch.logsumexp(log_p_inner, dim=-1)
+    nmc = log_p_outer - inner + math.log(m)
+    pce = log_p_outer - torch.logaddexp(log_p_outer, inner) + math.log(m + 1)
+    return nmc, pce
+
+
+def _logsumexp_(values: Tensor) -> Tensor:
+    """logsumexp over the last axis, exponentiating ``values`` in place: max + log Σ
+    exp(ℓ − max), with the max of an all −inf row taken as 0 (the result is −inf)."""
+    shift = values.amax(dim=-1, keepdim=True)
+    shift = shift.where(torch.isfinite(shift), 0.0)
+    total = values.sub_(shift).exp_().sum(dim=-1)
+    return total.log_().add_(shift.squeeze(-1))
+
+
+def nested_monte_carlo(
+    model: LikelihoodModel,
+    designs: Tensor,
+    theta_outer: Tensor,
+    theta_inner: Tensor,
+    x_seeds: Sequence[int],
+    *,
+    max_memory: int = 2**25,
+    progress: bool = True,
+    desc: str = "EIG",
+) -> NestedEstimate:
+    """NMC and PCE at every design, in one pass over the likelihood matrices.
+
+    Args:
+        model: the likelihood and the sampler of x.
+        designs: ``[k, D]``.
+        theta_outer: ``[k, N, p]`` or ``[1, N, p]`` (the same θ_n for every design).
+        theta_inner: ``[k, M, p]`` or ``[1, M, p]``.
+        x_seeds: ``k`` ints; x at design j is ``model.sample(theta_outer[j], designs[j],
+            x_seeds[j])``.  Equal seeds with shared θ are common random numbers.
+        max_memory: the most tensor elements a likelihood evaluation holds: the
+            [c, n, M] block (at most 2^18 elements anyway, so that it stays in cache),
+            and for the row-wise path each batch of rows times its size (x, θ, design).
+        progress: a tqdm bar over the designs, advanced chunk by chunk.
+
+    Returns:
+        A `NestedEstimate` (float64, on the CPU).
+    """
+    k, n_outer, n_inner = designs.shape[0], theta_outer.shape[1], theta_inner.shape[1]
+    rows_ok = theta_outer.shape[0] in (1, k) and theta_inner.shape[0] in (1, k)
+    if len(x_seeds) != k or not rows_ok:
+        raise ValueError("theta_outer, theta_inner and x_seeds must have 1 or k rows each")
+    # Blocks of the likelihood matrix small enough to stay in the CPU's cache between
+    # filling it and its logsumexp (several times faster than one large chunk).
+    block = max(1, min(int(max_memory), _BLOCK))
+    per_group = max(1, min(k, block // (n_outer * n_inner)))  # designs per block
+    outer_rows = n_outer if per_group > 1 else max(1, block // n_inner)
+    groups = [range(a, min(a + per_group, k)) for a in range(0, k, per_group)]
+
+    stats = torch.empty(5, k, dtype=torch.float64)  # NMC, its stderr, PCE, its stderr, n
+    bar = tqdm(total=k, desc=desc, unit="design", disable=not progress, leave=False)
+    try:
+        for group in groups:
+            index = torch.tensor(list(group))
+            design = designs[index.to(designs.device)]
+            c = len(group)
+            outer = _rows_for(theta_outer, index, k).expand(c, -1, -1)
+            inner = _rows_for(theta_inner, index, k).expand(c, -1, -1)
+            x = torch.stack(
+                [model.sample(outer[i], design[i], int(x_seeds[j])) for i, j in enumerate(group)]
+            )  # [c, N, *x_shape]: one draw per design (CRN: each from the same seed)
+            row_size = x[0, 0].numel() + outer.shape[-1] + design.shape[-1] + 1
+            # row-wise calls of cache-sized batches (at least 1024 rows, within max_memory)
+            max_rows = max(1, min(int(max_memory) // row_size, max(_BLOCK // row_size, 1024)))
+            log_p_outer = _rowwise(model.log_likelihood, x, outer, design, max_rows)
+            nmc = torch.empty(c, n_outer, dtype=log_p_outer.dtype, device=log_p_outer.device)
+            pce = torch.empty_like(nmc)
+            for start in range(0, n_outer, outer_rows):
+                stop = min(start + outer_rows, n_outer)
+                log_p_inner = _matrix(model, x[:, start:stop], inner, design, max_rows)
+                nmc[:, start:stop], pce[:, start:stop] = nested_terms(
+                    log_p_outer[:, start:stop].to(log_p_inner.dtype), log_p_inner, overwrite=True
+                )
+            nmc, pce = nmc.double().cpu(), pce.double().cpu()
+            finite = torch.isfinite(nmc) & torch.isfinite(pce)
+            stats[:, index] = torch.stack(
+                [*_mean_and_stderr(nmc, finite), *_mean_and_stderr(pce, finite), finite.sum(1)]
+            )
+            bar.update(c)
+    finally:
+        bar.close()
+    return NestedEstimate(*stats[:4], dropped=(n_outer - stats[4]).long())
+
+
+def _mean_and_stderr(terms: Tensor, keep: Tensor) -> tuple[Tensor, Tensor]:
+    """Per row of ``terms`` ``[c, N]``: the mean of the kept terms and its standard error
+    (unbiased standard deviation over √n); NaN where fewer than 1 (2) are kept."""
+    n = keep.sum(1).double()
+    mean = terms.where(keep, 0.0).sum(1) / n.clamp(min=1.0)
+    squares = (terms - mean[:, None]).where(keep, 0.0).square().sum(1)
+    stderr = (squares / (n - 1.0).clamp(min=1.0) / n.clamp(min=1.0)).sqrt()
+    return mean.where(n > 0, math.nan), stderr.where(n > 1, math.nan)
+
+
+def _rows_for(theta: Tensor, index: Tensor, k: int) -> Tensor:
+    """The rows of a ``[k or 1, n, p]`` θ tensor for the designs in ``index``."""
+    return theta[index.to(theta.device)] if theta.shape[0] == k else theta
+
+
+def _rowwise(
+    log_likelihood: LogLikelihood, x: Tensor, theta: Tensor, design: Tensor, max_rows: int
+) -> Tensor:
+    """log p(x_jn|θ_jn,d_j) ``[c, n]``, in row-wise calls of at most ``max_rows``."""
+    c, n = x.shape[:2]
+    x, theta = x.reshape(c * n, *x.shape[2:]), theta.reshape(c * n, -1)
+    design = design[:, None].expand(c, n, -1).reshape(c * n, -1)
+    pieces = [
+        _checked(
+            log_likelihood(x[a : a + max_rows], theta[a : a + max_rows], design[a : a + max_rows]),
+            min(max_rows, c * n - a),
+            "log_likelihood",
+        )
+        for a in range(0, c * n, max_rows)
+    ]
+    return torch.cat(pieces).reshape(c, n)
+
+
+def _matrix(
+    model: LikelihoodModel, x: Tensor, theta: Tensor, design: Tensor, max_rows: int
+) -> Tensor:
+    """log p(x_jn|θ_jm,d_j) ``[c, n, M]``: the model's pairwise path, or its row-wise
+    log-likelihood on batches of at most ``max_rows`` gathered (n, m) pairs."""
+    c, n, m = x.shape[0], x.shape[1], theta.shape[1]
+    if model.pairwise is not None:
+        out = model.pairwise(x, theta, design)
+        if out.shape != (c, n, m):
+            raise ValueError(
+                f"the pairwise log-likelihood of '{model.name}' returned shape "
+                f"{list(out.shape)}, expected [c, N, M] = {[c, n, m]}"
+            )
+        return out
+    total = c * n * m
+    pieces = []
+    for start in range(0, total, max_rows):
+        index = torch.arange(start, min(start + max_rows, total), device=x.device)
+        j, rest = index // (n * m), index % (n * m)
+        value = model.log_likelihood(x[j, rest // m], theta[j, rest % m], design[j])
+        pieces.append(_checked(value, index.numel(), "log_likelihood"))
+    return torch.cat(pieces).reshape(c, n, m)
+
+
+def _checked(value: Tensor, rows: int, what: str) -> Tensor:
+    if not isinstance(value, Tensor) or value.shape != (rows,):
+        shape = list(value.shape) if isinstance(value, Tensor) else type(value).__name__
+        raise ValueError(f"{what} must return one value per row, [{rows}]; got {shape}")
+    return value
