@@ -110,9 +110,12 @@ def run_simfer_ratio(method, data, evaluation, settings, seed, label=None):
     start = time.perf_counter()
     estimator = simfer.RatioEstimator(method, seed=seed, progress=False, **settings).fit(data)
     seconds = time.perf_counter() - start
-    x, zeros = evaluation.x, torch.zeros(1)
+    x, zeros = evaluation.x, torch.zeros(1)  # θ1 = 0: NRE chains through p(x)
     estimate = torch.stack(
-        [estimator.log_ratio(x, torch.full((len(x), 1), float(t)), zeros) for t in evaluation.grid]
+        [
+            estimator.log_ratio(x=x, theta=torch.full((len(x), 1), float(t)), reference=zeros)
+            for t in evaluation.grid
+        ]
     )
     history = estimator.history
     return {
@@ -135,7 +138,7 @@ def run_simfer_sally(data, evaluation, settings, seed):
     return {
         "library": "simfer",
         "method": "sally",
-        **evaluation.score_metrics(estimator.score(evaluation.x_score)[:, 0].double()),
+        **evaluation.score_metrics(estimator.score(x=evaluation.x_score)[:, 0].double()),
         "seconds": seconds,
         "epochs": len(history.train_loss),
         "best_epoch": history.best_epoch[0] + 1,

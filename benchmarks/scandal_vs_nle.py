@@ -75,8 +75,8 @@ class Evaluation:
 
     def metrics(self, estimator) -> dict:
         chunks = list(zip(self.x.split(4096), self.theta.split(4096), strict=True))
-        log_q = torch.cat([estimator.log_prob(x, t) for x, t in chunks]).double()
-        score = torch.cat([estimator.score(x, t) for x, t in chunks]).double()
+        log_q = torch.cat([estimator.log_prob(x=x, theta=t) for x, t in chunks]).double()
+        score = torch.cat([estimator.score(x=x, theta=t) for x, t in chunks]).double()
         return {
             "kl": float((self.log_p - log_q).mean()),
             "score_error": float(((score - self.score) ** 2).sum(-1).mean()) / self.fisher,

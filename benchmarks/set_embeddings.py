@@ -136,7 +136,7 @@ def npe_score(npe, theta: Tensor, x: Tensor | RaggedSets, batch: int = 500) -> f
     total = 0.0
     for start in range(0, len(theta), batch):
         rows = slice(start, start + batch)
-        total += float(npe.log_prob(theta[rows], x[rows]).double().sum())
+        total += float(npe.log_prob(theta=theta[rows], x=x[rows]).double().sum())
     return -total / len(theta)
 
 
@@ -146,10 +146,12 @@ def alice_score(log_r: Tensor, joint_log_ratio: Tensor) -> float:
 
 
 def ratio_score(ratio, test: SimulationData, x, batch: int = 500) -> float:
+    """The ALICE cross-entropy of log r̂(x|θ, θ_ref) against each row's gold (its θ_ref)."""
+    rows = [slice(start, start + batch) for start in range(0, len(test), batch)]
     log_r = torch.cat(
         [
-            ratio.log_ratio(x[start : start + batch], test.theta[start : start + batch])
-            for start in range(0, len(test), batch)
+            ratio.log_ratio(x=x[row], theta=test.theta[row], reference=test.theta_ref[row])
+            for row in rows
         ]
     )
     return alice_score(log_r, test.joint_log_ratio)

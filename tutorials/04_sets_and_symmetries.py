@@ -23,6 +23,7 @@ import torch
 
 import simfer
 from simfer.nn import LorentzNet, count_parameters
+from simfer.seeding import seeded
 from simulators import ToyJets
 
 matplotlib.use("Agg")
@@ -56,7 +57,7 @@ print(data.x, "| particles per jet:", data.x.sizes[:10].tolist(), "…")
 # trained together; the budget is kept tiny so that the tutorial runs in a minute.
 
 # %%
-with simfer.nn.seeded(0):
+with seeded(0):
     embedding = LorentzNet(4, 8, hidden=16, n_layers=1, pooling="mean+sum")
 npe = simfer.PosteriorEstimator(
     embedding=embedding, hidden=32, n_transforms=2, max_epochs=8, seed=0, progress=False
@@ -75,7 +76,7 @@ print(f"embedding: {count_parameters(embedding)} parameters; best epoch {npe.his
 # %%
 truth = torch.linspace(2.2, 5.8, 60)[:, None]
 observed = jets.simulate(truth, seed=1)
-draws = npe.sample(200, observed, seed=0)  # [60, 200, 1]
+draws = npe.sample(200, x=observed, seed=0)  # [60, 200, 1]
 posterior_mean = draws.mean(1)[:, 0]
 correlation = torch.corrcoef(torch.stack([posterior_mean, truth[:, 0]]))[0, 1]
 print(f"correlation of the posterior mean with the true λ: {correlation:.2f}")
@@ -94,8 +95,8 @@ def boost_along_x(p: torch.Tensor, rapidity: float) -> torch.Tensor:
 grid = torch.linspace(2.0, 6.0, 201)[:, None]
 jet = observed[10]
 boosted = boost_along_x(jet, 2.0)
-density = npe.log_prob(grid, jet, prior=prior).exp()
-density_boosted = npe.log_prob(grid, boosted, prior=prior).exp()
+density = npe.log_prob(theta=grid, x=jet, prior=prior).exp()
+density_boosted = npe.log_prob(theta=grid, x=boosted, prior=prior).exp()
 shift = (density - density_boosted).abs().max() / density.max()
 print(f"largest change of the posterior under the boost: {shift:.1e} (relative)")
 assert shift < 1e-4
