@@ -4,6 +4,7 @@ __version__ = "0.1.0"
 
 from . import design, diagnostics, inference, losses
 from .data import SimulationData
+from .design import ExperimentLoop
 from .errors import (
     GoldNotAvailableError,
     InvalidSimulationWarning,
@@ -30,6 +31,7 @@ from .store import SimulationStore, load_simulations
 __all__ = [
     "__version__",
     "BoxUniform",
+    "ExperimentLoop",
     "GoldNotAvailableError",
     "InvalidSimulationWarning",
     "LikelihoodNotAvailableError",

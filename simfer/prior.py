@@ -26,6 +26,7 @@ from .errors import ShapeError, SupportError
 
 __all__ = [
     "BoxUniform",
+    "Empirical",
     "as_prior",
     "check_in_support",
     "describe_prior",
@@ -77,6 +78,53 @@ class BoxUniform(Independent):
 
     def __repr__(self) -> str:
         return f"BoxUniform(low={self.low.tolist()}, high={self.high.tolist()})"
+
+
+class Empirical(Distribution):
+    """The empirical distribution of draws θ_1 … θ_n ``[n, theta_dim]`` (posterior draws,
+    say): `sample` resamples them uniformly with replacement.  It has no density (a sum
+    of point masses), so ``log_prob`` raises; its support is that of ``support_of`` (the
+    distribution the draws came from, e.g. the prior), or all of R^d.
+
+    An experiment loop passes its current posterior draws as the "prior" of the next
+    EIG: outer and contrastive θ then come from what is known now.
+    """
+
+    arg_constraints: dict = {}
+    has_rsample = False
+
+    def __init__(self, draws: Tensor, support_of: Distribution | None = None):
+        draws = torch.as_tensor(draws)
+        if draws.ndim != 2 or draws.shape[0] < 1:
+            raise ShapeError(f"draws must be [n, theta_dim] with n ≥ 1, got {list(draws.shape)}")
+        self.draws = draws
+        self._support_of = support_of
+        super().__init__(torch.Size(), torch.Size(draws.shape[1:]), validate_args=False)
+
+    @property
+    def support(self):
+        if self._support_of is not None:
+            return self._support_of.support
+        return torch.distributions.constraints.real_vector
+
+    @property
+    def mean(self) -> Tensor:
+        return self.draws.mean(0)
+
+    @property
+    def variance(self) -> Tensor:
+        return self.draws.var(0)
+
+    def sample(self, sample_shape: torch.Size | Sequence[int] = ()) -> Tensor:
+        shape = torch.Size(sample_shape)
+        index = torch.randint(self.draws.shape[0], shape, device=self.draws.device)
+        return self.draws[index]
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        raise NotImplementedError(
+            "an empirical distribution (a set of draws) has no density; methods that need "
+            "log p(θ) (the Barber–Agakov bound) cannot use it"
+        )
 
 
 def as_prior(prior: Distribution, theta_dim: int | None = None) -> Distribution:

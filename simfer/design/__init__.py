@@ -12,11 +12,13 @@ estimated at many candidate designs at once by `eig`, which returns an `EIGResul
   generic batched log-likelihood (`nested_monte_carlo`, `LikelihoodModel`);
 * `sources`: what a source of likelihoods is and how it is adapted;
 * `methods`: the method table behind `eig`;
-* `result`: `EIGResult`.
+* `result`: `EIGResult`;
+* `loop`: `ExperimentLoop`, the sequential design loop (suggest, observe, update).
 
 See docs/design.md.
 """
 
+from .loop import ExperimentLoop, Round
 from .methods import DEFAULT_METHOD, METHODS, eig
 from .nmc import LikelihoodModel, NestedEstimate, nested_monte_carlo, nested_terms
 from .result import EIGResult
@@ -24,9 +26,11 @@ from .result import EIGResult
 __all__ = [
     "DEFAULT_METHOD",
     "EIGResult",
+    "ExperimentLoop",
     "LikelihoodModel",
     "METHODS",
     "NestedEstimate",
+    "Round",
     "eig",
     "nested_monte_carlo",
     "nested_terms",
