@@ -32,7 +32,7 @@ from simulators import TwoMoons
 matplotlib.use("Agg")
 OUT = Path(os.environ.get("SIMFER_TUTORIAL_OUT", Path.cwd() / "tutorial_output"))
 OUT.mkdir(parents=True, exist_ok=True)
-torch.set_num_threads(2)
+torch.set_num_threads(1)  # small networks, many chains: one thread is fastest, even when idle
 
 # %% [markdown]
 # ## 1. Simulate once, with gold

@@ -36,9 +36,12 @@ torch.set_num_threads(1)  # small networks, many chains: one thread is fastest
 #
 # One row is one event (`n_events=1`) at the design √s = 60 GeV; half of the rows are
 # drawn at the reference θ_ref = 0.25, and every row carries its joint ratio and score.
+# The rows record their design (the `design` column, √s = 60 on every row), so the
+# surrogate conditions on it, and everything it evaluates names the design of the events.
 
 # %%
-simulator = WeinbergAngle(n_events=1, default_energy=60.0)
+energy = [60.0]  # √s in GeV: the design of every simulation and observation
+simulator = WeinbergAngle(n_events=1, default_energy=energy[0])
 prior = simulator.prior()
 data = simfer.simulate(
     simulator, prior, 10_000, gold=True, theta_ref=[0.25], seed=0, executor="serial"
@@ -50,7 +53,8 @@ print(f"trained for {len(ratio.history.validation_loss)} epochs")
 # ## 2. The posterior from 1000 observed events
 #
 # `posterior` sums the per-event log-ratios log r̂(x_i|θ, θ_ref) in batches (the same as
-# `ratio.log_ratio(x=x_i, theta=θ, reference=ratio.theta_ref)`; θ_ref's constant cancels) and
+# `ratio.log_ratio(x=x_i, theta=θ, reference=ratio.theta_ref, design=energy)`; θ_ref's
+# constant cancels) and
 # starts 40 chains from prior draws resampled by their likelihood (so a short warm-up of
 # 50 sweeps suffices; `posterior.diagnostics` reports R̂ and the effective sample size).
 # The same call on the exact likelihood gives the reference.
@@ -58,7 +62,7 @@ print(f"trained for {len(ratio.history.validation_loss)} epochs")
 # %%
 theta_true = torch.tensor([[0.231]])
 x_obs = simulator.simulate(theta_true.expand(1000, 1), seed=42)  # [1000 events, 1]
-posterior = ratio.posterior(prior, x_obs)
+posterior = ratio.posterior(prior, x_obs, design=energy)
 samples = posterior.sample(2000, seed=0, n_chains=40, warmup=50)
 print(posterior, posterior.diagnostics)
 exact = posterior_from_likelihood(simulator.log_likelihood, prior, x_obs, x_shape=(1,))
@@ -89,7 +93,8 @@ grid = torch.linspace(0.17, 0.29, 61)[:, None]
 scan = likelihood_scan(posterior, grid, steps=50)
 exact_scan = likelihood_scan(exact, grid, steps=50)
 pool = simulator.simulate(theta_true.expand(20_000, 1), seed=7)
-expected = expected_scans(ratio.posterior(prior, pool), grid, n_events=1000, n_toys=10, steps=50)
+at_truth = ratio.posterior(prior, pool, design=energy)
+expected = expected_scans(at_truth, grid, n_events=1000, n_toys=10, steps=50)
 for label, s in [("surrogate", scan), ("exact", exact_scan)]:
     low, high = s.interval(0.6827)
     print(f"{label}: θ̂ = {float(s.theta_hat[0]):.4f}, 68% CL [{low:.4f}, {high:.4f}]")
