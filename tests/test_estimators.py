@@ -442,6 +442,36 @@ def test_a_single_parameterized_carl_chains_another_reference_through_theta_ref(
         )
 
 
+@pytest.mark.parametrize("name", ["carl", "alices", "nre"])
+def test_each_row_of_a_batch_gets_the_ratio_to_its_own_reference(trained, data, name):
+    """A row's log r̂ does not depend on the other rows' references: rows at θ_ref and rows
+    chained through it, mixed in one batch, equal the same rows evaluated alone."""
+    estimator = trained[name]
+    x, theta = data.x[:6], data.theta[:6]
+    references = torch.tensor([[0.0], [0.3], [0.0], [-0.5], [0.0], [0.7]])
+    mixed = estimator.log_ratio(x=x, theta=theta, reference=references)
+    alone = torch.cat(
+        [
+            estimator.log_ratio(x=x[i], theta=theta[i], reference=references[i])
+            for i in range(len(x))
+        ]
+    )
+    assert torch.allclose(mixed, alone, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["carl", "nre"])
+def test_log_ratio_is_differentiable_in_theta_and_in_the_reference(trained, data, name):
+    """∂ log r̂(x|θ, θ1)/∂θ is the estimator's score and ∂/∂θ1 its negative at θ1."""
+    estimator = trained[name]
+    x = data.x[:5]
+    theta = torch.full((5, 1), 0.2, requires_grad=True)
+    theta1 = torch.full((5, 1), -0.4, requires_grad=True)
+    log_r = estimator.log_ratio(x=x, theta=theta, reference=theta1)
+    d_theta, d_theta1 = torch.autograd.grad(log_r.sum(), [theta, theta1])
+    assert torch.allclose(d_theta, estimator.score(x=x, theta=theta.detach()), atol=1e-5)
+    assert torch.allclose(d_theta1, -estimator.score(x=x, theta=theta1.detach()), atol=1e-5)
+
+
 def test_dims_is_a_frozen_record_and_theta_ref_a_tensor(trained):
     for name, estimator in trained.items():
         assert isinstance(estimator.dims, Dims), name
