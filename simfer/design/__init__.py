@@ -13,6 +13,7 @@ estimated at many candidate designs at once by `eig`, which returns an `EIGResul
 * `sources`: what a source of likelihoods is and how it is adapted;
 * `methods`: the method table behind `eig`;
 * `result`: `EIGResult`;
+* `search`: the best design in a continuous box (`search`), batches (`greedy_batch`);
 * `loop`: `ExperimentLoop`, the sequential design loop (suggest, observe, update).
 
 See docs/design.md.
@@ -22,16 +23,20 @@ from .loop import ExperimentLoop, Round
 from .methods import DEFAULT_METHOD, METHODS, eig
 from .nmc import LikelihoodModel, NestedEstimate, nested_monte_carlo, nested_terms
 from .result import EIGResult
+from .search import JointExperiments, greedy_batch, search
 
 __all__ = [
     "DEFAULT_METHOD",
     "EIGResult",
     "ExperimentLoop",
+    "JointExperiments",
     "LikelihoodModel",
     "METHODS",
     "NestedEstimate",
     "Round",
     "eig",
+    "greedy_batch",
     "nested_monte_carlo",
     "nested_terms",
+    "search",
 ]
