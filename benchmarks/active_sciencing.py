@@ -16,7 +16,8 @@ expectation) and its standard deviation (what the issue asks for; at the Z pole 
 fall below half the distance between the two mirror solutions, since A_FB there depends
 on sin²θ_W only through (2 sin²θ_W − ½)²), both from the exact posterior on a grid of
 4001 points; and the mean absolute error of the posterior mean.  Each (strategy, seed)
-run is one cell appended to a JSON-lines file and skipped when the script runs again (``--fresh`` starts over).
+run is one cell appended to a JSON-lines file and skipped when the script runs again
+(``--fresh`` starts over).
 
     .venv/bin/python benchmarks/active_sciencing.py                  # 10 seeds × 8 rounds
     .venv/bin/python benchmarks/active_sciencing.py --seeds 2 --rounds 3   # a quick look
