@@ -282,6 +282,8 @@ def test_bad_inputs_give_clear_errors():
     with pytest.raises(ShapeError, match="theta_dim=2"):
         eig(SIM, simfer.BoxUniform([0.0] * 3, [1.0] * 3), [0.1], progress=False)
     with pytest.raises(ValueError, match="unknown EIG method"):
+        eig(SIM, prior, [0.1], method="bogus", progress=False)
+    with pytest.raises(ValueError, match=r"does not apply to a likelihood source.*'nmc', 'pce'"):
         eig(SIM, prior, [0.1], method="infonce", progress=False)
     with pytest.raises(ValueError, match="n_outer"):
         eig(SIM, prior, [0.1], n_outer=1, progress=False)

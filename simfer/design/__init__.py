@@ -9,8 +9,13 @@ estimated at many candidate designs at once by `eig`, which returns an `EIGResul
 (values, Monte-Carlo standard errors, lower/upper estimates, the best design, a plot).
 
 * `nmc`: nested Monte Carlo and the PCE lower bound from one likelihood matrix, over a
-  generic batched log-likelihood (`nested_monte_carlo`, `LikelihoodModel`);
-* `sources`: what a source of likelihoods is and how it is adapted;
+  generic batched log-likelihood (`nested_monte_carlo`, `LikelihoodModel`), and the
+  generic core over any per-outer-sample terms (`contrastive_monte_carlo`);
+* `contrastive`: InfoNCE and NWJ lower bounds on a ratio surrogate;
+* `barber_agakov`: the Barber–Agakov lower bound on a posterior surrogate (NPE);
+* `fisher`: the Fisher-information criterion ½ log det(I + n Σθ F(d)) from SALLY;
+* `sources`: what a source is (a simulator with a likelihood, or a design-conditioned
+  NLE, ratio, posterior or score surrogate) and how it is adapted;
 * `methods`: the method table behind `eig`;
 * `result`: `EIGResult`;
 * `search`: the best design in a continuous box (`search`), batches (`greedy_batch`);
@@ -20,12 +25,13 @@ See docs/design.md.
 """
 
 from .loop import ExperimentLoop, Round
-from .methods import DEFAULT_METHOD, METHODS, eig
+from .methods import ALIASES, DEFAULT_METHOD, METHODS, eig
 from .nmc import LikelihoodModel, NestedEstimate, nested_monte_carlo, nested_terms
 from .result import EIGResult
 from .search import JointExperiments, greedy_batch, search
 
 __all__ = [
+    "ALIASES",
     "DEFAULT_METHOD",
     "EIGResult",
     "ExperimentLoop",

@@ -37,13 +37,18 @@ for linear-Gaussian models) and does not bias either estimator; the correlation 
 adds between terms vanishes to first order because E_x[p(x|θ_m,d)/p(x|d)] = 1, so
 the standard error is the standard deviation of the N per-outer-sample terms over √N.
 
-`nested_monte_carlo` is the generic core: it takes a `LikelihoodModel` — any batched
-log-likelihood ``log_likelihood(x [B, *x_shape], theta [B, p], design [B, D]) -> [B]``
-and a sampler of x — so the exact likelihood of a simulator and a trained likelihood
-surrogate (NLE's ``log_prob(x=, theta=, design=)``) use the same code.  It is
+`nested_monte_carlo` runs the generic core, `contrastive_monte_carlo`: it takes a
+`LikelihoodModel` — any batched log-likelihood ``log_likelihood(x [B, *x_shape], theta
+[B, p], design [B, D]) -> [B]`` and a sampler of x — so the exact likelihood of a
+simulator, a trained likelihood surrogate (NLE's ``log_prob(x=, theta=, design=)``) and
+a log ratio log r̂(x|θ, θ_1) (which equals log p(x|θ) up to a function of x; the
+InfoNCE and NWJ bounds of `simfer.design.contrastive`) use the same code, and any
+function of the matrix row (``terms``) is averaged over the outer samples.  It is
 vectorised over designs: ``k`` designs are processed in chunks whose [c, n, M]
 likelihood block fits ``max_memory`` elements (chunks over outer samples when a
-single design does not fit), never one Python iteration per (design, sample).
+single design does not fit), never one Python iteration per (design, sample) — x is
+drawn once per design (the common random numbers need one seed per draw), and
+`evaluate_rows` evaluates the gathered rows of all designs of a chunk in large batches.
 """
 
 from __future__ import annotations
@@ -56,13 +61,28 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-__all__ = ["LikelihoodModel", "NestedEstimate", "nested_monte_carlo", "nested_terms"]
+__all__ = [
+    "LikelihoodModel",
+    "NestedEstimate",
+    "TermEstimates",
+    "contrastive_monte_carlo",
+    "design_chunks",
+    "evaluate_rows",
+    "logsumexp_last",
+    "mean_and_stderr",
+    "nested_monte_carlo",
+    "nested_terms",
+    "nested_terms_from_logsumexp",
+    "row_batch",
+    "sample_outer",
+]
 
 _BLOCK = 2**18  # elements of one likelihood block: ~1-2 MB, cache-sized
 
 LogLikelihood = Callable[[Tensor, Tensor, Tensor], Tensor]
 PairwiseLogLikelihood = Callable[[Tensor, Tensor, Tensor], Tensor]
 Sampler = Callable[[Tensor, Tensor, int], Tensor]
+Terms = Callable[..., tuple[Tensor, ...]]
 
 
 @dataclass
@@ -100,6 +120,17 @@ class NestedEstimate:
     dropped: Tensor
 
 
+@dataclass
+class TermEstimates:
+    """Means ``[T, k]`` of T per-outer-sample terms at k designs, their standard errors
+    ``[T, k]`` (float64, on the CPU), and per design the number of outer samples left out
+    because one of their terms was not finite ``[k]``."""
+
+    mean: Tensor
+    stderr: Tensor
+    dropped: Tensor
+
+
 def nested_terms(
     log_p_outer: Tensor, log_p_inner: Tensor, *, overwrite: bool = False
 ) -> tuple[Tensor, Tensor]:
@@ -117,13 +148,24 @@ def nested_terms(
         ≤ log(M + 1) by construction.
     """
     m = log_p_inner.shape[-1]
-    if overwrite and log_p_inner.is_contiguous():
-        inner = _logsumexp_(log_p_inner)
-    else:
-        inner = torch.logsumexp(log_p_inner, dim=-1)
+    return nested_terms_from_logsumexp(log_p_outer, logsumexp_last(log_p_inner, overwrite), m)
+
+
+def nested_terms_from_logsumexp(
+    log_p_outer: Tensor, inner: Tensor, m: int
+) -> tuple[Tensor, Tensor]:
+    """`nested_terms` from ℓ_n and the row logsumexp_m ℓ_nm over ``m`` inner points."""
     nmc = log_p_outer - inner + math.log(m)
     pce = log_p_outer - torch.logaddexp(log_p_outer, inner) + math.log(m + 1)
     return nmc, pce
+
+
+def logsumexp_last(values: Tensor, overwrite: bool = False) -> Tensor:
+    """logsumexp over the last axis; in place in ``values`` when ``overwrite`` (and it is
+    contiguous), so that no temporary of its size is made."""
+    if overwrite and values.is_contiguous():
+        return _logsumexp_(values)
+    return torch.logsumexp(values, dim=-1)
 
 
 def _logsumexp_(values: Tensor) -> Tensor:
@@ -163,6 +205,43 @@ def nested_monte_carlo(
     Returns:
         A `NestedEstimate` (float64, on the CPU).
     """
+    estimate = contrastive_monte_carlo(
+        model,
+        designs,
+        theta_outer,
+        theta_inner,
+        x_seeds,
+        terms=nested_terms,
+        max_memory=max_memory,
+        progress=progress,
+        desc=desc,
+    )
+    (nmc, pce), (nmc_stderr, pce_stderr) = estimate.mean, estimate.stderr
+    return NestedEstimate(nmc, nmc_stderr, pce, pce_stderr, dropped=estimate.dropped)
+
+
+def contrastive_monte_carlo(
+    model: LikelihoodModel,
+    designs: Tensor,
+    theta_outer: Tensor,
+    theta_inner: Tensor,
+    x_seeds: Sequence[int],
+    *,
+    terms: Terms = nested_terms,
+    max_memory: int = 2**25,
+    progress: bool = True,
+    desc: str = "EIG",
+) -> TermEstimates:
+    """Means of per-outer-sample terms of the matrix ℓ_nm = log p(x_n|θ_m,d) at every design.
+
+    The arguments are those of `nested_monte_carlo`, plus ``terms(log_p_outer [c, n],
+    log_p_inner [c, n, M], overwrite=True) -> (term_1, ..., term_T)``, each ``[c, n]``
+    (`nested_terms` gives NMC and PCE; it may overwrite ``log_p_inner``).  An outer sample
+    with a non-finite term is left out of every mean, and counted.
+
+    Returns:
+        A `TermEstimates` (float64, on the CPU).
+    """
     k, n_outer, n_inner = designs.shape[0], theta_outer.shape[1], theta_inner.shape[1]
     rows_ok = theta_outer.shape[0] in (1, k) and theta_inner.shape[0] in (1, k)
     if len(x_seeds) != k or not rows_ok:
@@ -174,7 +253,7 @@ def nested_monte_carlo(
     outer_rows = n_outer if per_group > 1 else max(1, block // n_inner)
     groups = [range(a, min(a + per_group, k)) for a in range(0, k, per_group)]
 
-    stats = torch.empty(5, k, dtype=torch.float64)  # NMC, its stderr, PCE, its stderr, n
+    means, stderrs, kept = None, None, torch.empty(k, dtype=torch.float64)
     bar = tqdm(total=k, desc=desc, unit="design", disable=not progress, leave=False)
     try:
         for group in groups:
@@ -183,33 +262,84 @@ def nested_monte_carlo(
             c = len(group)
             outer = _rows_for(theta_outer, index, k).expand(c, -1, -1)
             inner = _rows_for(theta_inner, index, k).expand(c, -1, -1)
-            x = torch.stack(
-                [model.sample(outer[i], design[i], int(x_seeds[j])) for i, j in enumerate(group)]
-            )  # [c, N, *x_shape]: one draw per design (CRN: each from the same seed)
-            row_size = x[0, 0].numel() + outer.shape[-1] + design.shape[-1] + 1
-            # row-wise calls of cache-sized batches (at least 1024 rows, within max_memory)
-            max_rows = max(1, min(int(max_memory) // row_size, max(_BLOCK // row_size, 1024)))
-            log_p_outer = _rowwise(model.log_likelihood, x, outer, design, max_rows)
-            nmc = torch.empty(c, n_outer, dtype=log_p_outer.dtype, device=log_p_outer.device)
-            pce = torch.empty_like(nmc)
+            x = sample_outer(model.sample, outer, design, [int(x_seeds[j]) for j in group])
+            max_rows = row_batch(_row_size(x, outer, design), max_memory)
+            log_p_outer = evaluate_rows(model.log_likelihood, x, outer, design, max_rows)
+            pieces = []
             for start in range(0, n_outer, outer_rows):
                 stop = min(start + outer_rows, n_outer)
                 log_p_inner = _matrix(model, x[:, start:stop], inner, design, max_rows)
-                nmc[:, start:stop], pce[:, start:stop] = nested_terms(
+                block_terms = terms(
                     log_p_outer[:, start:stop].to(log_p_inner.dtype), log_p_inner, overwrite=True
                 )
-            nmc, pce = nmc.double().cpu(), pce.double().cpu()
-            finite = torch.isfinite(nmc) & torch.isfinite(pce)
-            stats[:, index] = torch.stack(
-                [*_mean_and_stderr(nmc, finite), *_mean_and_stderr(pce, finite), finite.sum(1)]
-            )
+                pieces.append([t.double().cpu() for t in block_terms])
+            columns = zip(*pieces, strict=True)  # per term, its blocks of outer rows
+            values = torch.stack([torch.cat(column, 1) for column in columns])  # [T, c, N]
+            finite = torch.isfinite(values).all(0)
+            if means is None:
+                means = torch.empty(values.shape[0], k, dtype=torch.float64)
+                stderrs = torch.empty_like(means)
+            for t, value in enumerate(values):
+                means[t, index], stderrs[t, index] = mean_and_stderr(value, finite)
+            kept[index] = finite.sum(1).double()
             bar.update(c)
     finally:
         bar.close()
-    return NestedEstimate(*stats[:4], dropped=(n_outer - stats[4]).long())
+    return TermEstimates(means, stderrs, dropped=(n_outer - kept).long())
 
 
-def _mean_and_stderr(terms: Tensor, keep: Tensor) -> tuple[Tensor, Tensor]:
+def sample_outer(sample: Sampler, theta: Tensor, designs: Tensor, seeds: Sequence[int]) -> Tensor:
+    """x ``[c, N, *x_shape]``: one draw ``sample(theta[j], designs[j], seeds[j])`` per design
+    (θ ``[c, N, p]``, designs ``[c, D]``).  The one loop over designs: common random numbers
+    need each design's x drawn from its own seed."""
+    draws = [sample(theta[j], designs[j], int(seeds[j])) for j in range(designs.shape[0])]
+    return torch.stack([x.to(theta.device) for x in draws])
+
+
+def design_chunks(k: int, elements_per_design: int, max_memory: int) -> list[range]:
+    """Consecutive ranges of the ``k`` designs whose ``elements_per_design`` each fit
+    ``max_memory`` elements together (at least one design per range)."""
+    per_chunk = max(1, min(k, int(max_memory) // max(1, elements_per_design)))
+    return [range(a, min(a + per_chunk, k)) for a in range(0, k, per_chunk)]
+
+
+def row_batch(row_size: int, max_memory: int) -> int:
+    """Rows per call of a row-wise function whose rows hold ``row_size`` elements: a
+    cache-sized batch (at least 1024 rows), within ``max_memory`` elements."""
+    return max(1, min(int(max_memory) // row_size, max(_BLOCK // row_size, 1024)))
+
+
+def _row_size(x: Tensor, theta: Tensor, design: Tensor) -> int:
+    return x[0, 0].numel() + theta.shape[-1] + design.shape[-1] + 1
+
+
+def evaluate_rows(
+    function: Callable[[Tensor, Tensor, Tensor], Tensor],
+    x: Tensor,
+    theta: Tensor,
+    design: Tensor,
+    max_rows: int,
+    tail: tuple[int, ...] = (),
+    what: str = "log_likelihood",
+) -> Tensor:
+    """``function(x_jn, θ_jn, d_j)`` for every design j and outer sample n, ``[c, n, *tail]``
+    (x ``[c, n, *x_shape]``, θ ``[c, n, p]``, design ``[c, D]``), in row-wise calls of at most
+    ``max_rows`` rows that each return ``[rows, *tail]``."""
+    c, n = x.shape[:2]
+    x, theta = x.reshape(c * n, *x.shape[2:]), theta.reshape(c * n, -1)
+    design = design[:, None].expand(c, n, -1).reshape(c * n, -1)
+    pieces = [
+        _checked(
+            function(x[a : a + max_rows], theta[a : a + max_rows], design[a : a + max_rows]),
+            (min(max_rows, c * n - a), *tail),
+            what,
+        )
+        for a in range(0, c * n, max_rows)
+    ]
+    return torch.cat(pieces).reshape(c, n, *tail)
+
+
+def mean_and_stderr(terms: Tensor, keep: Tensor) -> tuple[Tensor, Tensor]:
     """Per row of ``terms`` ``[c, N]``: the mean of the kept terms and its standard error
     (unbiased standard deviation over √n); NaN where fewer than 1 (2) are kept."""
     n = keep.sum(1).double()
@@ -222,24 +352,6 @@ def _mean_and_stderr(terms: Tensor, keep: Tensor) -> tuple[Tensor, Tensor]:
 def _rows_for(theta: Tensor, index: Tensor, k: int) -> Tensor:
     """The rows of a ``[k or 1, n, p]`` θ tensor for the designs in ``index``."""
     return theta[index.to(theta.device)] if theta.shape[0] == k else theta
-
-
-def _rowwise(
-    log_likelihood: LogLikelihood, x: Tensor, theta: Tensor, design: Tensor, max_rows: int
-) -> Tensor:
-    """log p(x_jn|θ_jn,d_j) ``[c, n]``, in row-wise calls of at most ``max_rows``."""
-    c, n = x.shape[:2]
-    x, theta = x.reshape(c * n, *x.shape[2:]), theta.reshape(c * n, -1)
-    design = design[:, None].expand(c, n, -1).reshape(c * n, -1)
-    pieces = [
-        _checked(
-            log_likelihood(x[a : a + max_rows], theta[a : a + max_rows], design[a : a + max_rows]),
-            min(max_rows, c * n - a),
-            "log_likelihood",
-        )
-        for a in range(0, c * n, max_rows)
-    ]
-    return torch.cat(pieces).reshape(c, n)
 
 
 def _matrix(
@@ -262,12 +374,12 @@ def _matrix(
         index = torch.arange(start, min(start + max_rows, total), device=x.device)
         j, rest = index // (n * m), index % (n * m)
         value = model.log_likelihood(x[j, rest // m], theta[j, rest % m], design[j])
-        pieces.append(_checked(value, index.numel(), "log_likelihood"))
+        pieces.append(_checked(value, (index.numel(),), "log_likelihood"))
     return torch.cat(pieces).reshape(c, n, m)
 
 
-def _checked(value: Tensor, rows: int, what: str) -> Tensor:
-    if not isinstance(value, Tensor) or value.shape != (rows,):
-        shape = list(value.shape) if isinstance(value, Tensor) else type(value).__name__
-        raise ValueError(f"{what} must return one value per row, [{rows}]; got {shape}")
+def _checked(value: Tensor, shape: tuple[int, ...], what: str) -> Tensor:
+    if not isinstance(value, Tensor) or tuple(value.shape) != tuple(shape):
+        got = list(value.shape) if isinstance(value, Tensor) else type(value).__name__
+        raise ValueError(f"{what} must return one value per row, {list(shape)}; got {got}")
     return value
