@@ -15,6 +15,7 @@ outside (never an exception: samplers probe outside the box on purpose).
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -22,11 +23,12 @@ import torch
 from torch import Tensor
 from torch.distributions import Distribution, Independent, Uniform
 
-from .errors import ShapeError, SupportError
+from .errors import ShapeError, SimferError, SupportError
 
 __all__ = [
     "BoxUniform",
     "Empirical",
+    "Truncated",
     "as_prior",
     "check_in_support",
     "describe_prior",
@@ -125,6 +127,58 @@ class Empirical(Distribution):
             "an empirical distribution (a set of draws) has no density; methods that need "
             "log p(θ) (the Barber–Agakov bound) cannot use it"
         )
+
+
+class Truncated(Distribution):
+    """``prior`` restricted to the box [low, high] (a truncated prior, as TSNPE proposes
+    from): `sample` draws from ``prior`` and keeps the draws inside the box (rejection),
+    ``log_prob`` is the prior's inside the box and −∞ outside, up to the constant
+    −log P_prior(box), which no sampler needs.  Beyond a `BoxUniform` prior it is exact
+    sampling; ``max_tries`` bounds the rejection loop."""
+
+    arg_constraints: dict = {}
+    has_rsample = False
+
+    def __init__(self, prior: Distribution, low: Tensor, high: Tensor, max_tries: int = 1000):
+        self.prior = as_prior(prior)
+        self.low, self.high = torch.as_tensor(low), torch.as_tensor(high)
+        if self.low.shape != self.prior.event_shape or self.high.shape != self.low.shape:
+            raise ShapeError(
+                f"low and high must be [{self.prior.event_shape[0]}], got "
+                f"{list(self.low.shape)} and {list(self.high.shape)}"
+            )
+        if not bool((self.high > self.low).all()):
+            raise ValueError("a truncation box needs high > low in every dimension")
+        self.max_tries = int(max_tries)
+        super().__init__(torch.Size(), self.prior.event_shape, validate_args=False)
+
+    @property
+    def support(self):
+        return self.prior.support
+
+    def _inside(self, theta: Tensor) -> Tensor:
+        low, high = self.low.to(theta), self.high.to(theta)
+        return ((theta >= low) & (theta <= high)).all(-1)
+
+    def sample(self, sample_shape: torch.Size | Sequence[int] = ()) -> Tensor:
+        shape = torch.Size(sample_shape)
+        n = max(1, shape.numel())
+        kept, count = [], 0
+        for _ in range(self.max_tries):
+            draws = self.prior.sample((max(2 * (n - count), 64),))
+            draws = draws[self._inside(draws)]
+            kept.append(draws)
+            count += draws.shape[0]
+            if count >= n:
+                return torch.cat(kept)[:n].reshape(*shape, -1)
+        raise SimferError(
+            f"only {count} of the prior's draws fell inside the truncation box after "
+            f"{self.max_tries} rounds: the box holds almost none of the prior's mass"
+        )
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        log_p = self.prior.log_prob(value)
+        return torch.where(self._inside(value), log_p, torch.full_like(log_p, -math.inf))
 
 
 def as_prior(prior: Distribution, theta_dim: int | None = None) -> Distribution:

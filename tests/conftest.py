@@ -1,8 +1,11 @@
 """Fixtures and helpers shared by the test modules (import a helper with
 ``from conftest import ...``)."""
 
+import math
+
 import pytest
 import torch
+from torch.distributions import Independent, Normal
 
 import simfer
 from simfer.data import RaggedSets
@@ -100,3 +103,30 @@ def small_board_run(small_board):
 @pytest.fixture(scope="session")
 def jets():
     return ToyJets()
+
+
+class ProjectionSensor(simfer.TractableSimulator):
+    """x = u(d)·θ + ε with u(d) = (cos πd, sin πd) and ε ~ N(0, σ²): each measurement sees θ
+    projected on a direction that the design d ∈ [0, 1] turns; a linear-Gaussian model."""
+
+    sigma = 0.3
+
+    def __init__(self):
+        super().__init__(2, (1,), design_dim=1, name="projection_sensor")
+
+    @staticmethod
+    def direction(design):
+        angle = math.pi * torch.as_tensor(design)[:, 0]
+        return torch.stack([angle.cos(), angle.sin()], -1)
+
+    def sample(self, theta, design, generator):
+        mean = (self.direction(design).to(theta) * theta).sum(-1, keepdim=True)
+        noise = torch.randn(mean.shape, generator=generator, dtype=theta.dtype)
+        return mean + self.sigma * noise
+
+    def log_likelihood(self, x, theta, design=None):
+        mean = (self.direction(design).to(theta) * theta).sum(-1)
+        return Normal(mean, self.sigma).log_prob(torch.as_tensor(x)[:, 0].to(theta))
+
+
+GAUSSIAN_PRIOR = Independent(Normal(torch.zeros(2), torch.ones(2)), 1)

@@ -104,3 +104,52 @@ def test_clear_errors(oscillator, tmp_path):
     loop.save(tmp_path / "normal")
     with pytest.raises(SimferError, match="pass prior="):
         simfer.ExperimentLoop.load(tmp_path / "normal")
+
+
+def test_a_surrogate_loop_flags_thin_training_support_and_refines(tmp_path):
+    from conftest import GAUSSIAN_PRIOR, ProjectionSensor
+    from torch.distributions import Independent, Uniform
+
+    sensor = ProjectionSensor()
+    designs = Independent(Uniform(torch.tensor([0.0]), torch.tensor([1.0])), 1)
+    data = simfer.simulate(
+        sensor, GAUSSIAN_PRIOR, n=1500, design=designs, executor="serial", seed=0, progress=False
+    )
+    nle = simfer.LikelihoodEstimator(max_epochs=15, progress=False).fit(data)
+    loop = simfer.ExperimentLoop(
+        sensor,
+        GAUSSIAN_PRIOR,
+        designs=torch.linspace(0, 1, 11),
+        estimator=nle,
+        training_theta=data.theta,
+        min_training_support=400,
+        n_posterior=500,
+        sampler=dict(n_chains=20, warmup=30),
+    )
+    # ten repeats at two designs pin θ down to σ/√10 ≈ 0.1 per direction: the 99 % box
+    # (±0.25) around (1, 1) holds ≈ 0.06 · 0.25 · 1500 ≈ 20 of the prior-drawn θ
+    truth = torch.tensor([[1.0, 1.0]])
+
+    def measure(d: float) -> torch.Tensor:
+        return sensor.simulate(truth.expand(10, 2), design=torch.full((10, 1), d), seed=int(10 * d))
+
+    first = loop.suggest()  # the EIG of the NLE surrogate, outcomes from the simulator
+    assert first.shape == (1,) and loop._pending.notes
+    loop.observe([0.0], measure(0.0))  # θ_2 still free: the box is wide
+    with pytest.warns(UserWarning, match="training simulations lie"):
+        loop.observe([0.5], measure(0.5))
+    assert loop.history[-1].training_support < 400
+    # the exact posterior of the 20 outcomes (linear Gaussian, prior N(0, I))
+    u = ProjectionSensor.direction(torch.tensor([[0.0]] * 10 + [[0.5]] * 10)).double()
+    x = torch.cat([measure(0.0), measure(0.5)]).double()
+    cov = torch.linalg.inv(torch.eye(2, dtype=torch.float64) + u.T @ u / sensor.sigma**2)
+    exact = cov @ (u * x).sum(0) / sensor.sigma**2
+    low, high = loop.posterior_box()
+    error_before = (loop.belief_draws().mean(0).double() - exact).norm()
+    combined = loop.refine(data, 600)
+    assert len(combined) == 2100 and loop.estimator is not nle
+    new_theta = combined.theta[1500:]
+    assert bool(((new_theta >= low) & (new_theta <= high)).all())  # drawn in the old box
+    # a surrogate that had few simulations where the posterior lives improves with them
+    error_after = (loop.belief_draws().mean(0).double() - exact).norm()
+    assert error_after < error_before

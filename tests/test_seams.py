@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import GAUSSIAN_PRIOR, ProjectionSensor
 from torch.distributions import Independent, Normal, Uniform
 
 import simfer
@@ -94,31 +95,6 @@ def test_inference_imports_nothing_from_estimators():
 
 
 # -- design in every estimator's context --------------------------------------------------
-class ProjectionSensor(simfer.TractableSimulator):
-    """x = u(d)·θ + ε with u(d) = (cos πd, sin πd) and ε ~ N(0, σ²): each measurement sees θ
-    projected on a direction that the design d ∈ [0, 1] turns; a linear-Gaussian model."""
-
-    sigma = 0.3
-
-    def __init__(self):
-        super().__init__(2, (1,), design_dim=1, name="projection_sensor")
-
-    @staticmethod
-    def direction(design):
-        angle = math.pi * torch.as_tensor(design)[:, 0]
-        return torch.stack([angle.cos(), angle.sin()], -1)
-
-    def sample(self, theta, design, generator):
-        mean = (self.direction(design).to(theta) * theta).sum(-1, keepdim=True)
-        noise = torch.randn(mean.shape, generator=generator, dtype=theta.dtype)
-        return mean + self.sigma * noise
-
-    def log_likelihood(self, x, theta, design=None):
-        mean = (self.direction(design).to(theta) * theta).sum(-1)
-        return Normal(mean, self.sigma).log_prob(torch.as_tensor(x)[:, 0].to(theta))
-
-
-GAUSSIAN_PRIOR = Independent(Normal(torch.zeros(2), torch.ones(2)), 1)
 
 
 @pytest.fixture(scope="module")

@@ -21,9 +21,14 @@ prior, as long as ℓ is accurate where the posterior lives.  After many rounds 
 posterior can shrink into a region where the prior-drawn training simulations are
 sparse; `training_support` counts the training θ inside the posterior's central 99 %
 box (per round, in ``history``), and the loop warns when fewer than
-``min_training_support`` remain: then simulate at θ drawn from the current posterior
-(the likelihood estimated by NLE/NRE is prior-free, so no proposal correction is
-needed, unlike NPE, which needs truncated-prior TSNPE) and refit.
+``min_training_support`` remain.  `refine` then simulates at θ from the prior truncated
+to that box (designs from the candidates), adds them to the training data and refits.
+For NLE and ratio estimators the proposal needs no correction: the likelihood (or a
+likelihood ratio) learnt from pairs x ~ p(x|θ,d) does not depend on how θ was drawn, only
+on where it was drawn (NRE's contrastive classifier learns p(x|θ,d)/p̃(x|d) with p̃ the
+proposal's marginal, a θ-independent factor).  An NPE would learn the proposal's
+posterior instead and needs the truncated-prior argument of TSNPE (Deistler, Gonçalves &
+Macke 2022): within the box the truncated prior is proportional to the prior.
 
 A campaign is saved as a folder of JSON and ``.npz`` files (no pickle) and resumed with
 `ExperimentLoop.load`.
@@ -44,9 +49,10 @@ import torch
 from torch import Tensor
 from torch.distributions import Distribution
 
+from ..data import SimulationData
 from ..errors import ShapeError, SimferError
 from ..inference import Posterior, posterior_from_likelihood
-from ..prior import Empirical, as_prior, describe_prior, prior_from_description
+from ..prior import Empirical, Truncated, as_prior, describe_prior, prior_from_description
 from ..seeding import seeded
 from ..simulator import Simulator
 from .methods import eig
@@ -328,6 +334,55 @@ class ExperimentLoop:
             design = self.suggest()
             self.observe(design, measure(design))
         return self.history
+
+    def posterior_box(self, mass: float = 0.99) -> tuple[Tensor, Tensor]:
+        """The posterior's central box holding ``mass`` per coordinate (quantiles of the
+        current draws): ``(low, high)``, each ``[theta_dim]``."""
+        draws = self.belief_draws()
+        tail = (1 - mass) / 2
+        return torch.quantile(draws, tail, dim=0), torch.quantile(draws, 1 - tail, dim=0)
+
+    def refine(
+        self,
+        data: SimulationData,
+        n: int,
+        *,
+        seed: int | None = None,
+        simulate_options: dict[str, Any] | None = None,
+    ) -> SimulationData:
+        """Simulate ``n`` rows at θ from the prior truncated to the posterior's 99 % box
+        and designs uniform over the candidates, refit the estimator on ``data`` plus them
+        (same settings; the loop then uses the new fit), update the posterior and return
+        the combined data (see the module docstring for why no correction is needed)."""
+        from ..runner import simulate
+
+        if self.estimator is None:
+            raise SimferError("refine() refits a surrogate; this loop uses the exact likelihood")
+        if self._posterior is None:
+            raise SimferError("refine() after the first observation: the prior is the belief")
+        low, high = self.posterior_box()
+        proposal = Truncated(self.prior, low, high)
+        options = {"executor": "serial", "progress": self.progress, **(simulate_options or {})}
+        if data.theta_ref is not None and "theta_ref" not in options:
+            options["theta_ref"] = data.theta_ref[0]
+        if data.has_gold and "gold" not in options:
+            options["gold"] = True
+        new = simulate(
+            self.sim,
+            proposal,
+            n,
+            design=Empirical(self.designs),
+            seed=self.seed + 31 * (self.n_rounds + 1) if seed is None else seed,
+            **options,
+        )
+        combined = SimulationData.concatenate([data, new])
+        settings = {**self.estimator.hyperparameters(), **vars(self.estimator.training)}
+        if settings.get("embedding") is not None:
+            settings["embedding"] = self.estimator.embedding
+        self.estimator = type(self.estimator)(**settings).fit(combined)
+        self.training_theta = combined.theta
+        self._update_posterior()
+        return combined
 
     # -- looking at it ---------------------------------------------------------------------
     def plot(
