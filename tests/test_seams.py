@@ -211,7 +211,7 @@ def test_a_model_without_design_refuses_one():
     nle = simfer.LikelihoodEstimator(max_epochs=1, **FAST).fit(data)
     with pytest.raises(ShapeError, match="without a design column"):
         nle.log_prob(x=data.x[:2], theta=data.theta[:2], design=[0.5])
-    with pytest.raises(ShapeError, match="takes none"):
+    with pytest.raises(ShapeError, match="without a design column"):
         nle.posterior(data_prior(), data.x[:2], design=[0.5])
 
 
@@ -282,3 +282,24 @@ def test_training_settings_show_in_the_signature_and_hidden_means_widths(cls):
     cls(hidden=32)  # one width at the default depth
     with pytest.raises(ValueError, match="hidden"):
         cls(hidden=(0,))
+
+
+def test_simulations_at_one_design_give_a_fixed_design_model():
+    """Simulations all at one design (simulate(..., design=[60.0])) fill the design column
+    with one value: the model records it and takes no design input (it knows p(x|θ) at
+    that design only)."""
+    weinberg = simulators.WeinbergAngle(n_events=5)
+    prior = simfer.BoxUniform([0.2], [0.26])
+    data = simfer.simulate(
+        weinberg, prior, n=300, design=[60.0], executor="serial", seed=0, progress=False
+    )
+    assert data.design is not None and bool((data.design == 60.0).all())
+    nle = simfer.LikelihoodEstimator(max_epochs=1, **FAST).fit(data)
+    assert nle.design_dim == 0 and nle.dims.fixed_design == (60.0,)
+    x, theta = data.x[:3], data.theta[:3]
+    plain = nle.log_prob(x=x, theta=theta)
+    torch.testing.assert_close(nle.log_prob(x=x, theta=theta, design=data.design[0]), plain)
+    with pytest.raises(ShapeError, match="all made at the design"):
+        nle.log_prob(x=x, theta=theta, design=[91.0])
+    posterior = nle.posterior(prior, x, design=data.design[0])
+    assert posterior.design_obs is None

@@ -122,8 +122,11 @@ class Estimator:
                 that observations made at different designs combine in one posterior.
             **options: of `Posterior` (``max_rows``, …).
         """
-        self._require_fitted()
+        network = self._require_fitted()
         prior = self._posterior_prior(prior)
+        if self.design_dim == 0:  # a fixed-design model: check the design, then drop it
+            self._design_rows(design, next(network.parameters()))
+            design = None
         term = self.event_term(prior, x_obs, design=design)
         return Posterior.from_term(term, prior, design=design, device=self.device, **options)
 
@@ -133,6 +136,17 @@ class Estimator:
         and the model disagree about having one."""
         name, k = type(self).__name__, self.design_dim
         if k == 0:
+            fixed = None if self.dims is None else self.dims.fixed_design
+            if design is not None and fixed is not None:
+                value = torch.as_tensor(design, dtype=torch.float64).reshape(-1, len(fixed))
+                if bool(torch.isclose(value, torch.tensor(fixed, dtype=torch.float64)).all()):
+                    return None  # the one design the model knows: nothing to condition on
+                raise ShapeError(
+                    f"this {name} was trained on simulations all made at the design "
+                    f"{list(fixed)}: it knows p(x|θ) there only, not at {value[0].tolist()}. "
+                    f"Simulate with designs drawn over the range (simulate(..., design=...)) "
+                    f"to condition on them."
+                )
             if design is not None:
                 raise ShapeError(
                     f"this {name} was trained on simulations without a design column, but "

@@ -31,6 +31,9 @@ class Dims:
         set_features: features per set element (set-valued x only).
         embedding: the class name of the embedding network, or None.
         design_dim: number of design variables the network conditions on (0: none).
+        fixed_design: the one design every training simulation was made at, when the
+            design column did not vary (the network then takes no design: it knows p(x|θ)
+            at that design only).
         n_train: number of rows the fit trained on.
         theta_ref: the reference point of reference-class methods and SALLY.
         double: whether a ratio network takes θ1 as an input (no fixed reference).
@@ -46,6 +49,7 @@ class Dims:
     set_features: int | None = None
     embedding: str | None = None
     design_dim: int = 0
+    fixed_design: tuple[float, ...] | None = None
     n_train: int | None = None
     theta_ref: tuple[float, ...] | None = None
     double: bool = False
@@ -55,8 +59,10 @@ class Dims:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "x_shape", tuple(self.x_shape))
-        if self.theta_ref is not None:
-            object.__setattr__(self, "theta_ref", tuple(float(v) for v in self.theta_ref))
+        for name in ("theta_ref", "fixed_design"):
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, tuple(float(v) for v in value))
         if self.x_kind not in ("array", "set"):
             raise ValueError(f"x_kind must be 'array' or 'set', got {self.x_kind!r}")
 
@@ -71,8 +77,9 @@ class Dims:
         """A JSON-able dict (tuples become lists)."""
         out = asdict(self)
         out["x_shape"] = list(self.x_shape)
-        if self.theta_ref is not None:
-            out["theta_ref"] = list(self.theta_ref)
+        for name in ("theta_ref", "fixed_design"):
+            if getattr(self, name) is not None:
+                out[name] = list(getattr(self, name))
         return out
 
     @classmethod

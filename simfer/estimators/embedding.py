@@ -37,6 +37,7 @@ from .dims import Dims
 __all__ = [
     "EmbeddingMixin",
     "check_no_ensemble",
+    "design_column",
     "observed_x",
     "once_per_distinct_row",
     "summarize",
@@ -125,6 +126,22 @@ def observed_x(x_obs: Any, dims: Dims, parameter: Tensor):
     return packed, tuple(packed.shape[1:]), unpack_sets
 
 
+def design_column(data: SimulationData) -> Tensor | None:
+    """The design column the network conditions on: ``data.design`` when it varies between
+    rows, else None (simulations all at one design, e.g. a simulator's default design,
+    teach nothing about the design; `Dims.fixed_design` records it)."""
+    design = data.design
+    if design is None or len(design) == 0 or bool((design == design[:1]).all()):
+        return None
+    return design
+
+
+def _fixed_design(data: SimulationData) -> tuple[float, ...] | None:
+    if data.design is None or design_column(data) is not None or len(data.design) == 0:
+        return None
+    return tuple(float(v) for v in data.design[0])
+
+
 def _as_float(value: Tensor) -> Tensor:
     return value if value.is_floating_point() else value.to(torch.get_default_dtype())
 
@@ -209,7 +226,8 @@ class EmbeddingMixin:
             "theta_dim": data.theta_dim,
             "x_shape": tuple(data.x_shape),
             "embedding": None if self.embedding is None else type(self.embedding).__qualname__,
-            "design_dim": 0 if data.design is None else int(data.design.shape[1]),
+            "design_dim": 0 if design_column(data) is None else int(data.design.shape[1]),
+            "fixed_design": _fixed_design(data),
         }
         if data.is_set:
             if self.embedding is None:

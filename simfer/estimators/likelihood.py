@@ -83,7 +83,7 @@ from ..seeding import seeded
 from ..training import TrainingHistory, fit_network
 from .base import Estimator
 from .dims import Dims
-from .embedding import EmbeddingMixin, observed_x, summarize, x_batch
+from .embedding import EmbeddingMixin, design_column, observed_x, summarize, x_batch
 from .rows import as_batch, pair_rows
 
 __all__ = [
@@ -306,7 +306,7 @@ class LikelihoodEstimator(EmbeddingMixin, Estimator):
             x = summarize(self._embedding_module(good.is_set), x).to(good.theta.dtype)
         theta = good.theta
         tensors = {"x": x, "theta": theta}
-        if good.design is not None:
+        if design_column(good) is not None:
             tensors["design"] = good.design.to(theta.dtype)
         alpha = None
         if self.method == "scandal":
@@ -332,7 +332,7 @@ class LikelihoodEstimator(EmbeddingMixin, Estimator):
         if learn_validity:
             labels = {"theta": data.theta, "valid": data.valid.to(theta.dtype)}
             inputs = data.theta
-            if data.design is not None:
+            if self.dims.design_dim:
                 labels["design"] = data.design.to(theta.dtype)
                 inputs = torch.cat([inputs, labels["design"]], 1)
             network.validity.theta_standardize.fit(inputs)

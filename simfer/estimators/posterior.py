@@ -58,7 +58,7 @@ from ..seeding import seeded
 from ..training import fit_network
 from .base import Estimator
 from .dims import Dims
-from .embedding import EmbeddingMixin, observed_x, x_batch
+from .embedding import EmbeddingMixin, design_column, observed_x, x_batch
 from .rows import as_batch, pair_rows
 
 __all__ = ["PosteriorEstimator"]
@@ -175,7 +175,7 @@ class PosteriorEstimator(EmbeddingMixin, Estimator):
             x_dim = x.shape[1]
         self.dims = Dims(**x_dims, x_dim=x_dim, n_train=len(data))
         tensors = {"theta": theta, "x": x}
-        if data.design is not None:
+        if design_column(data) is not None:
             tensors["design"] = data.design.to(theta.dtype)
         network = self._build(self.dims)
         network.fit_standardization(theta, x, tensors.get("design"))

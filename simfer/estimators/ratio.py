@@ -49,7 +49,7 @@ from ..seeding import seeded
 from ..training import fit_network
 from .base import Estimator
 from .dims import Dims
-from .embedding import EmbeddingMixin, check_no_ensemble, observed_x, x_batch
+from .embedding import EmbeddingMixin, check_no_ensemble, design_column, observed_x, x_batch
 from .rows import as_batch, pair_rows
 
 __all__ = ["METHODS", "RatioEstimator", "RatioMethod", "RatioNetwork"]
@@ -319,11 +319,12 @@ class RatioEstimator(EmbeddingMixin, Estimator):
         if len(data) < 2:
             raise SimferError("fewer than two valid simulations to train on")
         method = METHODS[self.method]
-        design = {} if data.design is None else {"design": data.design.to(data.theta.dtype)}
+        varying = design_column(data) is not None
+        design = {"design": data.design.to(data.theta.dtype)} if varying else {}
         if not method.needs_reference:
             if data.from_reference is not None:
                 data = data.subset(~data.from_reference)
-                design = {} if data.design is None else {"design": data.design}
+                design = {"design": data.design.to(data.theta.dtype)} if varying else {}
             x, x_dims = self._training_x(data)
             return {"x": x, "theta": data.theta, **design}, x_dims
         if data.from_reference is None:

@@ -165,7 +165,7 @@ class ScoreEstimator(EmbeddingMixin, Estimator):
             network.x_standardize.fit(x)
         network.target_scale.fit(target)
         tensors = {"x": x, "joint_score": target}
-        if local.design is not None:
+        if self.dims.design_dim:
             tensors["design"] = local.design.to(target.dtype)
             network.design_standardize.fit(tensors["design"])
 
