@@ -36,8 +36,10 @@ torch.set_num_threads(1)  # small networks, many chains: one thread is fastest
 #
 # One row is one event (`n_events=1`) at the design √s = 60 GeV; half of the rows are
 # drawn at the reference θ_ref = 0.25, and every row carries its joint ratio and score.
-# The rows record their design (the `design` column, √s = 60 on every row), so the
-# surrogate conditions on it, and everything it evaluates names the design of the events.
+# Every row is at the same √s, so the surrogate learns p(x|θ) at that one design: it
+# records it (`ratio.dims.fixed_design`, when the rows carry a design column) and takes
+# no design input.  The calls below still name the design of the events (`design=energy`):
+# the surrogate accepts its own design and refuses any other with a clear error.
 
 # %%
 energy = [60.0]  # √s in GeV: the design of every simulation and observation
