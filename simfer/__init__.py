@@ -25,6 +25,7 @@ from .estimators import (
 )
 from .prior import BoxUniform, as_prior
 from .runner import simulate
+from .sequential import sequential
 from .simulator import Simulator, TractableSimulator
 from .store import SimulationStore, load_simulations
 
@@ -55,6 +56,7 @@ __all__ = [
     "load",
     "load_simulations",
     "losses",
+    "sequential",
     "simulate",
     "SimulationStore",
 ]
