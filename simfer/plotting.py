@@ -345,6 +345,7 @@ def eig_curve(
     label: str | None = None,
     xlabel: str | None = None,
     ylabel: str = "EIG [nats]",
+    color: Any = None,
     fig: Figure | None = None,
 ) -> Figure:
     """The EIG of each candidate design in ``result`` (an `EIGResult`).
@@ -354,7 +355,8 @@ def eig_curve(
     optional ``reference`` curve ``[k]`` (e.g. an analytic EIG) and the best design
     marked.  Two design variables: a heat map (on the grid when the designs form one,
     else coloured points) with the best design marked.  ``xlabel`` names the design
-    (default "design"; for two variables pass "name 1, name 2")."""
+    (default "design"; for two variables pass "name 1, name 2"); ``color`` sets the
+    curve's colour, so that several results can share one axis."""
     designs = result.designs.detach().cpu().double().numpy()
     eig = result.eig.detach().cpu().double().numpy()
     best = result.best_index
@@ -366,6 +368,7 @@ def eig_curve(
         )
     fig, ax = _figure_for(ax, fig, (4.8, 3.4) if dim == 1 else (4.6, 3.8))
     name = label or result.method.upper()
+    colour = SAMPLE_COLOUR if color is None else color
     if dim == 1:
         order = np.argsort(designs[:, 0])
         d = designs[order, 0]
@@ -374,17 +377,17 @@ def eig_curve(
             d,
             eig[order] - 2 * stderr,
             eig[order] + 2 * stderr,
-            color=SAMPLE_COLOUR,
+            color=colour,
             alpha=0.25,
             linewidth=0,
-            label="±2 stderr",
+            label=f"{name} ±2 stderr",
         )
-        ax.plot(d, eig[order], color=SAMPLE_COLOUR, linewidth=1.6, label=name)
+        ax.plot(d, eig[order], color=colour, linewidth=1.6, label=name)
         for bound, text, style in ((result.lower, "lower", "--"), (result.upper, "upper", ":")):
             if bound is None or torch.equal(bound.cpu(), result.eig.cpu()):
                 continue
             values = bound.detach().cpu().double().numpy()[order]
-            ax.plot(d, values, color="0.35", linestyle=style, linewidth=1, label=text)
+            ax.plot(d, values, color=colour, linestyle=style, linewidth=0.8, label=f"{name} {text}")
         if reference is not None:
             values = np.asarray(torch.as_tensor(reference).detach().cpu(), float).ravel()
             if values.shape != eig.shape:
@@ -400,7 +403,7 @@ def eig_curve(
             "*",
             color=TRUTH_COLOUR,
             markersize=11,
-            label=f"best d = {designs[best, 0]:.4g}",
+            label=f"{name}: best d = {designs[best, 0]:.4g}",
         )
         ax.set_xlabel(xlabel or "design")
         ax.set_ylabel(ylabel)
