@@ -87,6 +87,23 @@ def _gold_score(m: _Member, batch: dict[str, Tensor]) -> dict[str, Tensor | None
     }
 
 
+def _ratio_and_score(loss: Callable[..., Tensor]) -> Callable[..., Tensor]:
+    """A loss on the log ratio and the score with both gold targets (RASCAL, ALICES)."""
+
+    def member_loss(m: _Member, b: dict[str, Tensor], alpha: float | None, lam: float) -> Tensor:
+        return loss(
+            m.log_r,
+            b["from_reference"],
+            b["joint_log_ratio"],
+            m.score,
+            b["joint_score"],
+            alpha,
+            **_gold_score(m, b),
+        )
+
+    return member_loss
+
+
 METHODS: dict[str, RatioMethod] = {
     "carl": RatioMethod(
         lambda m, b, alpha, lam: losses.carl(m.log_r, b["from_reference"], weight=m.weight),
@@ -109,18 +126,7 @@ METHODS: dict[str, RatioMethod] = {
         needs_reference=True,
     ),
     "rascal": RatioMethod(
-        lambda m, b, alpha, lam: losses.rascal(
-            m.log_r,
-            b["from_reference"],
-            b["joint_log_ratio"],
-            m.score,
-            b["joint_score"],
-            alpha,
-            **_gold_score(m, b),
-        ),
-        needs_gold=True,
-        needs_score=True,
-        needs_reference=True,
+        _ratio_and_score(losses.rascal), needs_gold=True, needs_score=True, needs_reference=True
     ),
     "cascal": RatioMethod(
         lambda m, b, alpha, lam: losses.cascal(
@@ -131,18 +137,7 @@ METHODS: dict[str, RatioMethod] = {
         needs_reference=True,
     ),
     "alices": RatioMethod(
-        lambda m, b, alpha, lam: losses.alices(
-            m.log_r,
-            b["from_reference"],
-            b["joint_log_ratio"],
-            m.score,
-            b["joint_score"],
-            alpha,
-            **_gold_score(m, b),
-        ),
-        needs_gold=True,
-        needs_score=True,
-        needs_reference=True,
+        _ratio_and_score(losses.alices), needs_gold=True, needs_score=True, needs_reference=True
     ),
     "nre": RatioMethod(
         lambda m, b, alpha, lam: losses.nre_a(m.joint, m.marginal, weight=m.weight),
