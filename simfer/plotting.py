@@ -27,7 +27,6 @@ from scipy import stats
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
 
-    from .design import EIGResult
     from .diagnostics import CoverageCurve, SBCResult
     from .inference import LikelihoodScan
 
@@ -338,7 +337,7 @@ def likelihood_contours(
 
 
 def eig_curve(
-    result: EIGResult,
+    result: Any,
     ax: Axes | None = None,
     *,
     reference: Any = None,
@@ -348,7 +347,8 @@ def eig_curve(
     color: Any = None,
     fig: Figure | None = None,
 ) -> Figure:
-    """The EIG of each candidate design in ``result`` (an `EIGResult`).
+    """The EIG of each candidate design in ``result`` (a `simfer.design.EIGResult`; not
+    imported here, so that the design stage can import this module).
 
     One design variable: the estimate against the design with a ±2 standard-error band,
     the lower and upper estimates (when they differ from it) as dashed lines, an
