@@ -46,15 +46,18 @@ are the prior truncated to a highest-probability region (HPR) of the current est
 with τ_r the ε-quantile of log q_{r−1}(θ|x_o) over draws θ ~ q_{r−1}(·|x_o) (`hpr_threshold`),
 so A_r holds 1 − ε of the estimate's mass (ε = 10⁻⁴ as in the paper).  Then
 p̄(θ) = p(θ) w(θ) with w(θ) = Σ_r (n_r/N) 1[θ ∈ A_r] / P_p(A_r), piecewise constant
-and equal to Σ_r n_r / (N P_p(A_r)) on A = ∩_r A_r.  So p̄(θ | x_o) ∝ p(θ|x_o) w(θ) is
-the true posterior restricted to A and renormalised: the plain NPE loss on all rounds
-is right for x_o whenever every region A_r contains the true posterior's mass (up to
-the small ε each).  This fails when an early estimate is overconfident and cuts off
-part of the posterior; the history's ``prior_mass`` shows how far the regions shrank.
-As in the paper (and sbi's ``RestrictedPrior``), p̃_r is sampled by rejection from the
-prior: the acceptance rate is P_p(A_r), reported as the round's ``prior_mass`` (the
-truncation volume measured in prior mass).  NLE and NRE may use truncated proposals too
-(``truncation=ε``); they need no correction with either kind.
+and equal to Σ_r n_r / (N P_p(A_r)) on A = ∩_r A_r (smaller, but not zero, outside A:
+round 1 covers the prior).  So p̄(θ | x_o) ∝ p(θ|x_o) w(θ) has the true posterior's
+shape on A and down-weights it outside.  The plain NPE loss on all rounds is therefore
+right for x_o up to the true posterior's mass outside A, about ε per round when every
+region A_r covers the true posterior, as TSNPE assumes.  That fails when an early
+estimate is overconfident and cuts off part of the posterior; the history's
+``prior_mass`` shows how far the regions shrank.
+p̃_r is sampled by rejection from the prior (the default of sbi's ``RestrictedPrior``,
+which also offers sampling-importance-resampling from q for regions too small for
+rejection; simfer does not): the acceptance rate is P_p(A_r), reported as the round's
+``prior_mass`` (the truncation volume measured in prior mass).  NLE and NRE may use
+truncated proposals too (``truncation=ε``); they need no correction with either kind.
 """
 
 from __future__ import annotations
