@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -28,7 +28,7 @@ from .errors import ShapeError, SimferError, SupportError
 __all__ = [
     "BoxUniform",
     "Empirical",
-    "Truncated",
+    "TruncatedPrior",
     "as_prior",
     "check_in_support",
     "describe_prior",
@@ -129,56 +129,134 @@ class Empirical(Distribution):
         )
 
 
-class Truncated(Distribution):
-    """``prior`` restricted to the box [low, high] (a truncated prior, as TSNPE proposes
-    from): `sample` draws from ``prior`` and keeps the draws inside the box (rejection),
-    ``log_prob`` is the prior's inside the box and −∞ outside, up to the constant
-    −log P_prior(box), which no sampler needs.  Beyond a `BoxUniform` prior it is exact
-    sampling; ``max_tries`` bounds the rejection loop."""
+class TruncatedPrior(Distribution):
+    """The prior truncated to a region A = {θ : s(θ) ≥ τ}: p̃(θ) = p(θ) 1[θ ∈ A] / P_p(A).
+
+    The region is the highest-probability region of a posterior estimate when s = log q
+    (TSNPE's proposal, `simfer.sequential`), or a box (`TruncatedPrior.box`, the experiment
+    loop's refinement).  `sample` draws by rejection from the prior.  Every proposal it
+    makes updates the estimate of the region's prior mass P_p(A) (``prior_mass``, the
+    acceptance rate), which normalises `log_prob`.
+
+    Args:
+        prior: the prior p(θ) (event shape ``[theta_dim]``).
+        log_density: s, θ ``[batch, theta_dim]`` → ``[batch]``: a posterior's ``log_prob``
+            (any constant offset is fine if τ was computed with the same one), or any score
+            whose upper level set is the region.
+        threshold: τ.
+        n_pilot: prior draws tested at construction to estimate P_p(A).
+        max_proposals: the most prior draws one `sample` call may test; it raises a
+            `SimferError` beyond that (the region is too small for rejection).
+        batch_size: prior draws tested at once.
+    """
 
     arg_constraints: dict = {}
     has_rsample = False
 
-    def __init__(self, prior: Distribution, low: Tensor, high: Tensor, max_tries: int = 1000):
+    def __init__(
+        self,
+        prior: Distribution,
+        log_density: Callable[[Tensor], Tensor],
+        threshold: float,
+        *,
+        n_pilot: int = 100_000,
+        max_proposals: int = 10_000_000,
+        batch_size: int = 100_000,
+    ):
         self.prior = as_prior(prior)
-        self.low, self.high = torch.as_tensor(low), torch.as_tensor(high)
-        if self.low.shape != self.prior.event_shape or self.high.shape != self.low.shape:
-            raise ShapeError(
-                f"low and high must be [{self.prior.event_shape[0]}], got "
-                f"{list(self.low.shape)} and {list(self.high.shape)}"
-            )
-        if not bool((self.high > self.low).all()):
-            raise ValueError("a truncation box needs high > low in every dimension")
-        self.max_tries = int(max_tries)
+        self.log_density = log_density
+        self.threshold = float(threshold)
+        self.max_proposals = int(max_proposals)
+        self.batch_size = int(batch_size)
         super().__init__(torch.Size(), self.prior.event_shape, validate_args=False)
+        self.n_proposed = 0
+        self.n_accepted = 0
+        if n_pilot > 0:
+            self.contains(self.prior.sample((int(n_pilot),)), count=True)
+
+    @classmethod
+    def box(cls, prior: Distribution, low: Tensor, high: Tensor, **options) -> TruncatedPrior:
+        """The prior truncated to the box [low, high] (each ``[theta_dim]``): s(θ) is the
+        smallest distance to a face, negative outside, and τ = 0."""
+        low, high = torch.as_tensor(low), torch.as_tensor(high)
+        prior = as_prior(prior)
+        if low.shape != prior.event_shape or high.shape != low.shape:
+            raise ShapeError(
+                f"low and high must be [{prior.event_shape[0]}], got {list(low.shape)} and "
+                f"{list(high.shape)}"
+            )
+        if not bool((high > low).all()):
+            raise ValueError("a truncation box needs high > low in every dimension")
+
+        def margin(theta: Tensor) -> Tensor:
+            lo, hi = low.to(theta), high.to(theta)
+            return torch.minimum(theta - lo, hi - theta).amin(-1)
+
+        return cls(prior, margin, 0.0, **options)
 
     @property
     def support(self):
         return self.prior.support
 
-    def _inside(self, theta: Tensor) -> Tensor:
-        low, high = self.low.to(theta), self.high.to(theta)
-        return ((theta >= low) & (theta <= high)).all(-1)
+    @property
+    def prior_mass(self) -> float:
+        """P_p(A) estimated by the fraction of prior draws tested so far that fell in A."""
+        if self.n_proposed == 0:
+            return math.nan
+        return self.n_accepted / self.n_proposed
+
+    def contains(self, theta: Tensor, *, count: bool = False) -> Tensor:
+        """``[batch]`` bool: whether each θ ``[batch, theta_dim]`` lies in the prior's support
+        and in {log q ≥ τ}; with ``count`` the rows enter the ``prior_mass`` estimate."""
+        inside = []
+        with torch.no_grad():
+            for rows in theta.split(self.batch_size):
+                value = torch.as_tensor(self.log_density(rows)).to(rows.device)
+                keep = inside_support(self.prior, rows) & (value >= self.threshold)
+                inside.append(keep & ~torch.isnan(value))
+        inside = torch.cat(inside) if inside else torch.zeros(0, dtype=torch.bool)
+        if count:
+            self.n_proposed += int(inside.numel())
+            self.n_accepted += int(inside.sum())
+        return inside
 
     def sample(self, sample_shape: torch.Size | Sequence[int] = ()) -> Tensor:
         shape = torch.Size(sample_shape)
-        n = max(1, shape.numel())
-        kept, count = [], 0
-        for _ in range(self.max_tries):
-            draws = self.prior.sample((max(2 * (n - count), 64),))
-            draws = draws[self._inside(draws)]
-            kept.append(draws)
-            count += draws.shape[0]
-            if count >= n:
-                return torch.cat(kept)[:n].reshape(*shape, -1)
-        raise SimferError(
-            f"only {count} of the prior's draws fell inside the truncation box after "
-            f"{self.max_tries} rounds: the box holds almost none of the prior's mass"
-        )
+        n = math.prod(shape)
+        kept, n_kept, proposed = [], 0, 0
+        while n_kept < n:
+            rate = max(self.prior_mass if self.n_accepted else 0.0, 1 / max(self.n_proposed, 1))
+            wanted = min(math.ceil(1.2 * (n - n_kept) / rate) + 16, self.batch_size)
+            wanted = min(wanted, self.max_proposals - proposed)
+            if wanted <= 0:
+                raise SimferError(
+                    f"only {n_kept} of {proposed} prior draws fell inside the truncation region "
+                    f"(prior mass ≈ {self.prior_mass:.2e}): rejection from the prior cannot fill "
+                    f"{n} draws within max_proposals={self.max_proposals:,}. The region is far "
+                    f"smaller than the prior: use NLE or NRE with posterior proposals "
+                    f"(truncation=None), or a prior closer to the posterior"
+                )
+            theta = self.prior.sample((wanted,))
+            inside = self.contains(theta, count=True)
+            kept.append(theta[inside])
+            n_kept += int(inside.sum())
+            proposed += wanted
+        return torch.cat(kept)[:n].reshape(*shape, *self.event_shape)
 
     def log_prob(self, value: Tensor) -> Tensor:
-        log_p = self.prior.log_prob(value)
-        return torch.where(self._inside(value), log_p, torch.full_like(log_p, -math.inf))
+        """log p(θ) − log P_p(A) inside the region, −∞ outside ``[batch]``."""
+        value = torch.as_tensor(value)
+        flat = value.reshape(-1, *self.event_shape)
+        log_p = self.prior.log_prob(flat) - math.log(self.prior_mass)
+        inside = self.contains(flat).to(log_p.device)
+        log_p = torch.where(inside, log_p, torch.full_like(log_p, -math.inf))
+        return log_p.reshape(value.shape[: value.ndim - len(self.event_shape)])
+
+    def __repr__(self) -> str:
+        return (
+            f"TruncatedPrior(threshold={self.threshold:.4g}, prior_mass≈{self.prior_mass:.3g}, "
+            f"of {self.prior!r})"
+        )
 
 
 def as_prior(prior: Distribution, theta_dim: int | None = None) -> Distribution:

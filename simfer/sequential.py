@@ -66,7 +66,7 @@ import copy
 import math
 import secrets
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -82,7 +82,7 @@ from .estimators import LikelihoodEstimator, PosteriorEstimator, RatioEstimator,
 from .estimators.base import Estimator
 from .estimators.ratio import METHODS as RATIO_METHODS
 from .inference import Posterior
-from .prior import as_prior, inside_support
+from .prior import TruncatedPrior, as_prior
 from .runner import simulate
 from .seeding import seeded
 from .simulator import Simulator
@@ -90,7 +90,7 @@ from .simulator import Simulator
 __all__ = [
     "SequentialResult",
     "SequentialRound",
-    "TruncatedPrior",
+    "TruncatedPrior",  # re-exported from simfer.prior
     "hpr_threshold",
     "round_seed",
     "sequential",
@@ -115,113 +115,6 @@ def hpr_threshold(log_density: Tensor, epsilon: float) -> float:
         raise SimferError("no finite log-density among the draws: the HPR is undefined")
     k = min(int(math.floor(epsilon * values.numel())), values.numel() - 1)
     return float(torch.kthvalue(values.cpu(), k + 1).values)
-
-
-class TruncatedPrior(Distribution):
-    """The prior truncated to {θ : log q(θ) ≥ τ}: p̃(θ) = p(θ) 1[log q(θ) ≥ τ] / P_p(A).
-
-    `sample` draws by rejection from the prior.  Every proposal it makes updates the
-    estimate of the region's prior mass P_p(A) (``prior_mass``, the acceptance rate),
-    which normalises `log_prob`.
-
-    Args:
-        prior: the prior p(θ) (event shape ``[theta_dim]``).
-        log_density: θ ``[batch, theta_dim]`` → log q(θ) ``[batch]`` (a posterior's
-            ``log_prob``; any constant offset is fine if τ was computed with the same one).
-        threshold: τ.
-        n_pilot: prior draws tested at construction to estimate P_p(A).
-        max_proposals: the most prior draws one `sample` call may test; it raises a
-            `SimferError` beyond that (the region is too small for rejection).
-        batch_size: prior draws tested at once.
-    """
-
-    arg_constraints: dict = {}
-    has_rsample = False
-
-    def __init__(
-        self,
-        prior: Distribution,
-        log_density: Callable[[Tensor], Tensor],
-        threshold: float,
-        *,
-        n_pilot: int = 100_000,
-        max_proposals: int = 10_000_000,
-        batch_size: int = 100_000,
-    ):
-        self.prior = as_prior(prior)
-        self.log_density = log_density
-        self.threshold = float(threshold)
-        self.max_proposals = int(max_proposals)
-        self.batch_size = int(batch_size)
-        super().__init__(torch.Size(), self.prior.event_shape, validate_args=False)
-        self.n_proposed = 0
-        self.n_accepted = 0
-        if n_pilot > 0:
-            self.contains(self.prior.sample((int(n_pilot),)), count=True)
-
-    @property
-    def support(self):
-        return self.prior.support
-
-    @property
-    def prior_mass(self) -> float:
-        """P_p(A) estimated by the fraction of prior draws tested so far that fell in A."""
-        if self.n_proposed == 0:
-            return math.nan
-        return self.n_accepted / self.n_proposed
-
-    def contains(self, theta: Tensor, *, count: bool = False) -> Tensor:
-        """``[batch]`` bool: whether each θ ``[batch, theta_dim]`` lies in the prior's support
-        and in {log q ≥ τ}; with ``count`` the rows enter the ``prior_mass`` estimate."""
-        inside = []
-        with torch.no_grad():
-            for rows in theta.split(self.batch_size):
-                value = torch.as_tensor(self.log_density(rows)).to(rows.device)
-                keep = inside_support(self.prior, rows) & (value >= self.threshold)
-                inside.append(keep & ~torch.isnan(value))
-        inside = torch.cat(inside) if inside else torch.zeros(0, dtype=torch.bool)
-        if count:
-            self.n_proposed += int(inside.numel())
-            self.n_accepted += int(inside.sum())
-        return inside
-
-    def sample(self, sample_shape: torch.Size | Sequence[int] = ()) -> Tensor:
-        shape = torch.Size(sample_shape)
-        n = math.prod(shape)
-        kept, n_kept, proposed = [], 0, 0
-        while n_kept < n:
-            rate = max(self.prior_mass if self.n_accepted else 0.0, 1 / max(self.n_proposed, 1))
-            wanted = min(math.ceil(1.2 * (n - n_kept) / rate) + 16, self.batch_size)
-            wanted = min(wanted, self.max_proposals - proposed)
-            if wanted <= 0:
-                raise SimferError(
-                    f"only {n_kept} of {proposed} prior draws fell inside the truncation region "
-                    f"(prior mass ≈ {self.prior_mass:.2e}): rejection from the prior cannot fill "
-                    f"{n} draws within max_proposals={self.max_proposals:,}. The region is far "
-                    f"smaller than the prior: use NLE or NRE with posterior proposals "
-                    f"(truncation=None), or a prior closer to the posterior"
-                )
-            theta = self.prior.sample((wanted,))
-            inside = self.contains(theta, count=True)
-            kept.append(theta[inside])
-            n_kept += int(inside.sum())
-            proposed += wanted
-        return torch.cat(kept)[:n].reshape(*shape, *self.event_shape)
-
-    def log_prob(self, value: Tensor) -> Tensor:
-        """log p(θ) − log P_p(A) inside the region, −∞ outside ``[batch]``."""
-        value = torch.as_tensor(value)
-        flat = value.reshape(-1, *self.event_shape)
-        log_p = self.prior.log_prob(flat) - math.log(self.prior_mass)
-        inside = self.contains(flat).to(log_p.device)
-        log_p = torch.where(inside, log_p, torch.full_like(log_p, -math.inf))
-        return log_p.reshape(value.shape[: value.ndim - len(self.event_shape)])
-
-    def __repr__(self) -> str:
-        return (
-            f"TruncatedPrior(threshold={self.threshold:.4g}, prior_mass≈{self.prior_mass:.3g}, "
-            f"of {self.prior!r})"
-        )
 
 
 class _Draws(Distribution):

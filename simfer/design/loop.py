@@ -52,7 +52,7 @@ from torch.distributions import Distribution
 from ..data import SimulationData
 from ..errors import ShapeError, SimferError
 from ..inference import Posterior, posterior_from_likelihood
-from ..prior import Empirical, Truncated, as_prior, describe_prior, prior_from_description
+from ..prior import Empirical, TruncatedPrior, as_prior, describe_prior, prior_from_description
 from ..seeding import seeded
 from ..simulator import Simulator
 from .methods import eig
@@ -361,7 +361,7 @@ class ExperimentLoop:
         if self._posterior is None:
             raise SimferError("refine() after the first observation: the prior is the belief")
         low, high = self.posterior_box()
-        proposal = Truncated(self.prior, low, high)
+        proposal = TruncatedPrior.box(self.prior, low, high, n_pilot=0)
         options = {"executor": "serial", "progress": self.progress, **(simulate_options or {})}
         if data.theta_ref is not None and "theta_ref" not in options:
             options["theta_ref"] = data.theta_ref[0]
