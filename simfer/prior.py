@@ -123,7 +123,7 @@ class Empirical(Distribution):
         return self.draws[index]
 
     def log_prob(self, value: Tensor) -> Tensor:
-        raise NotImplementedError(
+        raise SimferError(
             "an empirical distribution (a set of draws) has no density; methods that need "
             "log p(θ) (the Barber–Agakov bound) cannot use it"
         )

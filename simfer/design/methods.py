@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,9 +44,11 @@ import torch
 from torch import Tensor
 from torch.distributions import Distribution
 
+from ..errors import SimferError
 from ..estimators.ratio import METHODS as RATIO_METHODS
 from ..prior import as_prior, distribution_device
-from ..simulator import Seed, Simulator, make_generator
+from ..seeding import Seed, make_generator, seeded
+from ..simulator import Simulator
 from .barber_agakov import barber_agakov
 from .contrastive import infonce_terms, nwj_terms
 from .fisher import FISHER_MODES, fisher_curve, prior_covariance
@@ -227,20 +228,10 @@ def _seeds(generator: torch.Generator, n: int) -> list[int]:
     return [int(s) for s in torch.randint(0, 2**62, (n,), generator=generator)]
 
 
-@contextmanager
-def _seeded_global(seed: int):
-    """The global torch generators seeded by ``seed`` inside the block, restored after
-    (torch distributions sample from them and take no generator)."""
-    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        yield
-
-
 def _prior_draws(source: Source, prior: Distribution, n: int, seed: int, o: _Options) -> Tensor:
     """``[n, theta_dim]`` draws of the prior from ``seed``, checked against the source
     (the simulator's support, when there is one), in the run's dtype and on its device."""
-    with _seeded_global(seed):
+    with seeded(seed):
         theta = prior.sample((n,))
     theta = theta.to(device=o.device, dtype=o.dtype)
     return source.check_theta(theta, what="theta drawn from the prior")
@@ -403,7 +394,7 @@ def _barber_agakov(source: Source, prior: Distribution, designs: Tensor, o: _Opt
     draws = _draws(source, prior, k, o, inner=False)
     try:
         log_prior = prior.log_prob(draws.outer.to(distribution_device(prior))).to(o.device)
-    except NotImplementedError as error:
+    except (NotImplementedError, SimferError) as error:  # torch's, or Empirical's
         raise ValueError(
             f"method 'ba' needs the prior's density log p(θ), which this "
             f"{type(prior).__name__} has not ({error}); use a prior with log_prob, or a "
