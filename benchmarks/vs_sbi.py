@@ -83,6 +83,29 @@ SIMULATORS = {
     "gaussian_mixture": GaussianMixture,
 }
 METHODS = [("simfer", "NPE"), ("sbi", "NPE"), ("simfer", "NLE"), ("sbi", "NLE")]
+# --converged adds neural ratio estimation: simfer's NRE (binary classifier of joint against
+# marginal pairs, its default MLP) and sbi's NRE_A (the same loss, sbi's default classifier)
+CONVERGED_METHODS = [*METHODS, ("simfer", "NRE"), ("sbi", "NRE")]
+# --converged trains with no cap: each library stops by its own early-stopping rule (20
+# epochs without a validation improvement); this bound is never reached
+NO_CAP = 100_000
+# The sbibm paper (Lueckmann et al., AISTATS 2021, Fig. 2 and its v1.1 GaussianMixture
+# rerun): mean C2ST over 10 observations at 10^3 / 10^4 / 10^5 simulations
+PAPER = {
+    "two_moons": {"NPE": (0.73, 0.61, 0.54), "NLE": (0.77, 0.71, 0.67), "NRE": (0.82, 0.76, 0.63)},
+    "slcp": {"NPE": (0.98, 0.90, 0.83), "NLE": (0.95, 0.77, 0.70), "NRE": (0.97, 0.95, 0.92)},
+    "gaussian_linear": {
+        "NPE": (0.69, 0.55, 0.51),
+        "NLE": (0.65, 0.55, 0.51),
+        "NRE": (0.67, 0.56, 0.54),
+    },
+    "gaussian_mixture": {
+        "NPE": (0.72, 0.62, 0.55),
+        "NLE": (0.74, 0.72, 0.69),
+        "NRE": (0.78, 0.75, 0.74),
+    },
+}
+PAPER_BUDGETS = (1_000, 10_000, 100_000)
 # The cap on epochs per budget: about 10^3 gradient steps or more at every budget, and a
 # full run within ~50 minutes on 2 CPU cores (10^5 simulations cost ~10 s an epoch).
 MAX_EPOCHS = {1_000: 100, 10_000: 25, 100_000: 4}
@@ -94,6 +117,8 @@ TRAIN_SEED = 1
 # (simfer stops below 10⁻³); a flow that leaks all its mass would sample for ever
 SBI_MAX_SAMPLING_SECONDS = 120
 NAME, HEADING = "vs_sbi", "NPE and NLE against sbi on the sbibm simulators"
+CONVERGED_NAME = "converged"
+CONVERGED_HEADING = "Converged: NPE, NLE and NRE against sbi and the sbibm paper"
 
 
 # -- observations and reference posteriors -------------------------------------------------
@@ -266,8 +291,11 @@ def train_simfer(method, data, prior, max_epochs, flow="nsf"):
     start = time.perf_counter()
     if method == "NPE":
         estimator = simfer.PosteriorEstimator(flow, **settings).fit(data, prior)
-    else:
+    elif method == "NLE":
         estimator = simfer.LikelihoodEstimator("nle", flow, **settings).fit(data, prior)
+    else:
+        settings = {k: v for k, v in settings.items() if k not in FLOW}
+        estimator = simfer.RatioEstimator("nre", **settings).fit(data, prior)
     seconds = time.perf_counter() - start
     return estimator, seconds, len(estimator.history.train_loss)
 
@@ -283,8 +311,25 @@ def sample_simfer(method, estimator, prior, x_obs, n, seed, mcmc):
 
 
 def train_sbi(method, data, prior, max_epochs):
-    from sbi.inference import NLE, NPE
+    from sbi.inference import NLE, NPE, NRE_A
     from sbi.neural_nets import likelihood_nn, posterior_nn
+
+    if method == "NRE":
+        torch.manual_seed(TRAIN_SEED)
+        trainer = NRE_A(prior=prior, show_progress_bars=False, tracker=NullTracker())
+        start = time.perf_counter()
+        network = trainer.append_simulations(data.theta.clone(), data.x.clone()).train(
+            training_batch_size=TRAINING["batch_size"],
+            learning_rate=TRAINING["learning_rate"],
+            validation_fraction=TRAINING["validation_fraction"],
+            stop_after_epochs=TRAINING["patience"],
+            max_num_epochs=max_epochs - 1,
+            clip_max_norm=5.0,
+            show_train_summary=False,
+        )
+        seconds = time.perf_counter() - start
+        network.eval()
+        return (trainer, network), seconds, int(trainer.summary["epochs_trained"][-1])
 
     build = posterior_nn if method == "NPE" else likelihood_nn
     density_estimator = build(
@@ -346,6 +391,8 @@ def sample_sbi(method, model, prior, x_obs, n, seed, mcmc, own_mcmc=False):
 
     def log_likelihood(x, theta):
         with torch.no_grad():
+            if method == "NRE":  # the classifier's logit is log r(x, θ)
+                return network(theta, x.expand(len(theta), *x.shape[1:]))
             return network.log_prob(x[None], theta)[0]
 
     posterior = posterior_from_likelihood(log_likelihood, prior, x_obs)
@@ -385,6 +432,8 @@ def _latest(rows: list[dict]) -> dict:
 
 def render(rows: list[dict], simulators: list[str], budgets: list[int], meta: dict) -> str:
     cells = _latest(rows)
+    methods = meta["methods"]
+    kinds = list(dict.fromkeys(m for _, m in methods))
 
     def cell(sim, budget, library, method):
         return cells.get((sim, budget, library, method))
@@ -397,13 +446,27 @@ def render(rows: list[dict], simulators: list[str], budgets: list[int], meta: di
         f"C2ST against reference posterior samples ({meta['n_c2st']} draws each, mean over "
         f"{meta['n_obs']} observations; 0.5 is perfect), and in brackets the training wall "
         f"time and the epochs run (cap: {meta['max_epochs_text']}; early stopping after "
-        f"{TRAINING['patience']} epochs without improvement).",
+        f"{TRAINING['patience']} epochs without improvement)."
+        + (
+            " The paper's rows are the sbibm figures (10 observations, sbi's defaults)."
+            if meta.get("converged")
+            else ""
+        ),
         "",
         head,
         rule,
     ]
     for sim in simulators:
-        for library, method in METHODS:
+        if meta.get("converged"):
+            for method in kinds:
+                texts = [
+                    f"{PAPER[sim][method][PAPER_BUDGETS.index(b)]:.2f}"
+                    if sim in PAPER and b in PAPER_BUDGETS
+                    else "—"
+                    for b in budgets
+                ]
+                lines.append(f"| {SIM_LABEL[sim]} | paper {method} | " + " | ".join(texts) + " |")
+        for library, method in methods:
             texts = [
                 cell_text(
                     cell(sim, b, library, method),
@@ -426,7 +489,7 @@ def render(rows: list[dict], simulators: list[str], budgets: list[int], meta: di
         rule,
     ]
     for sim in simulators:
-        for library, method in METHODS:
+        for library, method in methods:
             texts = []
             for b in budgets:
                 r = cell(sim, b, library, method)
@@ -456,7 +519,7 @@ def render(rows: list[dict], simulators: list[str], budgets: list[int], meta: di
         "| --- | --- | --- |" + " --- |" * len(budgets),
     ]
     for sim in simulators:
-        for method in ("NPE", "NLE"):
+        for method in kinds:
             for key, label in (
                 ("c2st", "C2ST simfer − sbi"),
                 ("epoch", "s/epoch simfer / sbi"),
@@ -503,9 +566,14 @@ def main(argv=None) -> None:
         "--sbi-mcmc", action="store_true", help="sample sbi's NLE with sbi's own slice sampler"
     )
     parser.add_argument("--fresh", action="store_true", help="ignore the finished cells")
+    parser.add_argument(
+        "--converged",
+        action="store_true",
+        help="no epoch cap, NRE rows, the paper's figures; its own log and table",
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--markdown", default=str(ROOT / "docs" / "benchmarks.md"))
-    parser.add_argument("--jsonl", default=str(ROOT / "benchmarks" / "results" / "vs_sbi.jsonl"))
+    parser.add_argument("--jsonl", help="default benchmarks/results/{vs_sbi,converged}.jsonl")
     parser.add_argument("--cache", default="/tmp/simfer_vs_sbi_references")
     args = parser.parse_args(argv)
 
@@ -517,7 +585,13 @@ def main(argv=None) -> None:
     n_c2st = args.n_c2st or (500 if args.quick else 1000)
     n_time = args.n_time or (2000 if args.quick else 10_000)
 
+    methods = CONVERGED_METHODS if args.converged else METHODS
+    table, heading = (CONVERGED_NAME, CONVERGED_HEADING) if args.converged else (NAME, HEADING)
+    jsonl = args.jsonl or str(ROOT / "benchmarks" / "results" / f"{table}.jsonl")
+
     def max_epochs(budget):
+        if args.converged:
+            return NO_CAP
         if args.max_epochs:
             return args.max_epochs
         if args.quick:
@@ -528,7 +602,7 @@ def main(argv=None) -> None:
     # SLCP's reference: one draw from each of n_c2st chains after 500 warm-up sweeps
     reference_mcmc = {"n_chains": n_c2st, "warmup_steps": 500, "thin": 1}
     skip = set(args.skip)
-    log = JsonLines(args.jsonl)
+    log = JsonLines(jsonl)
     if args.fresh and log.path.exists():
         log.path.unlink()
     rows = log.rows()
@@ -545,7 +619,13 @@ def main(argv=None) -> None:
         "n_c2st": n_c2st,
         "n_time": n_time,
         "mcmc": mcmc,
-        "max_epochs_text": ", ".join(f"{max_epochs(b)} at n = {b:,}" for b in budgets),
+        "max_epochs_text": (
+            "none"
+            if args.converged
+            else ", ".join(f"{max_epochs(b)} at n = {b:,}" for b in budgets)
+        ),
+        "methods": methods,
+        "converged": args.converged,
         "status": " (running)",
         "wall_minutes": 0.0,
     }
@@ -558,7 +638,7 @@ def main(argv=None) -> None:
         shown = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}
         print(json.dumps(shown), flush=True)
         meta["wall_minutes"] = (time.perf_counter() - t0) / 60
-        write_markdown(markdown, render(rows, *shown_cells(), meta), NAME, HEADING)
+        write_markdown(markdown, render(rows, *shown_cells(), meta), table, heading)
 
     def shown_cells():
         """The simulators and budgets of this run and of the finished cells it resumes."""
@@ -654,7 +734,7 @@ def main(argv=None) -> None:
         for name in simulators:
             todo = [
                 (lib, m)
-                for lib, m in METHODS
+                for lib, m in methods
                 if (name, budget, lib, m) not in done and not ({lib, m, f"{lib}:{m}"} & skip)
             ]
             if not todo:
@@ -673,10 +753,10 @@ def main(argv=None) -> None:
                 run_cell(name, budget, library, method, data, prepared[name])
     meta["status"] = ""
     meta["wall_minutes"] = (time.perf_counter() - t0) / 60
-    table = render(rows, *shown_cells(), meta)
-    write_markdown(markdown, table, NAME, HEADING)
+    text = render(rows, *shown_cells(), meta)
+    write_markdown(markdown, text, table, heading)
     print()
-    print(table)
+    print(text)
 
 
 if __name__ == "__main__":
