@@ -349,9 +349,79 @@ def _shape(value: Tensor | RaggedSets) -> list:
     return list(value.shape[1:])
 
 
+#: The shape every column but x must have: "theta" means ``[n, theta_dim]``, "rows" ``[n]``,
+#: "matrix" ``[n, k]`` for any k; with the dtype kind it must be of.
+_COLUMN_SHAPES = {
+    "design": ("matrix", "float"),
+    "theta_ref": ("theta", "float"),
+    "from_reference": ("rows", "bool"),
+    "joint_log_ratio": ("rows", "float"),
+    "joint_score": ("theta", "float"),
+    "joint_score_ref": ("theta", "float"),
+    "valid": ("rows", "bool"),
+}
+
+
+def _as_column(name: str, value) -> Tensor:
+    """A column given as a numpy array or a nested list, as a tensor (its dtype kept)."""
+    try:
+        return torch.as_tensor(value)
+    except (TypeError, ValueError, RuntimeError) as error:
+        raise ShapeError(
+            f"SimulationData column '{name}' must be a tensor or an array, got "
+            f"{type(value).__name__} ({error})"
+        ) from error
+
+
+def _check_column(name: str, value: Tensor, wanted: tuple[str, str], n: int, theta_dim: int):
+    shape, kind = wanted
+    expected = {"theta": f"[{n}, {theta_dim}]", "rows": f"[{n}]", "matrix": f"[{n}, k]"}[shape]
+    ok = {
+        "theta": value.shape == (n, theta_dim),
+        "rows": value.shape == (n,),
+        "matrix": value.ndim == 2,
+    }[shape]
+    if not ok:
+        raise ShapeError(
+            f"SimulationData column '{name}' must have shape {expected}, got {list(value.shape)}"
+        )
+    if kind == "bool" and value.dtype != torch.bool:
+        raise ShapeError(
+            f"SimulationData column '{name}' must be bool, got {value.dtype} (use values != 0)"
+        )
+    if kind == "float" and not value.is_floating_point():
+        raise ShapeError(
+            f"SimulationData column '{name}' must be floating point, got {value.dtype}"
+        )
+
+
 @dataclass(frozen=True)
 class SimulationData:
-    """A table of simulations; see the module docstring for the columns.
+    """A table of n simulations, one row per simulator call: what every estimator trains on.
+
+    `simfer.simulate` and `simfer.load_simulations` return one; build one yourself from
+    (θ, x) pairs simulated elsewhere, e.g. ``SimulationData(theta=theta, x=x)``.  Columns
+    (torch tensors; numpy arrays are converted, keeping their dtype):
+
+    Args:
+        theta: θ, the parameter point of each row, ``[n, theta_dim]`` (for one parameter,
+            ``[n, 1]``).
+        x: the observation of each row, ``[n, *x_shape]`` (e.g. ``[n, x_dim]``), or a
+            `RaggedSets` of n variable-size sets.  NaN/inf marks a failed simulation.
+        design: the experimental design of each row, ``[n, design_dim]``, or None.
+        theta_ref: the reference point θ_ref of each row, ``[n, theta_dim]`` (usually one
+            point repeated), or None.  Needed with ``from_reference`` by the reference-class
+            methods (CARL, ROLR, ALICE, RASCAL, ALICES, CASCAL).
+        from_reference: ``[n]`` bool, True where x was drawn at θ_ref instead of θ.
+        joint_log_ratio: ``[n]``, log r(x,z|θ,θ_ref) = log p(x,z|θ) − log p(x,z|θ_ref),
+            evaluated at the row's (θ, θ_ref) whichever point x was drawn at.
+        joint_score: ``[n, theta_dim]``, t(x,z|θ) = ∇_θ log p(x,z|θ) at the row's θ.
+        joint_score_ref: ``[n, theta_dim]``, t(x,z|θ_ref), the joint score at θ_ref.
+        valid: ``[n]`` bool, False where the simulation failed; by default the rows whose
+            x is finite.  Invalid rows are kept and never trained on.
+
+    The gold columns (``joint_*``) are optional; estimators that need one say so.  Shapes
+    are checked here, so a mistake surfaces when the table is built, not when training.
 
     It is a map-style ``torch.utils.data.Dataset``: ``data[i]`` (an int) is a
     dict of the row's tensors, while ``data[index]`` with a slice, a boolean
@@ -369,12 +439,23 @@ class SimulationData:
     valid: Tensor | None = None
 
     def __post_init__(self) -> None:
-        n = self.theta.shape[0]
+        for name, value in self.columns().items():
+            if not isinstance(value, Tensor | RaggedSets):
+                object.__setattr__(self, name, _as_column(name, value))
+        if self.theta.ndim != 2:
+            raise ShapeError(
+                f"SimulationData theta must be [n, theta_dim], got shape {list(self.theta.shape)}"
+                + (" (one parameter: pass theta[:, None])" if self.theta.ndim == 1 else "")
+            )
+        n, theta_dim = self.theta.shape
         for name, value in self.columns().items():
             if len(value) != n:
-                raise ValueError(
+                raise ShapeError(
                     f"SimulationData column '{name}' has {len(value)} rows, theta has {n}."
                 )
+            wanted = _COLUMN_SHAPES.get(name)
+            if wanted is not None and not isinstance(value, RaggedSets):
+                _check_column(name, value, wanted, n, theta_dim)
         if self.valid is None:
             object.__setattr__(self, "valid", rows_finite(self.x))
 
