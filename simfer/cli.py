@@ -1,60 +1,792 @@
-"""The ``simfer`` command.
+"""The ``simfer`` command: the journey of the library driven by one TOML file.
 
-* ``simfer demo [--out DIR]``: the main job end to end on a built-in simulator:
-  simulate the Galton board with gold into an HDF5 store (resumable), check the
-  gold against the board's exact likelihood (`simfer.diagnostics.check_gold`), train
-  CARL and ALICES on the same simulations and compare their log r̂ with the exact one;
-  plots and a summary.
-* ``simfer inspect PATH``: what a simulation store holds.
+``simfer simulate|train|posterior|diagnose|design CONFIG`` runs one stage; ``simfer run
+CONFIG`` runs every stage the file describes, in order, skipping those whose outputs are
+up to date.  ``simfer simulate CONFIG --shard i/N`` and ``simfer merge`` split a
+simulation run over independent jobs (a SLURM or PBS array).  ``simfer demo`` and
+``simfer inspect`` need no config.  The config file is `simfer.config`; each stage writes
+its files, ``summary.md`` and ``summary.json`` to ``<out>/<stage>/`` (docs/cli.md).
+
+One function per stage (``stage_simulate`` …) takes a checked `Config` and returns its
+results and output files; `run_stage` adds the summary and the up-to-date check.
 """
 
 from __future__ import annotations
 
-import argparse
+import hashlib
 import json
 import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
+import click
+
+from . import __version__
+from .config import Config, ConfigError, MissingFileError, load_config
 from .errors import SimferError
-from .store import SimulationStore, load_simulations
 
-__all__ = ["main"]
+__all__ = ["cli", "main"]
 
 
-def _demo(args: argparse.Namespace) -> int:
+# -- up-to-date bookkeeping ---------------------------------------------------------------------
+def _file_record(path: Path) -> dict[str, Any]:
+    """What identifies a file's contents: size, modification time and SHA-256."""
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    stat = path.stat()
+    return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": digest.hexdigest()}
+
+
+def _same_file(path: Path, record: dict[str, Any]) -> bool:
+    """Whether ``path`` still holds what ``record`` describes (size and mtime first; the
+    hash only when they differ, so an untouched large store is not read again)."""
+    if not path.is_file():
+        return False
+    stat = path.stat()
+    if stat.st_size == record.get("size") and stat.st_mtime_ns == record.get("mtime_ns"):
+        return True
+    return stat.st_size == record.get("size") and _file_record(path)["sha256"] == record.get(
+        "sha256"
+    )
+
+
+@dataclass
+class StagePlan:
+    """What a stage reads and what its result depends on: the digest of its config
+    sections and its input files."""
+
+    name: str
+    digest: str
+    inputs: list[Path]
+
+    def summary_path(self, config: Config) -> Path:
+        return config.stage_folder(self.name) / "summary.json"
+
+    def up_to_date(self, config: Config) -> bool:
+        """True when the stage's summary records this digest, the same input files, and
+        every output it lists still exists."""
+        path = self.summary_path(config)
+        if not path.is_file():
+            return False
+        try:
+            summary = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            return False
+        if summary.get("config_digest") != self.digest:
+            return False
+        recorded = summary.get("inputs", {})
+        if sorted(recorded) != sorted(str(p) for p in self.inputs):
+            return False
+        if not all(_same_file(Path(p), r) for p, r in recorded.items()):
+            return False
+        return all(Path(p).exists() for p in summary.get("outputs", []))
+
+
+def _plan(config: Config, stage: str) -> StagePlan:
+    """The digest and inputs of ``stage`` for ``config``."""
+    seed = config.stage_seed(stage)
+    code = config.code_files()
+    if stage == "simulate":
+        digest = config.digest("simulator", "prior", "simulate", seed=seed)
+        return StagePlan(stage, digest, code)
+    if stage == "train":
+        digest = config.digest("train", "prior", seed=seed)
+        return StagePlan(stage, digest, [config.training_data(), *code])
+    if stage == "posterior":
+        x_obs = config.input_file("posterior", "x_obs")
+        digest = config.digest("prior", "posterior", seed=seed)
+        return StagePlan(stage, digest, [config.model_path(), x_obs, *code])
+    if stage == "diagnose":
+        digest = config.digest("simulator", "prior", "diagnose", seed=seed)
+        return StagePlan(stage, digest, [config.model_path(), *code])
+    digest = config.digest("simulator", "prior", "design", seed=seed)
+    model = [config.model_path()] if _design_source(config) == "model" else []
+    return StagePlan(stage, digest, [*model, *code])
+
+
+def _write_summary(
+    config: Config, plan: StagePlan, results: dict[str, Any], outputs: list[Path], seconds: float
+) -> None:
+    """``summary.json`` (for machines and for the up-to-date check) and ``summary.md``."""
+    folder = config.stage_folder(plan.name)
+    folder.mkdir(parents=True, exist_ok=True)
+    summary = {
+        "stage": plan.name,
+        "config": str(config.path.resolve()),
+        "simfer_version": __version__,
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "seconds": round(seconds, 3),
+        "seed": config.stage_seed(plan.name),
+        "device": config.device,
+        "config_digest": plan.digest,
+        "inputs": {str(p): _file_record(p) for p in plan.inputs},
+        "outputs": [str(p) for p in outputs],
+        "results": results,
+    }
+    text = json.dumps(summary, indent=2, default=_jsonable)
+    (folder / "summary.json").write_text(text + "\n")
+    lines = [
+        f"# simfer {plan.name}",
+        "",
+        f"Config `{config.path}`, simfer {__version__}, seed {summary['seed']}, device "
+        f"{config.device}, {seconds:.1f} s.",
+        "",
+        "## Results",
+        "",
+        *(f"- **{key}**: {_markdown_value(value)}" for key, value in results.items()),
+        "",
+        "## Files",
+        "",
+        *(f"- `{path}`" for path in outputs),
+        "",
+    ]
+    (folder / "summary.md").write_text("\n".join(lines))
+
+
+def _jsonable(value: Any) -> Any:
+    import numpy as np
+    import torch
+
+    if isinstance(value, torch.Tensor | np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    return repr(value)
+
+
+def _markdown_value(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, dict):
+        return ", ".join(f"{k} = {_markdown_value(v)}" for k, v in value.items())
+    if isinstance(value, list) and all(isinstance(v, float) for v in value):
+        return "[" + ", ".join(f"{v:.4g}" for v in value) + "]"
+    return str(value)
+
+
+# -- shared pieces of the stages ------------------------------------------------------------------
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save_figure(figure: Any, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=120)
+    return path
+
+
+def _load_model(config: Config) -> Any:
+    """The model the train stage wrote, on the config's device."""
+    path = config.model_path()
+    if not path.is_file():
+        raise ConfigError(
+            f"{config.path}: [train] out: no model file '{path}' yet; run "
+            f"'simfer train {config.path}' first"
+        )
+    cls = config.estimator_class()
+    embedding = config.embedding()
+    if embedding is not None:
+        return cls.load(path, config.device, embedding=embedding)
+    return cls.load(path, config.device)
+
+
+def _design_value(config: Config, section: str, model: Any) -> Any:
+    """``[section] design`` for a model trained with designs (an error naming the key when
+    it is missing), else None."""
+    design = config.get(section, "design")
+    if getattr(model, "design_dim", 0) and design is None:
+        raise config.error(
+            section, "design", f"missing: the model conditions on a design [{model.design_dim}]"
+        )
+    return design
+
+
+def _mean_and_spread(samples: Any) -> dict[str, list[float]]:
+    import torch
+
+    samples = samples.double()
+    q = torch.quantile(samples, torch.tensor([0.05, 0.5, 0.95], dtype=torch.float64), dim=0)
+    return {
+        "mean": samples.mean(0).tolist(),
+        "std": samples.std(0).tolist(),
+        "q05": q[0].tolist(),
+        "median": q[1].tolist(),
+        "q95": q[2].tolist(),
+    }
+
+
+# -- the stages -----------------------------------------------------------------------------------
+def stage_simulate(
+    config: Config, shard: tuple[int, int] | None = None
+) -> tuple[dict[str, Any], list[Path]]:
+    """``[simulate]``: `simfer.simulate` into the HDF5 store (resumable); with ``shard``
+    only shard i of N's chunks, into its own store."""
+    from .runner import simulate
+
+    simulator, prior = config.simulator(), config.prior()
+    path = config.store_path(shard)
+    _refuse_stale_store(config, path)
+    design = config.get("simulate", "design")
+    if isinstance(design, dict):
+        from .prior import BoxUniform
+
+        design = BoxUniform(design["low"], design["high"])
+    workers = config.get("simulate", "workers")
+    options: dict[str, Any] = {
+        "gold": config.get("simulate", "gold"),
+        "theta_ref": config.get("simulate", "theta_ref"),
+        "reference_fraction": config.get("simulate", "reference_fraction"),
+        "design": design,
+        "path": path,
+        "executor": "serial" if workers == 0 else "processes",
+        "n_workers": workers or None,
+        "chunk_size": config.get("simulate", "chunk_size"),
+        "seed": config.stage_seed("simulate"),
+        "device": config.device,
+    }
+    if shard is not None:
+        options["shard"] = shard
+    data = simulate(simulator, prior, config.get("simulate", "n"), **options)
+    results = {
+        "simulator": simulator.name,
+        "store": str(path),
+        "rows": len(data),
+        "invalid_rows": data.n_invalid,
+        "gold": bool(options["gold"]),
+        "shard": None if shard is None else f"{shard[0]}/{shard[1]}",
+    }
+    return results, [path]
+
+
+def _refuse_stale_store(config: Config, path: Path) -> None:
+    """A store made before the simulator's own code changed would be resumed as if it were
+    current (its fingerprint describes the simulator, not its code): refuse."""
+    summary = config.stage_folder("simulate") / "summary.json"
+    if not path.exists() or not summary.is_file():
+        return
+    try:
+        recorded = json.loads(summary.read_text()).get("inputs", {})
+    except (OSError, json.JSONDecodeError):
+        return
+    for file in config.code_files():
+        record = recorded.get(str(file))
+        if record is not None and not _same_file(file, record):
+            raise ConfigError(
+                f"{config.path}: [simulator] target: '{file}' changed since the store "
+                f"'{path}' was simulated; move the store aside (or set another [simulate] "
+                f"path) to simulate with the new code"
+            )
+
+
+def stage_train(config: Config) -> tuple[dict[str, Any], list[Path]]:
+    """``[train]``: fit the estimator on the store and save it; plot its losses."""
+    from .store import load_simulations
+
+    data_path = config.training_data()
+    if not data_path.is_file():
+        raise ConfigError(
+            f"{config.path}: [simulate] path: no store '{data_path}' yet; run "
+            f"'simfer simulate {config.path}' first"
+        )
+    settings = config.estimator_settings()
+    cls = config.estimator_class()
+    embedding = config.embedding()
+    if embedding is not None:
+        settings["embedding"] = embedding
+    try:
+        estimator = cls(**settings, seed=config.stage_seed("train"), device=config.device)
+    except (TypeError, ValueError) as error:
+        raise config.error("train", None, " ".join(str(error).split())) from None
+    data = load_simulations(data_path)
+    estimator.fit(data, config.prior())
+    model = config.model_path()
+    estimator.save(model)
+    history = estimator.history
+    figure = _loss_figure(history)
+    plot = _save_figure(figure, config.stage_folder("train") / "loss.png")
+    results = {
+        "estimator": type(estimator).__name__,
+        "hyperparameters": estimator.hyperparameters(),
+        "training_rows": len(data),
+        "epochs": len(history.train_loss),
+        "best_epoch": history.best_epoch,
+        "best_validation_loss": history.best_validation_loss,
+        "model": str(model),
+    }
+    return results, [model, plot]
+
+
+def _loss_figure(history: Any) -> Any:
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(4.8, 3.4), layout="constrained")
+    ax = figure.add_subplot()
+    epochs = range(1, len(history.train_loss) + 1)
+    ax.plot(epochs, [sum(v) / len(v) for v in history.train_loss], label="training")
+    ax.plot(epochs, [sum(v) / len(v) for v in history.validation_loss], label="validation")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss (mean over members)")
+    ax.legend(frameon=False)
+    return figure
+
+
+def stage_posterior(config: Config) -> tuple[dict[str, Any], list[Path]]:
+    """``[posterior]``: sample p(θ | x_obs) with the trained model; samples as .npz and a
+    corner plot."""
+    import numpy as np
+    import torch
+
+    from .plotting import corner
+
+    model = _load_model(config)
+    prior = config.prior()
+    x_path = config.input_file("posterior", "x_obs")
+    try:
+        x_obs = torch.as_tensor(np.load(x_path, allow_pickle=False))
+    except (ValueError, OSError) as error:
+        raise config.error("posterior", "x_obs", f"not a readable .npy file ({error})") from None
+    design = _design_value(config, "posterior", model)
+    posterior = model.posterior(prior, x_obs, design=design)
+    options = {
+        key: config.get("posterior", key)
+        for key in ("method", "n_chains", "warmup", "thin", "max_seconds")
+        if config.get("posterior", key) is not None
+    }
+    n = config.get("posterior", "samples")
+    samples = posterior.sample(n, seed=config.stage_seed("posterior"), **options).detach().cpu()
+    out = config.output_file("posterior", "out")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(out, samples=samples.numpy(), x_obs=x_obs.cpu().numpy())
+    truth = config.get("posterior", "theta_true")
+    plot = _save_figure(
+        corner(samples, truth=truth), config.stage_folder("posterior") / "corner.png"
+    )
+    diagnostics = {
+        k: v for k, v in posterior.diagnostics.items() if isinstance(v, int | float | str | list)
+    }
+    results = {
+        "estimator": type(model).__name__,
+        "observations": posterior.n_observations,
+        "samples": int(samples.shape[0]),
+        **_mean_and_spread(samples),
+        "sampler": diagnostics,
+    }
+    return results, [out, plot]
+
+
+def stage_diagnose(config: Config) -> tuple[dict[str, Any], list[Path]]:
+    """``[diagnose]``: SBC, HPD coverage and TARP of the trained model's posterior on fresh
+    prior-predictive pairs (simulated with seed + 1, so never the training rows)."""
+    from . import diagnostics, plotting
+    from .runner import simulate
+
+    model = _load_model(config)
+    simulator, prior = config.simulator(), config.prior()
+    design = _design_value(config, "diagnose", model)
+    checks = config.get("diagnose", "checks")
+    if design is not None and "coverage" in checks:
+        raise config.error(
+            "diagnose",
+            "checks",
+            "'coverage' ranks by the density without a design; for a model trained with "
+            "designs use 'sbc' and 'tarp'",
+        )
+    seed = config.stage_seed("diagnose")
+    pairs = simulate(
+        simulator,
+        prior,
+        config.get("diagnose", "n"),
+        design=design,
+        seed=seed + 1,
+        executor="serial",
+        device=config.device,
+        progress=False,
+    ).valid_only()
+    theta, x = pairs.theta, pairs.x
+    posterior = model.posterior(prior, x[0], design=design)
+    options = {k: config.get("diagnose", k) for k in ("warmup", "thin", "max_seconds")}
+    options = {k: v for k, v in options.items() if v is not None}
+    if design is not None:
+        options["design"] = design
+    samples = diagnostics.posterior_samples(
+        posterior, x, config.get("diagnose", "samples"), seed=seed, **options
+    )
+    folder = config.stage_folder("diagnose")
+    results: dict[str, Any] = {"pairs": len(pairs), "samples_per_pair": int(samples.shape[1])}
+    outputs: list[Path] = []
+    curves = []
+    if "sbc" in checks:
+        result = diagnostics.sbc(None, theta, samples=samples, seed=seed)
+        results["sbc"] = {
+            "p_values": result.p_values.tolist(),
+            "passed": result.passed(),
+            "test": result.test,
+        }
+        outputs.append(_save_figure(plotting.sbc_ranks(result), folder / "sbc.png"))
+    if "coverage" in checks:
+        curve = diagnostics.expected_coverage(posterior, theta, x, samples=samples, seed=seed)
+        curves.append(curve)
+        results["coverage"] = {
+            "max_error": curve.max_error(),
+            "tolerance_99": curve.dkw_tolerance(0.01),
+            "ks_p_value": curve.ks_p_value(),
+        }
+    if "tarp" in checks:
+        curve = diagnostics.tarp(None, theta, samples=samples, seed=seed)
+        curves.append(curve)
+        results["tarp"] = {
+            "atc": curve.atc,
+            "atc_tolerance_99": curve.atc_tolerance(0.01),
+            "ks_p_value": curve.ks_p_value(),
+        }
+    if curves:
+        outputs.append(_save_figure(plotting.coverage(*curves), folder / "coverage.png"))
+    return results, outputs
+
+
+def _design_source(config: Config) -> str:
+    """``[design] source``: given, else the simulator when it has a likelihood and no
+    [train] section, else the trained model."""
+    source = config.get("design", "source")
+    if source is not None:
+        return source
+    return "model" if config.has("train") else "simulator"
+
+
+def stage_design(config: Config) -> tuple[dict[str, Any], list[Path]]:
+    """``[design]``: the EIG over candidate designs (or a zooming grid search over a box),
+    by `simfer.design.eig` / `simfer.design.search`; the curve as a PNG and JSON."""
+    import torch
+
+    from . import design as design_stage
+    from .plotting import eig_curve
+
+    simulator, prior = config.simulator(), config.prior()
+    source_kind = _design_source(config)
+    if source_kind == "model":
+        source = _load_model(config)
+        if not source.design_dim:
+            raise config.error(
+                "design",
+                "source",
+                "the trained model takes no design; simulate with [simulate] design = "
+                "{low = [...], high = [...]} and train again, or use source = 'simulator'",
+            )
+    else:
+        source = simulator
+        if not simulator.has_likelihood or not simulator.design_dim:
+            raise config.error(
+                "design",
+                "source",
+                f"the simulator {simulator.name} needs an exact likelihood and a design to be "
+                f"the source; train a design-conditioned model and use source = 'model'",
+            )
+    options: dict[str, Any] = {
+        "method": config.get("design", "method"),
+        "n_outer": config.get("design", "n_outer"),
+        "n_inner": config.get("design", "n_inner"),
+        "seed": config.stage_seed("design"),
+        "device": config.device,
+        "progress": False,
+    }
+    if source_kind == "model":
+        options["simulator"] = simulator
+    try:
+        if config.get("design", "designs") is not None:
+            designs = torch.as_tensor(config.get("design", "designs"), dtype=torch.float32)
+            result = design_stage.eig(source, prior, designs, **options)
+        elif config.get("design", "search"):
+            result = design_stage.search(
+                source,
+                prior,
+                config.get("design", "low"),
+                config.get("design", "high"),
+                n_grid=config.get("design", "n_grid"),
+                n_zoom=config.get("design", "n_zoom", 3),
+                shrink=config.get("design", "shrink", 0.25),
+                **options,
+            )
+        else:
+            result = design_stage.eig(source, prior, _grid(config), **options)
+    except ValueError as error:
+        raise config.error("design", None, " ".join(str(error).split())) from None
+    folder = config.stage_folder("design")
+    folder.mkdir(parents=True, exist_ok=True)
+    table = folder / "eig.json"
+    table.write_text(json.dumps(result.as_dict(), indent=2) + "\n")
+    outputs = [table]
+    if result.designs.shape[1] <= 2:
+        outputs.append(_save_figure(eig_curve(result), folder / "eig.png"))
+    best = result.best_index
+    results = {
+        "source": source_kind,
+        "method": result.method,
+        "candidates": int(result.designs.shape[0]),
+        "best_design": result.best().tolist(),
+        "best_eig": float(result.eig[best]),
+        "best_stderr": float(result.stderr[best]),
+        "notes": list(result.notes),
+    }
+    return results, outputs
+
+
+def _grid(config: Config) -> Any:
+    """The candidate designs of ``[design] low/high/n_grid``: a regular grid over the box."""
+    import itertools
+
+    import torch
+
+    low, high = config.get("design", "low"), config.get("design", "high")
+    n = config.get("design", "n_grid")
+    axes = [torch.linspace(a, b, n) for a, b in zip(low, high, strict=True)]
+    return torch.tensor(list(itertools.product(*[a.tolist() for a in axes])))
+
+
+STAGE_FUNCTIONS: dict[str, Callable[[Config], tuple[dict[str, Any], list[Path]]]] = {
+    "simulate": stage_simulate,
+    "train": stage_train,
+    "posterior": stage_posterior,
+    "diagnose": stage_diagnose,
+    "design": stage_design,
+}
+
+
+def run_stage(config: Config, stage: str, *, skip_if_current: bool = False, **options) -> bool:
+    """Run ``stage`` and write its summary; returns False when it was skipped as current."""
+    if stage not in config.sections:
+        raise config.error(stage, None, "missing: this config has no such section")
+    config.simulator(), config.prior()  # a bad target or prior fails before any work
+    plan = _plan(config, stage)
+    if skip_if_current and plan.up_to_date(config):
+        click.echo(f"{stage}: up to date ({plan.summary_path(config)})", err=True)
+        return False
+    click.echo(f"{stage}: running", err=True)
+    started = time.perf_counter()
+    results, outputs = STAGE_FUNCTIONS[stage](config, **options)
+    seconds = time.perf_counter() - started
+    if options.get("shard") is not None:  # a shard's summary sits beside its own store
+        i, n = options["shard"]
+        plan = StagePlan(f"simulate/shard{i}-of-{n}", plan.digest, plan.inputs)
+    _write_summary(config, plan, results, outputs, seconds)
+    click.echo(f"{stage}: done in {seconds:.1f} s ({plan.summary_path(config)})", err=True)
+    return True
+
+
+# -- the commands ---------------------------------------------------------------------------------
+class _Group(click.Group):
+    """Prints simfer's errors as one line on stderr (exit code 2), without a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except SimferError as error:
+            click.echo(f"simfer: {' '.join(str(error).split())}", err=True)
+            ctx.exit(2)
+        except KeyboardInterrupt as error:
+            message = str(error) or "interrupted"
+            click.echo(f"simfer: {message}", err=True)
+            ctx.exit(130)
+
+
+_config_argument = click.argument(
+    "config", type=click.Path(dir_okay=False, path_type=Path), metavar="CONFIG"
+)
+
+
+def _overrides(function: Callable) -> Callable:
+    """The options every config-driven command takes."""
+    function = click.option(
+        "--out",
+        type=click.Path(file_okay=False, path_type=Path),
+        help="Output folder (overrides the file's out).",
+    )(function)
+    function = click.option("--seed", type=int, help="Seed of every stage (overrides the file).")(
+        function
+    )
+    function = click.option(
+        "--device", help="Device to compute on, e.g. cpu or cuda (overrides the file)."
+    )(function)
+    return function
+
+
+def _load(config: Path, out: Path | None, seed: int | None, device: str | None) -> Config:
+    return load_config(config, out=out, seed=seed, device=device)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "--version", prog_name="simfer", message="%(prog)s %(version)s")
+def cli() -> None:
+    """simfer: simulation-based inference from the command line.
+
+    Each command reads one TOML config file (see docs/cli.md) and writes its results,
+    plots and a summary to the output folder.
+    """
+
+
+def _stage_command(stage: str, short: str, help_text: str) -> None:
+    @cli.command(stage, short_help=short, help=help_text)
+    @_config_argument
+    @_overrides
+    def command(config: Path, out: Path | None, seed: int | None, device: str | None) -> int:
+        run_stage(_load(config, out, seed, device), stage)
+        return 0
+
+
+@cli.command("simulate", short_help="Simulate into the store (one shard with --shard).")
+@_config_argument
+@_overrides
+@click.option(
+    "--shard",
+    metavar="I/N",
+    help="Simulate only shard I of N (0 <= I < N) into its own store; combine the shards "
+    "with simfer merge.",
+)
+def simulate_command(
+    config: Path, out: Path | None, seed: int | None, device: str | None, shard: str | None
+) -> int:
+    """Simulate the [simulate] rows into the HDF5 store (resumable: run it again after a
+    crash and only the missing rows are simulated)."""
+    run_stage(_load(config, out, seed, device), "simulate", shard=_parse_shard(shard))
+    return 0
+
+
+def _parse_shard(text: str | None) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    try:
+        i, n = (int(part) for part in text.split("/"))
+    except ValueError:
+        message = f"'{text}' is not of the form I/N, e.g. 0/4"
+        raise click.BadParameter(message, param_hint="--shard") from None
+    if not (n >= 1 and 0 <= i < n):
+        raise click.BadParameter(f"need 0 <= I < N, got {i}/{n}", param_hint="--shard")
+    return i, n
+
+
+_stage_command(
+    "train",
+    "Train the estimator and save the model.",
+    "Train the [train] estimator on the simulations and save the model, with a plot of "
+    "its training and validation losses.",
+)
+_stage_command(
+    "posterior",
+    "Sample the posterior of the observations.",
+    "Sample the posterior of the observations in [posterior] x_obs with the trained model; "
+    "writes the samples (.npz) and a corner plot.",
+)
+_stage_command(
+    "diagnose",
+    "Calibration checks: SBC, coverage, TARP.",
+    "Check the trained model's calibration on fresh simulations: SBC ranks, HPD coverage "
+    "and TARP, with their plots.",
+)
+_stage_command(
+    "design",
+    "Expected information gain over candidate designs.",
+    "Estimate the expected information gain of candidate designs (or search a box for the "
+    "best one) and plot the EIG curve.",
+)
+
+
+@cli.command("run", short_help="Run every stage of the file, skipping those up to date.")
+@_config_argument
+@_overrides
+@click.option("--force", is_flag=True, help="Run every stage, even those up to date.")
+def run_command(
+    config: Path, out: Path | None, seed: int | None, device: str | None, force: bool
+) -> int:
+    """Run every stage the file describes, in order: simulate, train, posterior,
+    diagnose, design.  A stage whose config section and input files are unchanged since
+    its last run, and whose outputs exist, is skipped."""
+    loaded = _load(config, out, seed, device)
+    if not loaded.stages():
+        raise ConfigError(f"{config}: describes no stage (add [simulate], [train], …)")
+    for stage in loaded.stages():
+        run_stage(loaded, stage, skip_if_current=not force)
+    return 0
+
+
+@cli.command("merge", short_help="Merge shard stores into one store.")
+@click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("shards", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
+def merge_command(out: Path, shards: tuple[Path, ...]) -> int:
+    """Merge the shard stores SHARDS of one run into the store OUT.  Shards of another
+    run are refused; no row is duplicated or dropped."""
+    import simfer
+
+    missing = [str(p) for p in shards if not p.is_file()]
+    if missing:
+        raise MissingFileError(f"no such file: {', '.join(missing)}")
+    merged = simfer.merge_stores([str(p) for p in shards], str(out))
+    rows = len(merged) if hasattr(merged, "__len__") else None
+    click.echo(f"merged {len(shards)} shards into {out}" + (f" ({rows} rows)" if rows else ""))
+    return 0
+
+
+@cli.command("demo", short_help="The whole journey on the built-in Galton board.")
+@click.option(
+    "--out",
+    default="demo_output",
+    show_default=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder for the store, plots and summary.",
+)
+@click.option("--n", default=20_000, show_default=True, help="Number of simulations.")
+@click.option("--seed", default=0, show_default=True, help="Seed of the run.")
+@click.option("--workers", default=2, show_default=True, help="Worker processes (0: serial).")
+@click.option("--epochs", default=60, show_default=True, help="Training epochs at most.")
+def demo_command(out: Path, n: int, seed: int, workers: int, epochs: int) -> int:
+    """Run the demo on the built-in Galton board: simulate with gold, check the gold
+    against the exact likelihood, train and compare estimators."""
     from .demo import run_demo
 
-    return run_demo(args.out, n=args.n, seed=args.seed, workers=args.workers, epochs=args.epochs)
+    return run_demo(out, n=n, seed=seed, workers=workers, epochs=epochs)
 
 
-def _inspect(args: argparse.Namespace) -> int:
-    fingerprint = SimulationStore.read_fingerprint(args.path)
-    data = load_simulations(args.path)
-    print(f"{args.path}: {data}")
+@cli.command("inspect", short_help="Show what a simulation store holds.")
+@click.argument("path", type=click.Path(path_type=Path))
+def inspect_command(path: Path) -> int:
+    """Show what the simulation store PATH holds: its rows, columns and fingerprint."""
+    from .store import SimulationStore, load_simulations
+
+    if not path.exists():
+        raise MissingFileError(f"no such file '{path}'")
+    if path.is_dir():
+        raise MissingFileError(f"'{path}' is a folder, not a simulation store")
+    fingerprint = SimulationStore.read_fingerprint(path)
+    data = load_simulations(path)
+    click.echo(f"{path}: {data}")
     if data.is_set:
-        print(f"x: {data.x}")
-    print(json.dumps(fingerprint, indent=2))
+        click.echo(f"x: {data.x}")
+    click.echo(json.dumps(fingerprint, indent=2))
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="simfer", description=__doc__.splitlines()[0])
-    commands = parser.add_subparsers(dest="command", required=True)
-    demo = commands.add_parser("demo", help="simulate the Galton board with gold and check it")
-    demo.add_argument("--out", default="demo_output", help="folder for the store, plot, summary")
-    demo.add_argument("--n", type=int, default=20_000, help="number of simulations")
-    demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--workers", type=int, default=2, help="worker processes (0: serial)")
-    demo.add_argument("--epochs", type=int, default=60, help="training epochs at most")
-    demo.set_defaults(handler=_demo)
-    inspect = commands.add_parser("inspect", help="summarise a simulation store")
-    inspect.add_argument("path")
-    inspect.set_defaults(handler=_inspect)
-    args = parser.parse_args(argv)
+    """The ``simfer`` entry point: run the command line ``argv`` (default ``sys.argv[1:]``)
+    and return its exit code (0 success, 1 a failed check, 2 a usage or input error)."""
     try:
-        return args.handler(args)
-    except SimferError as error:
-        print(f"simfer: {error}", file=sys.stderr)
-        return 2
+        code = cli.main(args=argv, prog_name="simfer", standalone_mode=False)
+    except click.ClickException as error:
+        error.show()
+        return error.exit_code
+    except click.Abort:
+        click.echo("simfer: aborted", err=True)
+        return 1
+    return code if isinstance(code, int) else 0
 
 
 if __name__ == "__main__":
