@@ -13,6 +13,12 @@ retried one row at a time: rows that still raise, and rows whose output holds Na
 or inf, are kept with ``valid = False`` and reported in one warning.  A simulator whose
 x is a variable-size set per event gives a `simfer.data.RaggedSets` column, stored
 ragged; a failed row's set is one element of NaN.
+
+θ comes from the prior, or from explicit points (``theta=``: a grid, benchmark
+points), row i at point i.  A run can also be cut into N shards (``shard=(i, N)``),
+each simulating every N-th chunk into its own store, e.g. one per job of a SLURM array;
+since a chunk's rows depend on ``(seed, k)`` alone, `simfer.merge_stores` puts them
+together into exactly the unsharded run.
 """
 
 from __future__ import annotations
@@ -36,11 +42,11 @@ from torch.distributions import Distribution
 from tqdm.auto import tqdm
 
 from .data import RaggedSets, SimulationData
-from .errors import GoldNotAvailableError, InvalidSimulationWarning, SimulatorError
+from .errors import GoldNotAvailableError, InvalidSimulationWarning, SimulatorError, SupportError
 from .prior import as_prior, describe_prior
 from .seeding import seeded
 from .simulator import Simulator
-from .store import SimulationStore
+from .store import SimulationStore, check_compression, shard_of_chunk
 
 __all__ = ["simulate"]
 
@@ -161,9 +167,10 @@ def _default_chunk_size(n: int) -> int:
 
 def simulate(
     simulator: Simulator,
-    prior: Distribution,
-    n: int,
+    prior: Distribution | None = None,
+    n: int | None = None,
     *,
+    theta: Tensor | np.ndarray | Sequence[Sequence[float]] | None = None,
     gold: bool = False,
     theta_ref: Sequence[float] | Tensor | None = None,
     reference_fraction: float = 0.5,
@@ -173,15 +180,25 @@ def simulate(
     n_workers: int | None = None,
     chunk_size: int | None = None,
     seed: int | None = None,
+    shard: tuple[int, int] | None = None,
+    compression: Literal["gzip", "lzf"] | None = None,
     device: str | torch.device = "cpu",
     progress: bool = True,
 ) -> SimulationData:
-    """Simulate ``n`` rows: θ ~ prior, x ~ simulator(θ), with gold if asked.
+    """Simulate ``n`` rows: θ ~ prior (or the given θ points), x ~ simulator(θ), with gold
+    if asked.
 
     Args:
         simulator: any `simfer.Simulator`.
         prior: a distribution over θ with samples ``[n, theta_dim]`` (see `simfer.as_prior`).
-        n: number of simulator calls, reference-class rows included.
+            With ``theta`` it may be left out; if given, every point must lie in its support.
+        n: number of simulator calls, reference-class rows included; with ``theta``, the
+            number of points (the default).
+        theta: explicit parameter points ``[n, theta_dim]`` (a grid, benchmark points)
+            instead of prior draws: row i is simulated at point i (drawn at θ_ref instead if
+            it is a reference row).  For many events per point, repeat the points
+            (``points.repeat_interleave(k, 0)``).  The points are part of the run's
+            fingerprint, so a store resumes only with the same points.
         gold: also record the joint log ratio and joint score(s).
         theta_ref: reference point θ_ref ``[theta_dim]``.  Then a ``reference_fraction`` of
             the rows draw x at θ_ref instead of θ (the reference class that CARL, ROLR and
@@ -196,27 +213,53 @@ def simulate(
         chunk_size: rows per worker call (default ``ceil(n/32)``, at most 4096; a resumed
             run keeps its stored chunk size).  Together with ``seed`` it fixes the data.
         seed: makes the run reproducible; None draws one (stored with the run).
+        shard: ``(i, N)``: simulate only shard i (0 ≤ i < N) of the run, the chunks k with
+            k mod N = i, into its own store at ``path`` (resumable like any run).  Needs an
+            explicit ``seed``; every shard of a run must get the same arguments but ``i``
+            and its own ``path``.  `simfer.merge_stores` combines the shard stores into the
+            store of the unsharded run, row for row.
+        compression: ``"gzip"`` or ``"lzf"`` to compress a new store (recorded in the file;
+            reading is transparent); None stores raw arrays.
         device: where workers simulate (θ is moved there).
         progress: show a progress bar counting finished simulations.
 
     Returns:
-        A `SimulationData` with all ``n`` rows in order, failed ones flagged invalid.
+        A `SimulationData` with all ``n`` rows in order, failed ones flagged invalid (with
+        ``shard``, the shard's rows only, in order).
     """
-    if not isinstance(n, int | np.integer) or isinstance(n, bool) or n < 1:
-        raise ValueError(f"n must be a positive number of simulations, got {n!r}")
-    n = int(n)
     if not isinstance(simulator, Simulator):
         raise TypeError(
             f"simulate() needs a simfer.Simulator, got {type(simulator).__name__}; wrap a "
             f"function with Simulator.from_function or a Pyro program with Simulator.from_pyro."
         )
-    prior = as_prior(prior, simulator.theta_dim)
+    points = None
+    if theta is not None:
+        points = _explicit_points(simulator, prior, theta)
+        if n is None:
+            n = len(points)
+        elif n != len(points):
+            raise ValueError(
+                f"n={n} but theta holds {len(points)} points: theta= simulates one row per "
+                f"point; leave n out (or repeat the points for several events per point)"
+            )
+    elif prior is None:
+        raise TypeError("simulate() needs a prior to draw θ from, or explicit points theta=")
+    if not isinstance(n, int | np.integer) or isinstance(n, bool) or n < 1:
+        raise ValueError(f"n must be a positive number of simulations, got {n!r}")
+    n = int(n)
+    if prior is not None:
+        prior = as_prior(prior, simulator.theta_dim)
     if gold and not simulator.has_gold:
         raise GoldNotAvailableError(simulator.no_gold_message())
     if theta_ref is not None:
         theta_ref = simulator.check_theta(theta_ref, batch=1, what="theta_ref")[0]
         if not 0.0 < reference_fraction < 1.0:
             raise ValueError(f"reference_fraction must lie in (0, 1), got {reference_fraction}")
+    check_compression(compression)
+    if compression is not None and path is None:
+        raise ValueError("compression= applies to a store: pass path= too")
+    if shard is not None:
+        shard = _check_shard(shard, seed, path)
 
     if path is not None and os.path.exists(path):
         stored = SimulationStore.read_fingerprint(path)
@@ -226,13 +269,36 @@ def simulate(
     chunk_size = _default_chunk_size(n) if chunk_size is None else int(chunk_size)
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be positive, got {chunk_size}")
-    plan = _Plan(simulator, prior, n, seed, chunk_size, design, theta_ref, reference_fraction)
-    store = SimulationStore.open(path, plan.fingerprint(gold)) if path is not None else None
+    if shard is not None and shard[1] > math.ceil(n / chunk_size):
+        raise ValueError(
+            f"{shard[1]} shards, but the run has only {math.ceil(n / chunk_size)} chunks of "
+            f"{chunk_size} rows: use at most that many shards, or a smaller chunk_size"
+        )
+    plan = _Plan(
+        simulator,
+        prior,
+        n,
+        seed,
+        chunk_size,
+        design,
+        theta_ref,
+        reference_fraction,
+        points,
+        shard,
+    )
+    store = None
+    if path is not None:
+        store = SimulationStore.open(path, plan.fingerprint(gold), compression)
     try:
         pieces = plan.missing_pieces(store.rows_per_chunk if store is not None else {})
         to_do = sum(m for *_, m in pieces)
+        total = plan.n_rows
         bar = tqdm(
-            total=n, initial=n - to_do, unit="sim", desc=simulator.name, disable=not progress
+            total=total,
+            initial=total - to_do,
+            unit="sim",
+            desc=simulator.name if shard is None else f"{simulator.name} {shard[0]}/{shard[1]}",
+            disable=not progress,
         )
         run = _RunSpec(cloudpickle.dumps(simulator), gold, theta_ref, str(device))
         chunks = (plan.make_chunk(*piece) for piece in pieces)
@@ -247,7 +313,7 @@ def simulate(
             bar.update(len(data))
         bar.close()
         if store is not None:
-            result = store.read().subset(slice(0, n))
+            result = store.read().subset(slice(0, total))
         else:
             result = SimulationData.concatenate([parts[k] for k in sorted(parts)])
     except KeyboardInterrupt:
@@ -262,6 +328,52 @@ def simulate(
             store.close()
     _report_invalid(result, errors, simulator.name)
     return result
+
+
+def _explicit_points(simulator: Simulator, prior, theta) -> Tensor:
+    """The ``theta=`` points as ``[n, theta_dim]``, checked against the simulator's and (if
+    given) the prior's support."""
+    points = simulator.check_theta(theta, what="theta").detach().cpu()
+    if len(points) == 0:
+        raise ValueError("theta= holds no points")
+    if prior is not None:
+        prior = as_prior(prior, simulator.theta_dim)
+        inside = prior.support.check(points)
+        if inside.ndim > 1:
+            inside = inside.all(-1)
+        if not bool(inside.all()):
+            rows = torch.nonzero(~inside).flatten()
+            raise SupportError(
+                f"{rows.numel()} of the theta points lie outside the prior's support; first: "
+                f"row {int(rows[0])} = {points[rows[0]].tolist()}. Leave the prior out to "
+                f"simulate there anyway."
+            )
+    return points
+
+
+def _check_shard(shard, seed, path) -> tuple[int, int]:
+    """``shard`` as ``(i, N)`` with 0 ≤ i < N, once the run can be sharded."""
+    valid = (
+        isinstance(shard, tuple | list)
+        and len(shard) == 2
+        and all(isinstance(v, int | np.integer) and not isinstance(v, bool) for v in shard)
+    )
+    if not valid or not 0 <= shard[0] < shard[1]:
+        raise ValueError(
+            f"shard must be (i, N) with 0 ≤ i < N, e.g. (0, 4) for the first of four shards, "
+            f"got {shard!r}"
+        )
+    if seed is None:
+        raise ValueError(
+            "shard= needs an explicit seed=: every shard of a run must draw from the same "
+            "seed, or their rows would not form one run"
+        )
+    if path is None:
+        raise ValueError(
+            "shard= needs path=: each shard writes its own store, which simfer.merge_stores "
+            "then combines"
+        )
+    return int(shard[0]), int(shard[1])
 
 
 def _with_failed_chunks_filled(finished, errors: list[str], name: str, to_do: int):
@@ -306,15 +418,25 @@ class _Plan:
     design: Any
     theta_ref: Tensor | None
     reference_fraction: float
+    points: Tensor | None = None
+    shard: tuple[int, int] | None = None
 
     def fingerprint(self, gold: bool) -> dict[str, Any]:
         """What a store of this run must match.  x_shape is left out: a simulator may learn
-        it on its first call, and the store checks every column's shape on append."""
+        it on its first call, and the store checks every column's shape on append.  The
+        explicit θ points and the shard appear only in runs that have them, so stores made
+        before they existed still resume."""
         described = {k: v for k, v in self.simulator.describe().items() if k != "x_shape"}
         with_reference = self.theta_ref is not None
+        extra: dict[str, Any] = {}
+        if self.points is not None:
+            extra["theta"] = _describe_design(self.points)
+        if self.shard is not None:
+            extra["shard"] = {"index": self.shard[0], "count": self.shard[1], "n": self.n}
         return {
+            **extra,
             "simulator": described,
-            "prior": describe_prior(self.prior),
+            "prior": None if self.prior is None else describe_prior(self.prior),
             "gold": bool(gold),
             "theta_ref": self.theta_ref.tolist() if with_reference else None,
             "reference_fraction": float(self.reference_fraction) if with_reference else None,
@@ -323,11 +445,27 @@ class _Plan:
             "chunk_size": self.chunk_size,
         }
 
+    def chunks(self) -> list[int]:
+        """The chunks this run simulates: all of them, or those of its shard."""
+        chunks = range(math.ceil(self.n / self.chunk_size))
+        if self.shard is None:
+            return list(chunks)
+        index, count = self.shard
+        return [k for k in chunks if shard_of_chunk(k, count) == index]
+
+    def chunk_rows(self, k: int) -> int:
+        return min(self.chunk_size, self.n - k * self.chunk_size)
+
+    @property
+    def n_rows(self) -> int:
+        """The rows this run simulates (those of its shard only, for a shard)."""
+        return sum(self.chunk_rows(k) for k in self.chunks())
+
     def missing_pieces(self, done: dict[int, int]) -> list[tuple[int, int, int]]:
         """``(chunk, offset, rows)`` for the rows of each chunk not in ``done`` yet."""
         pieces = []
-        for k in range(math.ceil(self.n / self.chunk_size)):
-            wanted, have = min(self.chunk_size, self.n - k * self.chunk_size), done.get(k, 0)
+        for k in self.chunks():
+            wanted, have = self.chunk_rows(k), done.get(k, 0)
             if have < wanted:
                 pieces.append((k, have, wanted - have))
         return pieces
@@ -340,7 +478,10 @@ class _Plan:
         theta_seed, sim_seed = _chunk_seeds(self.seed, k, offset)
         design = self.design
         with seeded(theta_seed):
-            theta = self.prior.sample((m,))
+            if self.points is None:
+                theta = self.prior.sample((m,))
+            else:
+                theta = self.points[first_row : first_row + m]
             if isinstance(design, Distribution):
                 design = design.sample((m,))
         theta = self.simulator.check_theta(theta, what="theta drawn from the prior")
