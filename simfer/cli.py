@@ -725,14 +725,13 @@ def run_command(
 def merge_command(out: Path, shards: tuple[Path, ...]) -> int:
     """Merge the shard stores SHARDS of one run into the store OUT.  Shards of another
     run are refused; no row is duplicated or dropped."""
-    import simfer
+    from .store import merge_stores
 
     missing = [str(p) for p in shards if not p.is_file()]
     if missing:
         raise MissingFileError(f"no such file: {', '.join(missing)}")
-    merged = simfer.merge_stores([str(p) for p in shards], str(out))
-    rows = len(merged) if hasattr(merged, "__len__") else None
-    click.echo(f"merged {len(shards)} shards into {out}" + (f" ({rows} rows)" if rows else ""))
+    merged = merge_stores(shards, out)
+    click.echo(f"merged {len(shards)} shards into {out} ({len(merged)} rows)")
     return 0
 
 
