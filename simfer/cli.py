@@ -93,7 +93,9 @@ def _plan(config: Config, stage: str) -> StagePlan:
     code = config.code_files()
     if stage == "simulate":
         digest = config.digest("simulator", "prior", "simulate", seed=seed)
-        return StagePlan(stage, digest, code)
+        points = config.get("simulate", "theta")
+        points = [config.input_file("simulate", "theta")] if points is not None else []
+        return StagePlan(stage, digest, [*points, *code])
     if stage == "train":
         digest = config.digest("train", "prior", seed=seed)
         return StagePlan(stage, digest, [config.training_data(), *code])
@@ -213,6 +215,18 @@ def _design_value(config: Config, section: str, model: Any) -> Any:
     return design
 
 
+def _load_npy(config: Config, section: str, key: str) -> Any:
+    """The array in the .npy file ``[section] key`` (never unpickles objects)."""
+    import numpy as np
+
+    path = config.input_file(section, key)
+    try:
+        return np.load(path, allow_pickle=False)
+    except (ValueError, OSError) as error:
+        message = f"not a readable .npy array ({' '.join(str(error).split())})"
+        raise config.error(section, key, message) from None
+
+
 def _mean_and_spread(samples: Any) -> dict[str, list[float]]:
     import torch
 
@@ -258,6 +272,10 @@ def stage_simulate(
     }
     if shard is not None:
         options["shard"] = shard
+    if config.get("simulate", "compression") is not None:
+        options["compression"] = config.get("simulate", "compression")
+    if config.get("simulate", "theta") is not None:
+        options["theta"] = _load_npy(config, "simulate", "theta")
     data = simulate(simulator, prior, config.get("simulate", "n"), **options)
     results = {
         "simulator": simulator.name,
@@ -352,11 +370,7 @@ def stage_posterior(config: Config) -> tuple[dict[str, Any], list[Path]]:
 
     model = _load_model(config)
     prior = config.prior()
-    x_path = config.input_file("posterior", "x_obs")
-    try:
-        x_obs = torch.as_tensor(np.load(x_path, allow_pickle=False))
-    except (ValueError, OSError) as error:
-        raise config.error("posterior", "x_obs", f"not a readable .npy file ({error})") from None
+    x_obs = torch.as_tensor(_load_npy(config, "posterior", "x_obs"))
     design = _design_value(config, "posterior", model)
     posterior = model.posterior(prior, x_obs, design=design)
     options = {

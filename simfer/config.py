@@ -174,7 +174,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
     "simulator": {"target": Key(STR, required=True)},
     "prior": {"target": Key(STR), "low": Key(NUMBERS), "high": Key(NUMBERS)},
     "simulate": {
-        "n": Key(INT, required=True, check=_positive),
+        "n": Key(INT, check=_positive),
+        "theta": Key(STR),
         "gold": Key(BOOL),
         "theta_ref": Key(NUMBERS),
         "reference_fraction": Key(FLOAT, check=_fraction),
@@ -182,6 +183,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "path": Key(STR),
         "workers": Key(INT, check=_non_negative),
         "chunk_size": Key(INT, check=_positive),
+        "compression": Key(STR, check=_one_of("gzip", "lzf")),
         "seed": Key(INT),
     },
     "train": {
@@ -788,6 +790,11 @@ def _check(config: Config) -> None:
                 raise config.error(
                     "design", "high", f"must exceed low in every dimension, got {low} and {high}"
                 )
+    simulate = config.sections.get("simulate")
+    if simulate is not None and "n" not in simulate and "theta" not in simulate:
+        raise config.error("simulate", "n", "missing: give n, or theta (a .npy file of points)")
+    if simulate is not None and "theta" in simulate:
+        config.input_file("simulate", "theta")
     if "posterior" in config.sections:
         config.input_file("posterior", "x_obs")
     if "train" in config.sections and "data" in config.sections["train"]:

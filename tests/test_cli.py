@@ -154,6 +154,39 @@ def test_simulate_train_posterior_diagnose_from_one_file(tmp_path):
         assert (out / "diagnose" / plot).stat().st_size > 0
 
 
+POINTS = """
+[simulator]
+target = "simulators:GaltonBoard"
+n_rows = 8
+
+[simulate]
+theta = "points.npy"
+workers = 0
+compression = "gzip"
+"""
+
+
+def test_simulate_at_explicit_points_into_a_compressed_store(tmp_path):
+    points = np.repeat(np.array([[-0.5], [0.0], [0.5]]), 4, axis=0)
+    np.save(tmp_path / "points.npy", points)
+    path = write_config(tmp_path, POINTS)
+    result = invoke("simulate", path)
+    assert result.exit_code == 0, result.output
+    store = tmp_path / "config-output" / "simulate" / "simulations.h5"
+    data = simfer.load_simulations(store)
+    assert len(data) == 12
+    assert torch.allclose(data.theta.double(), torch.as_tensor(points))
+    import h5py
+
+    with h5py.File(store) as file:
+        assert file["x"].compression == "gzip"
+
+    (tmp_path / "points.npy").write_bytes(b"not an array")
+    result = invoke("simulate", path, "--out", tmp_path / "again")
+    assert result.exit_code == 2
+    assert "[simulate] theta: not a readable .npy array" in result.stderr
+
+
 DESIGN = """
 seed = 0
 

@@ -186,6 +186,12 @@ def test_a_factory_and_a_distribution_object_are_targets_too(tmp_path):
         (("high = [1.0]", "hihg = [1.0]"), "[prior] hihg: unknown key; did you mean 'high'?"),
         (("n = 100", 'n = "100"'), '[simulate] n: must be an integer, got a string ("100")'),
         (("n = 100", "n = -5"), "[simulate] n: must be positive, got -5"),
+        (("n = 100", ""), "[simulate] n: missing: give n, or theta (a .npy file of points)"),
+        (("n = 100", 'theta = "points.npy"'), "[simulate] theta: no such file"),
+        (
+            ("n = 100", 'n = 100\ncompression = "zip"'),
+            "[simulate] compression: unknown value 'zip' (did you mean 'gzip'?)",
+        ),
         (("n = 100", "n = 100\nnn = 3"), "[simulate] nn: unknown key; did you mean 'n'?"),
         (("workers = 0", "worker = 0"), "[simulate] worker: unknown key; did you mean 'workers'?"),
         (
