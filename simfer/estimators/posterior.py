@@ -22,6 +22,23 @@ training simulations).  `log_prob` is −∞ outside the support and, with
 ``leakage_correction=True``, renormalised inside by the estimated acceptance,
 log q(θ|x) − log P_q(θ ∈ support | x).
 
+Three methods learn q(θ|x), one row each of `METHODS`:
+
+* ``"npe"`` (the default): a conditional normalizing flow (``flow=``, see
+  `simfer.nn.flows`) trained by maximum likelihood, as above.
+* ``"fmpe"``: flow matching (Wildberger et al. 2023, arXiv:2305.17161): a velocity field
+  regressed on the conditional optimal-transport path from N(0, I) to θ
+  (`simfer.nn.flow_matching`).
+* ``"npse"``: score-based diffusion (Sharrock et al. 2022, arXiv:2210.04872; Geffner et al.
+  2023, arXiv:2209.14249): the score of θ diffused by a variance-preserving SDE, learnt by
+  denoising score matching (`simfer.nn.diffusion`).
+
+The last two are minimised by the posterior too, for every x at once, and are sampled and
+evaluated through an ODE (the probability-flow ODE, `simfer.nn.ode`): ``sample`` and
+``log_prob`` cost one ODE solve each (``log_prob`` with the divergence along it), tens to
+hundreds of network passes against one or D for a flow.  Everything else, rejection
+against the prior's support, embeddings, designs, ``posterior``, save and load, is shared.
+
 An ``embedding`` (any ``torch.nn.Module`` mapping x ``[batch, *x_shape]`` to
 ``[batch, k]``, or, for set-valued x, a set embedding called as ``embedding(x, mask)``)
 is trained jointly with the flow, so the summary learns to keep what the posterior needs.
@@ -34,7 +51,8 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -45,7 +63,17 @@ from .. import losses
 from ..data import SimulationData
 from ..errors import SimferError
 from ..inference import EventTerm
-from ..nn.flows import FLOWS, ConditionalFlow, build_flow, check_activation, conditioner_layers
+from ..nn.diffusion import VPDiffusion
+from ..nn.flow_matching import FlowMatching
+from ..nn.flows import (
+    ACTIVATIONS,
+    FLOWS,
+    ConditionalFlow,
+    build_flow,
+    check_activation,
+    conditioner_layers,
+)
+from ..nn.ode import DIVERGENCES, ContinuousFlow, TrainingNoise, vector_field_layers
 from ..prior import (
     BoxUniform,
     as_prior,
@@ -61,19 +89,84 @@ from .dims import Dims
 from .embedding import EmbeddingMixin, design_column, observed_x, x_batch
 from .rows import as_batch, pair_rows
 
-__all__ = ["PosteriorEstimator"]
+__all__ = ["METHODS", "PosteriorEstimator", "PosteriorMethod"]
+
+Network = ConditionalFlow | ContinuousFlow
+
+
+@dataclass(frozen=True)
+class PosteriorMethod:
+    """One way to learn q(θ|x): its network, the network's default hidden widths, and the
+    loss of a batch (network, θ ``[N, D]``, summary ``[N, ·]``, the generator of the loss's
+    own noise) → scalar."""
+
+    build: Callable[[PosteriorEstimator, Dims], Network]
+    default_hidden: int
+    check_hidden: Callable[[Any], Any]
+    loss: Callable[[Network, Tensor, Tensor, torch.Generator], Tensor]
+
+
+def _flow(estimator: PosteriorEstimator, dims: Dims) -> ConditionalFlow:
+    return build_flow(
+        estimator.flow,
+        dims.theta_dim,
+        dims.x_dim,
+        hidden=estimator.hidden,
+        n_transforms=estimator.n_transforms,
+        bins=estimator.bins,
+        tail_bound=estimator.tail_bound,
+        activation=estimator.activation,
+        embedding=estimator._embedding_module(dims.is_set),
+        design_features=dims.design_dim,
+        seed=estimator.training.seed,
+    )
+
+
+def _continuous(kind: type[ContinuousFlow]) -> Callable[[PosteriorEstimator, Dims], Network]:
+    def build(estimator: PosteriorEstimator, dims: Dims) -> ContinuousFlow:
+        with seeded(estimator.training.seed):
+            return kind(
+                dims.theta_dim,
+                dims.x_dim,
+                hidden=estimator.hidden,
+                activation=ACTIVATIONS[estimator.activation],
+                embedding=estimator._embedding_module(dims.is_set),
+                design_features=dims.design_dim,
+                atol=estimator.ode_tolerance,
+                rtol=estimator.ode_tolerance,
+                divergence=estimator.divergence,
+            )
+
+    return build
+
+
+def _maximum_likelihood(network: ConditionalFlow, theta, summary, generator) -> Tensor:
+    return losses.negative_log_likelihood(network.log_prob_given_summary(theta, summary))
+
+
+def _own_loss(network: ContinuousFlow, theta, summary, generator) -> Tensor:
+    return network.loss(theta, summary, generator)
+
+
+METHODS: dict[str, PosteriorMethod] = {
+    "npe": PosteriorMethod(_flow, 64, conditioner_layers, _maximum_likelihood),
+    "fmpe": PosteriorMethod(_continuous(FlowMatching), 128, vector_field_layers, _own_loss),
+    "npse": PosteriorMethod(_continuous(VPDiffusion), 128, vector_field_layers, _own_loss),
+}
 
 
 class PosteriorEstimator(EmbeddingMixin, Estimator):
-    """Learn the posterior q(θ|x) with a conditional normalizing flow (NPE).
+    """Learn the posterior q(θ|x): a conditional normalizing flow (NPE), flow matching
+    (FMPE) or score-based diffusion (NPSE).
 
     Args:
-        flow: ``"nsf"`` (neural spline flow, the default), ``"nsf-coupling"`` or ``"maf"``; see
-            `simfer.nn.flows` for the architectures and their defaults.
-        hidden: the widths of each conditioner's hidden layers: an int w (default 64) for
-            two residual blocks of width w, or a sequence such as (64, 64, 64, 64)
-            (`simfer.nn.flows.conditioner_layers`).
-        n_transforms: number of autoregressive transforms.
+        flow: for ``method="npe"``: ``"nsf"`` (neural spline flow, the default),
+            ``"nsf-coupling"`` or ``"maf"``; see `simfer.nn.flows`.
+        method: ``"npe"`` (default), ``"fmpe"`` or ``"npse"`` (see the module docstring).
+        hidden: the widths of the network's hidden layers: an int w for two residual blocks
+            of width w, or a sequence such as (64, 64, 64, 64) (one width, in pairs); None
+            is 64 for a flow's conditioners, 128 for the vector field of fmpe and npse.
+        n_transforms: number of autoregressive transforms (npe).
         bins: spline bins (NSF).
         tail_bound: half-width of the spline window, in standardised units (NSF).
         activation: of the conditioners: ``"silu"`` (default), ``"relu"``, ``"elu"`` or
@@ -85,6 +178,11 @@ class PosteriorEstimator(EmbeddingMixin, Estimator):
             flattened and standardised; set-valued x needs one.
         min_acceptance: `sample` raises when fewer than this fraction of its proposals fall
             inside the prior's support.
+        ode_tolerance: absolute and relative tolerance of the ODE solver of fmpe and npse
+            (`simfer.nn.ode.odeint`), in standardised units of θ.
+        divergence: how fmpe and npse's ``log_prob`` takes the divergence of the velocity:
+            ``"exact"``, ``"hutchinson"`` (an unbiased estimate from one probe per row) or
+            ``"auto"`` (exact up to 16 parameters).
         **training: settings of `simfer.training.TrainingConfig` (max_epochs, batch_size,
             learning_rate, validation_fraction, patience, seed, device, checkpoint, …).
     """
@@ -93,24 +191,42 @@ class PosteriorEstimator(EmbeddingMixin, Estimator):
         self,
         flow: str = "nsf",
         *,
-        hidden: int | Sequence[int] = 64,
+        method: str = "npe",
+        hidden: int | Sequence[int] | None = None,
         n_transforms: int = 5,
         bins: int = 10,
         tail_bound: float = 4.0,
         activation: str = "silu",
         embedding: nn.Module | dict | None = None,
         min_acceptance: float = 1e-3,
+        ode_tolerance: float = 1e-4,
+        divergence: str = "auto",
         **training: Any,
     ):
-        flow = str(flow).lower()
+        flow, method = str(flow).lower(), str(method).lower()
+        if flow in METHODS and flow != "npe":
+            raise ValueError(
+                f"{flow!r} is a method, not a flow: use PosteriorEstimator(method={flow!r})"
+            )
         if flow not in FLOWS:
             raise ValueError(f"unknown flow {flow!r}; choose one of {list(FLOWS)}")
+        if method not in METHODS:
+            raise ValueError(f"unknown posterior method {method!r}; choose one of {list(METHODS)}")
         if not 0 < min_acceptance <= 1:
             raise ValueError(f"min_acceptance must lie in (0, 1], got {min_acceptance}")
+        if not 0 < ode_tolerance < 1:
+            raise ValueError(f"ode_tolerance must lie in (0, 1), got {ode_tolerance}")
+        if divergence not in DIVERGENCES:
+            raise ValueError(f"divergence must be one of {list(DIVERGENCES)}, got {divergence!r}")
         super().__init__(**training)
         self.flow = flow
-        conditioner_layers(hidden)  # a clear error now rather than at fit
+        self.method = method
+        if hidden is None:
+            hidden = METHODS[method].default_hidden
+        METHODS[method].check_hidden(hidden)  # a clear error now rather than at fit
         self.hidden = hidden if isinstance(hidden, int) else [int(h) for h in hidden]
+        self.ode_tolerance = float(ode_tolerance)
+        self.divergence = divergence
         self.n_transforms = int(n_transforms)
         self.bins = int(bins)
         self.tail_bound = float(tail_bound)
@@ -123,6 +239,7 @@ class PosteriorEstimator(EmbeddingMixin, Estimator):
     def hyperparameters(self) -> dict[str, Any]:
         return {
             "flow": self.flow,
+            "method": self.method,
             "hidden": self.hidden,
             "n_transforms": self.n_transforms,
             "bins": self.bins,
@@ -130,23 +247,13 @@ class PosteriorEstimator(EmbeddingMixin, Estimator):
             "activation": self.activation,
             "embedding": self._embedding_hyperparameter(),
             "min_acceptance": self.min_acceptance,
+            "ode_tolerance": self.ode_tolerance,
+            "divergence": self.divergence,
         }
 
-    def _build(self, dims: Dims) -> ConditionalFlow:
+    def _build(self, dims: Dims) -> Network:
         self._require_embedding(dims)
-        return build_flow(
-            self.flow,
-            dims.theta_dim,
-            dims.x_dim,
-            hidden=self.hidden,
-            n_transforms=self.n_transforms,
-            bins=self.bins,
-            tail_bound=self.tail_bound,
-            activation=self.activation,
-            embedding=self._embedding_module(dims.is_set),
-            design_features=dims.design_dim,
-            seed=self.training.seed,
-        )
+        return METHODS[self.method].build(self, dims)
 
     # -- training ---------------------------------------------------------------------------
     def fit(self, data: SimulationData, prior: Distribution | None = None) -> PosteriorEstimator:
@@ -180,17 +287,19 @@ class PosteriorEstimator(EmbeddingMixin, Estimator):
         network = self._build(self.dims)
         network.fit_standardization(theta, x, tensors.get("design"))
 
-        def loss_fn(network: ConditionalFlow, batch: dict[str, Tensor], training: bool) -> Tensor:
+        loss = METHODS[self.method].loss
+        noise = TrainingNoise(self.training.seed, self.device)
+
+        def loss_fn(network: Network, batch: dict[str, Tensor], training: bool) -> Tensor:
             summary = network.summarize(batch["x"], batch.get("design"))
-            log_q = network.log_prob_given_summary(batch["theta"], summary)
-            return losses.negative_log_likelihood(log_q)[None]
+            return loss(network, batch["theta"], summary, noise(training))[None]
 
         self.network = network
         self.history = fit_network(network, loss_fn, tensors, self.training)
         return self
 
     # -- evaluation --------------------------------------------------------------------------
-    def _context(self, x: Any, design: Any) -> tuple[ConditionalFlow, Tensor, bool]:
+    def _context(self, x: Any, design: Any) -> tuple[Network, Tensor, bool]:
         """The network, the summary of (x, d) as the flow's context ``[batch, C]``, and
         whether x was one observation (x is embedded once per distinct row)."""
         network = self._require_fitted()
