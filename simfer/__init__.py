@@ -27,7 +27,7 @@ from .prior import BoxUniform, as_prior
 from .runner import simulate
 from .sequential import sequential
 from .simulator import Simulator, TractableSimulator
-from .store import SimulationStore, load_simulations
+from .store import SimulationStore, load_simulations, merge_stores
 
 __all__ = [
     "__version__",
@@ -56,6 +56,7 @@ __all__ = [
     "load",
     "load_simulations",
     "losses",
+    "merge_stores",
     "sequential",
     "simulate",
     "SimulationStore",

@@ -468,9 +468,13 @@ def merge_stores(
         raise StoreError(f"'{out}' exists already; merge into a new path (or remove it first)")
     if out.resolve() in {p.resolve() for p in paths}:
         raise StoreError(f"'{out}' is one of the shards; merge into a new path")
+    seen: set[Path] = set()
     for p in paths:
         if not p.exists():
             raise FileNotFoundError(f"no shard store at '{p}'")
+        if p.resolve() in seen:
+            raise StoreError(f"'{p}' is given twice; give each shard's store once")
+        seen.add(p.resolve())
     shards = [_read_shard_fingerprint(p) for p in paths]
     run = _common_run(paths, shards)
     count, n = shards[0]["shard"]["count"], shards[0]["shard"]["n"]
@@ -568,9 +572,8 @@ def _check_coverage(
         if bool((taken >= 0).any()):
             row = first_row + int(np.flatnonzero(taken >= 0)[0])
             other = int(taken[taken >= 0][0])
-            same = "" if other != which else " twice"
             raise StoreError(
-                f"row {row} is held by both '{paths[other]}' and '{paths[which]}'{same} "
+                f"row {row} is held by both '{paths[other]}' and '{paths[which]}' "
                 f"(shards {shards[other]['shard']['index']} and "
                 f"{shards[which]['shard']['index']} of {count}); give each shard's store once"
             )
