@@ -3,11 +3,13 @@ simulation runs in real processes, and the small commands (--version, inspect, h
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -242,61 +244,77 @@ def test_a_design_stage_needs_a_source_that_takes_a_design(tmp_path):
     )
 
 
-FULL = """
-seed = 2
-
-[simulator]
-target = "simulators:LinearGaussianDesign"
-n_obs = 3
-
-[simulate]
-n = 1500
-workers = 0
-design = {low = [0.1], high = [1.2]}
-
-[train]
-estimator = "likelihood"
-method = "nle"
-hidden = 16
-n_transforms = 2
-max_epochs = 4
-progress = false
-
-[posterior]
-x_obs = "x_obs3.npy"
-design = [0.6]
-samples = 100
-n_chains = 10
-warmup = 10
-
-[diagnose]
-n = 20
-samples = 8
-warmup = 5
-checks = ["sbc", "tarp"]
-design = [0.6]
-
-[design]
-designs = [[0.2], [0.6], [1.0]]
-n_outer = 50
-n_inner = 50
-"""
+def documented_config(title):
+    """The ```toml block titled ``title`` of docs/cli.md."""
+    page = (Path(__file__).resolve().parent.parent / "docs" / "cli.md").read_text()
+    match = re.search(rf'```toml title="{title}"\n(.*?)```', page, re.S)
+    assert match, f"docs/cli.md has no toml block titled {title}"
+    return match.group(1)
 
 
-def test_run_goes_from_a_design_simulator_to_an_eig_curve(tmp_path):
-    path = write_config(tmp_path, FULL)
-    np.save(tmp_path / "x_obs3.npy", np.array([0.5, -0.2, 0.1]))
+#: The complete config of docs/cli.md with budgets a test can afford.
+SMALL_BUDGETS = [
+    ('out = "runs/oscillator"', 'out = "runs"'),
+    ("n = 20000", "n = 1500"),
+    ("workers = 2", "workers = 0"),
+    ("hidden = 64", "hidden = 16"),
+    ("n_transforms = 4", "n_transforms = 2"),
+    ("max_epochs = 100", "max_epochs = 4"),
+    ("samples = 5000", "samples = 100"),
+    ("n_chains = 100", "n_chains = 10"),
+    ("warmup = 200", "warmup = 10"),
+    ("n = 200 ", "n = 20 "),
+    ("samples = 100 ", "samples = 8 "),
+    ("n_grid = 31", "n_grid = 5"),
+    ("n_outer = 1000", "n_outer = 50"),
+    ("n_inner = 1000", "n_inner = 50"),
+]
+
+
+def test_the_documented_config_runs_from_simulation_to_an_eig_curve(tmp_path):
+    text = documented_config("config.toml")
+    for old, new in SMALL_BUDGETS:
+        assert old in text, old
+        text = text.replace(old, new)
+    path = write_config(tmp_path, text)
+    np.save(tmp_path / "observed.npy", np.array([0.5, -0.2, 0.1]))
     result = invoke("run", path)
     assert result.exit_code == 0, result.output
-    out = tmp_path / "config-output"
+    out = tmp_path / "runs"
     for stage in ("simulate", "train", "posterior", "diagnose", "design"):
         assert f"{stage}: done" in result.stderr
     assert simfer.load(out / "train" / "model.pt").design_dim == 1
     assert np.load(out / "posterior" / "samples.npz")["samples"].shape == (100, 2)
     assert "coverage" not in summary(out, "diagnose")["results"]
     design = summary(out, "design")["results"]
-    assert design["source"] == "model" and design["candidates"] == 3
-    assert (out / "design" / "eig.png").is_file()
+    assert design["source"] == "model" and design["candidates"] == 5
+    assert 0.1 <= design["best_design"][0] <= 1.2 + 0.3 + 1e-6
+    for plot in ("train/loss.png", "posterior/corner.png", "diagnose/sbc.png", "design/eig.png"):
+        assert (out / plot).stat().st_size > 0
+
+
+def test_the_documented_simulator_file_runs_in_worker_processes(tmp_path, monkeypatch):
+    page = (Path(__file__).resolve().parent.parent / "docs" / "cli.md").read_text()
+    module = re.search(r"```python\n(# mysim.py.*?)```", page, re.S).group(1)
+    (tmp_path / "mysim.py").write_text(module)
+    text = '[simulator]\ntarget = "mysim:Shifted"\nshift = 1.0\n\n[simulate]\nn = 64\nworkers = 2\n'
+    path = write_config(tmp_path, text)
+    monkeypatch.chdir(tmp_path.parent)  # the module is found beside the config, not here
+    result = invoke("simulate", path)
+    assert result.exit_code == 0, result.output
+    data = simfer.load_simulations(tmp_path / "config-output" / "simulate" / "simulations.h5")
+    assert len(data) == 64 and bool((data.theta.abs() <= 2).all())  # the simulator's prior
+    assert abs(float((data.x - data.theta).mean()) - 1.0) < 0.5  # x = θ + 1 + ε
+
+
+def test_the_documented_galton_config_is_valid(tmp_path):
+    from simfer.config import load_config
+
+    path = write_config(tmp_path, documented_config("galton.toml"))
+    config = load_config(path)
+    assert config.stages() == ["simulate", "train", "posterior", "diagnose"]
+    assert config.prior().low.tolist() == [-1.0]
+    config.estimator_class()(**config.estimator_settings())
 
 
 # -- run: what is up to date is skipped ------------------------------------------------------------
