@@ -1,13 +1,14 @@
 # Two entry points do all the set-up on a fresh machine:
 #   make demo   -- create .venv, install simfer, run the end-to-end demo
-#   make test   -- create .venv, install simfer with its test tools, lint, run the tests
+#   make test   -- create .venv, install simfer with its test tools, lint, build the docs site
+#                  (mkdocs --strict), run the tests
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.simfer-installed
-LINTED := $(wildcard simfer simulators tests tutorials benchmarks)
+LINTED := $(wildcard simfer simulators tests tutorials benchmarks docs/hooks)
 
-.PHONY: demo test test-all lint venv clean
+.PHONY: demo test test-all lint docs venv clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -29,10 +30,17 @@ lint: $(STAMP)
 	$(PY) -m ruff check $(LINTED)
 	$(PY) -m ruff format --check $(LINTED)
 
-test: lint
+# The docs site, built with --strict (a broken link, a missing anchor or a docstring that
+# mkdocstrings cannot render fails it) into a temporary folder; `.venv/bin/mkdocs serve`
+# shows it while you write.
+docs: $(STAMP)
+	@site=$$(mktemp -d) && trap 'rm -rf "$$site"' EXIT && \
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --site-dir "$$site"
+
+test: lint docs
 	$(PY) -m pytest -m "not slow" -q
 
-test-all: lint
+test-all: lint docs
 	$(PY) -m pytest -q
 
 clean:
