@@ -268,7 +268,7 @@ def stage_simulate(
         "n_workers": workers or None,
         "chunk_size": config.get("simulate", "chunk_size"),
         "seed": config.stage_seed("simulate"),
-        "device": config.device,
+        "device": config.get("simulate", "device"),
     }
     if shard is not None:
         options["shard"] = shard
@@ -425,7 +425,7 @@ def stage_diagnose(config: Config) -> tuple[dict[str, Any], list[Path]]:
         design=design,
         seed=seed + 1,
         executor="serial",
-        device=config.device,
+        device=config.get("simulate", "device"),
         progress=False,
     ).valid_only()
     theta, x = pairs.theta, pairs.x

@@ -184,6 +184,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "workers": Key(INT, check=_non_negative),
         "chunk_size": Key(INT, check=_positive),
         "compression": Key(STR, check=_one_of("gzip", "lzf")),
+        "device": Key(STR),
         "seed": Key(INT),
     },
     "train": {
@@ -228,7 +229,12 @@ _OPEN_SECTIONS = ("simulator", "prior", "train")
 
 #: The defaults a stage uses for keys left out (documented in docs/cli.md).
 DEFAULTS: dict[str, dict[str, Any]] = {
-    "simulate": {"gold": False, "path": "simulate/simulations.h5", "reference_fraction": 0.5},
+    "simulate": {
+        "gold": False,
+        "path": "simulate/simulations.h5",
+        "reference_fraction": 0.5,
+        "device": "cpu",
+    },
     "train": {"out": "train/model.pt"},
     "posterior": {"samples": 1000, "out": "posterior/samples.npz"},
     "diagnose": {"n": 200, "samples": 100, "checks": ["sbc", "coverage", "tarp"]},
@@ -346,7 +352,9 @@ class Config:
         out: the output folder (``--out``, else the file's ``out``, else ``<stem>-output``
             beside the file).
         seed: the seed of every stage that sets none (``--seed`` overrides them all).
-        device: where stages compute (``--device``, else the file's, else ``"cpu"``).
+        device: where training, sampling and the EIG compute (``--device``, else the
+            file's, else ``"cpu"``); simulators run where ``[simulate] device`` says (the
+            CPU by default: most simulators are CPU code).
         sections: the file's tables as written, by name (``""`` holds the top-level keys).
     """
 
