@@ -363,14 +363,17 @@ _COLUMN_SHAPES = {
 
 
 def _as_column(name: str, value) -> Tensor:
-    """A column given as a numpy array or a nested list, as a tensor (its dtype kept)."""
+    """A column given as a numpy array or a nested list, as a tensor; floating values in
+    torch's default dtype (float32 unless changed), the dtype simfer's networks train in,
+    rather than numpy's float64."""
     try:
-        return torch.as_tensor(value)
+        tensor = torch.as_tensor(value)
     except (TypeError, ValueError, RuntimeError) as error:
         raise ShapeError(
             f"SimulationData column '{name}' must be a tensor or an array, got "
             f"{type(value).__name__} ({error})"
         ) from error
+    return tensor.to(torch.get_default_dtype()) if tensor.is_floating_point() else tensor
 
 
 def _check_column(name: str, value: Tensor, wanted: tuple[str, str], n: int, theta_dim: int):
@@ -401,7 +404,9 @@ class SimulationData:
 
     `simfer.simulate` and `simfer.load_simulations` return one; build one yourself from
     (θ, x) pairs simulated elsewhere, e.g. ``SimulationData(theta=theta, x=x)``.  Columns
-    (torch tensors; numpy arrays are converted, keeping their dtype):
+    are torch tensors, kept as given; numpy arrays and lists are converted, floating ones
+    to torch's default dtype (float32, what simfer's networks train in, rather than
+    numpy's float64).  The columns:
 
     Args:
         theta: θ, the parameter point of each row, ``[n, theta_dim]`` (for one parameter,
@@ -511,8 +516,17 @@ class SimulationData:
         """The rows whose simulation succeeded."""
         return self.subset(self.valid)
 
-    def to(self, device: str | torch.device) -> SimulationData:
-        return replace(self, **{k: v.to(device) for k, v in self.columns().items()})
+    def to(
+        self, device: str | torch.device | None = None, dtype: torch.dtype | None = None
+    ) -> SimulationData:
+        """The table on ``device`` and/or with its floating columns (θ, x, gold, design) in
+        ``dtype``; the bool flags stay bool."""
+
+        def moved(value: Tensor | RaggedSets) -> Tensor | RaggedSets:
+            floating = isinstance(value, RaggedSets) or value.is_floating_point()
+            return value.to(device=device, dtype=dtype if floating else None)
+
+        return replace(self, **{k: moved(v) for k, v in self.columns().items()})
 
     def __iter__(self) -> Iterator[dict[str, Tensor]]:
         for i in range(len(self)):

@@ -22,8 +22,9 @@ Conventions for hand-made files: a 1-D ``theta`` (and ``joint_score``,
 columns that are ``[n]`` per row (``joint_log_ratio``, the flags) are flattened; flags
 given as 0/1 numbers become bool.  Unless the file has a ``valid`` column, a row is
 valid when its x is finite and its gold holds no NaN (±inf log ratios are legitimate).
-Arrays keep their dtype, and are read with ``allow_pickle=False``: loading never runs
-code from a file.
+Floating columns are read in torch's default dtype (float32, what simfer's networks train
+in; numpy writes float64 by default) unless another ``dtype`` is asked for.  Files are
+read with ``allow_pickle=False``: loading never runs code from a file.
 """
 
 from __future__ import annotations
@@ -65,21 +66,25 @@ _SETS = ("x.values", "x.ends")
 _KEYS = (*COLUMNS, *_SETS)
 
 
-def read_foreign(source: Path | Mapping, file: h5py.File | None = None) -> SimulationData:
+def read_foreign(
+    source: Path | Mapping, file: h5py.File | None = None, dtype: torch.dtype | None = None
+) -> SimulationData:
     """The table in ``source``: a mapping ``{field: .npy path}``, a folder, an .npz or .npy
-    file, or (with ``file`` open) a plain or MadMiner HDF5 file."""
+    file, or (with ``file`` open) a plain or MadMiner HDF5 file.  Floating columns are
+    read in ``dtype`` (default: torch's default dtype, float32 unless changed)."""
+    dtype = dtype or torch.get_default_dtype()
     if isinstance(source, Mapping):
         arrays = {str(k): _load_npy(Path(v)) for k, v in source.items()}
-        return _table(arrays, f"the files {', '.join(map(str, source.values()))}")
+        return _table(arrays, f"the files {', '.join(map(str, source.values()))}", dtype)
     if file is not None:
-        return _read_hdf5(file, source)
+        return _read_hdf5(file, source, dtype)
     if source.is_dir():
-        return _read_folder(source)
+        return _read_folder(source, dtype)
     if source.suffix == ".npz":
-        return _read_npz(source)
+        return _read_npz(source, dtype)
     match = _MADMINER_FILE.match(source.name)
     if match:
-        return _read_madminer(source.parent, match.group(2))
+        return _read_madminer(source.parent, match.group(2), dtype)
     raise StoreError(
         f"'{source}' is a single .npy file, which holds one array; simulations need θ and x. "
         f"Give a folder holding theta.npy and x.npy (and gold by field name), a mapping "
@@ -97,23 +102,23 @@ def _load_npy(path: Path) -> np.ndarray:
         raise StoreError(f"'{path}' is not a numeric .npy array ({error})") from error
 
 
-def _read_npz(path: Path) -> SimulationData:
+def _read_npz(path: Path, dtype: torch.dtype) -> SimulationData:
     try:
         with np.load(path, allow_pickle=False) as archive:
             arrays = {key: archive[key] for key in archive.files}
     except (ValueError, OSError) as error:
         raise StoreError(f"'{path}' is not a readable numeric .npz file ({error})") from error
-    return _table(arrays, f"'{path}'")
+    return _table(arrays, f"'{path}'", dtype)
 
 
-def _read_folder(folder: Path) -> SimulationData:
+def _read_folder(folder: Path, dtype: torch.dtype) -> SimulationData:
     files = sorted(p.name for p in folder.glob("*.npy"))
     if "theta.npy" in files or "x.npy" in files:
         arrays = {name[: -len(".npy")]: _load_npy(folder / name) for name in files}
-        return _table(arrays, f"the folder '{folder}'")
+        return _table(arrays, f"the folder '{folder}'", dtype)
     samples = sorted({m.group(2) for m in map(_MADMINER_FILE.match, files) if m})
     if len(samples) == 1:
-        return _read_madminer(folder, samples[0])
+        return _read_madminer(folder, samples[0], dtype)
     if samples:
         raise StoreError(
             f"the folder '{folder}' holds {len(samples)} MadMiner samples ({', '.join(samples)}); "
@@ -125,7 +130,7 @@ def _read_folder(folder: Path) -> SimulationData:
     )
 
 
-def _read_madminer(folder: Path, name: str) -> SimulationData:
+def _read_madminer(folder: Path, name: str, dtype: torch.dtype) -> SimulationData:
     """The MadMiner sample ``name`` in ``folder``: ``<quantity>_<name>.npy`` files."""
     arrays: dict[str, np.ndarray] = {}
     found: dict[str, str] = {}
@@ -149,10 +154,10 @@ def _read_madminer(folder: Path, name: str) -> SimulationData:
             f"the MadMiner sample '{name}' in '{folder}' has no {lacking}_{name}.npy (it holds: "
             f"{', '.join(sorted(found.values()))})"
         )
-    return _table(arrays, f"the MadMiner sample '{name}' in '{folder}'")
+    return _table(arrays, f"the MadMiner sample '{name}' in '{folder}'", dtype)
 
 
-def _read_hdf5(file: h5py.File, path: Path) -> SimulationData:
+def _read_hdf5(file: h5py.File, path: Path, dtype: torch.dtype) -> SimulationData:
     keys = sorted(file.keys())
     if "samples" in file and "benchmarks" in file:
         raise StoreError(
@@ -176,12 +181,20 @@ def _read_hdf5(file: h5py.File, path: Path) -> SimulationData:
                 f"dataset per SimulationData field at its root ({', '.join(COLUMNS)})"
             )
         arrays[key] = file[key][()]
-    return _table(arrays, f"'{path}'")
+    return _table(arrays, f"'{path}'", dtype)
 
 
-def _table(arrays: dict[str, np.ndarray], where: str) -> SimulationData:
-    """`SimulationData` from arrays named by field, with the file's conventions applied."""
+def _table(arrays: dict[str, np.ndarray], where: str, dtype: torch.dtype) -> SimulationData:
+    """`SimulationData` from arrays named by field, with the file's conventions applied and
+    floating columns in ``dtype``."""
     held = ", ".join(sorted(arrays)) or "nothing"
+    has_sets = any(k in arrays for k in _SETS)
+    for key in ("theta", "x"):
+        if key not in arrays and not (key == "x" and has_sets):
+            raise StoreError(
+                f"{where} has no '{key}' (it holds: {held}); simulations need 'theta' "
+                f"[n, theta_dim] and 'x' [n, ...]"
+            )
     for key in arrays:
         if key not in _KEYS:
             near = difflib.get_close_matches(key, _KEYS, n=1)
@@ -190,17 +203,10 @@ def _table(arrays: dict[str, np.ndarray], where: str) -> SimulationData:
                 f"{where}: '{key}' is not a SimulationData field{hint}; the fields are "
                 f"{', '.join(COLUMNS)} (it holds: {held})"
             )
-    has_sets = any(k in arrays for k in _SETS)
-    for key in ("theta", "x"):
-        if key not in arrays and not (key == "x" and has_sets):
-            raise StoreError(
-                f"{where} has no '{key}' (it holds: {held}); simulations need 'theta' "
-                f"[n, theta_dim] and 'x' [n, ...]"
-            )
     try:
-        columns = {k: _as_tensor(k, v) for k, v in arrays.items() if k not in _SETS}
+        columns = {k: _as_tensor(k, v, dtype) for k, v in arrays.items() if k not in _SETS}
         if has_sets:
-            columns["x"] = _sets(arrays)
+            columns["x"] = _sets(arrays, dtype)
         data = SimulationData(**_conventions(columns))
     except ShapeError as error:
         raise StoreError(f"{where}: {error}") from error
@@ -209,23 +215,25 @@ def _table(arrays: dict[str, np.ndarray], where: str) -> SimulationData:
     return replace(data, valid=data.valid & _gold_has_no_nan(data))
 
 
-def _as_tensor(key: str, array: np.ndarray) -> torch.Tensor:
+def _as_tensor(key: str, array: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
     array = np.asarray(array)
     if array.dtype.kind not in "biuf":
         raise ShapeError(f"'{key}' holds {array.dtype} values, not numbers")
-    return torch.from_numpy(np.ascontiguousarray(array))
+    tensor = torch.from_numpy(np.ascontiguousarray(array))
+    return tensor.to(dtype) if tensor.is_floating_point() else tensor
 
 
-def _sets(arrays: dict[str, np.ndarray]) -> RaggedSets:
+def _sets(arrays: dict[str, np.ndarray], dtype: torch.dtype) -> RaggedSets:
     if "x" in arrays or not all(k in arrays for k in _SETS):
         raise ShapeError(
             "set-valued x is the pair 'x.values' [total_elements, features] and 'x.ends' [n] "
             "(and no 'x')"
         )
-    ends = _as_tensor("x.ends", arrays["x.ends"]).to(torch.int64)
-    return RaggedSets(
-        _as_tensor("x.values", arrays["x.values"]), torch.cat([ends.new_zeros(1), ends])
-    )
+    ends = _as_tensor("x.ends", arrays["x.ends"], dtype)
+    if ends.is_floating_point():
+        raise ShapeError("'x.ends' must hold integers (where each set's elements end)")
+    offsets = torch.cat([ends.new_zeros(1), ends]).to(torch.int64)
+    return RaggedSets(_as_tensor("x.values", arrays["x.values"], dtype), offsets)
 
 
 def _conventions(columns: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -399,7 +399,9 @@ def _read_storage_rows(file: h5py.File, start: int, stop: int, path: Path) -> Si
     return SimulationData(**columns)
 
 
-def load_simulations(path: str | os.PathLike | Mapping[str, str | os.PathLike]) -> SimulationData:
+def load_simulations(
+    path: str | os.PathLike | Mapping[str, str | os.PathLike], *, dtype: torch.dtype | None = None
+) -> SimulationData:
     """Read a table of simulations from disk, whoever wrote it.
 
     ``path`` is one of:
@@ -419,23 +421,28 @@ def load_simulations(path: str | os.PathLike | Mapping[str, str | os.PathLike]) 
       ``from_reference``/``joint_log_ratio`` (its log)/``joint_score``.
 
     For one parameter, a 1-D ``theta`` (and ``joint_score``) is read as ``[n, 1]``; a
-    1-D ``x`` as ``[n, 1]``.  Arrays keep their dtype.  Files are read with
-    ``allow_pickle=False``: loading never runs code from a file.  A missing or unknown
-    key is a `StoreError` naming the file, the key and the keys the file holds; the
-    details of each format are in ``docs/own_data.md``.
+    1-D ``x`` as ``[n, 1]``.  Files are read with ``allow_pickle=False``: loading never
+    runs code from a file.  A missing or unknown key is a `StoreError` naming the file,
+    the key and the keys the file holds; the details of each format are in
+    ``docs/own_data.md``.
+
+    ``dtype``: the floating dtype of θ, x and the gold.  By default a simfer store keeps
+    the dtype it was simulated in, and other files are read in torch's default dtype
+    (float32: simfer's networks train in it, while numpy writes float64 by default).
     """
     if isinstance(path, Mapping):
-        return read_foreign(path)
+        return read_foreign(path, dtype=dtype)
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no simulations at '{path}': the path does not exist")
     if path.is_dir() or path.suffix in (".npy", ".npz"):
-        return read_foreign(path)
+        return read_foreign(path, dtype=dtype)
     with _open_h5(path, "r") as file:
         if file.attrs.get("format") != FORMAT:
-            return read_foreign(path, file)
+            return read_foreign(path, file, dtype)
         _check_format(file, path)
-        return _read(file, path)
+        data = _read(file, path)
+    return data if dtype is None else data.to(dtype=dtype)
 
 
 def merge_stores(

@@ -1,7 +1,7 @@
 """The HDF5 simulation store (`simfer.store`, written by ``simfer.simulate(path=...)`` and
 read by `simfer.load_simulations`): round trip, resume and extend, the runs and files it
 refuses (fingerprint, foreign, truncated, newer), a killed run, and stores of set-valued
-x (half-written chunks, damaged ragged columns, failed sets, appending)."""
+x (half-written chunks, damaged ragged columns, failed sets, appending), compression.
 
 import os
 import shutil
@@ -334,3 +334,51 @@ def test_a_killed_ragged_run_resumes_with_whole_sets(tmp_path):
         tmp_path, tmp_path / "fresh.h5", "processes", sleep=0.0, source=RAGGED_KILLABLE_SCRIPT
     )
     assert fresh == out
+
+
+# -- compression -------------------------------------------------------------------------------
+def test_compressed_stores_read_the_same_resume_and_merge_compressed(
+    small_board, small_board_run, tmp_path
+):
+    kwargs = dict(gold=True, theta_ref=[0.0], seed=42, chunk_size=40, executor="serial")
+    raw, gz = tmp_path / "raw.h5", tmp_path / "gz.h5"
+    simfer.simulate(small_board, PRIOR, 300, path=raw, progress=False, **kwargs)
+    data = simfer.simulate(
+        small_board, PRIOR, 300, path=gz, compression="gzip", progress=False, **kwargs
+    )
+    assert_same_data(data, small_board_run)
+    assert_same_data(simfer.load_simulations(gz), small_board_run)
+    with h5py.File(gz, "r") as file:
+        assert file.attrs["compression"] == "gzip"
+        assert {file[name].compression for name in file} == {"gzip"}
+    assert gz.stat().st_size < raw.stat().st_size
+    # a resumed store keeps its compression, whatever the call says
+    longer = simfer.simulate(small_board, PRIOR, 400, path=gz, progress=False, **kwargs)
+    assert_same_data(longer.subset(slice(0, 300)), small_board_run)
+    with h5py.File(gz, "r") as file:
+        assert file["x"].compression == "gzip" and file["x"].shape == (400, 1)
+
+    shards = [tmp_path / f"lzf{i}.h5" for i in range(2)]
+    for i, path in enumerate(shards):
+        simfer.simulate(
+            small_board, PRIOR, 300, shard=(i, 2), path=path, compression="lzf", **kwargs
+        )
+    merged = simfer.merge_stores(shards, tmp_path / "merged.h5")
+    assert_same_data(merged, small_board_run)
+    with h5py.File(tmp_path / "merged.h5", "r") as file:
+        assert file.attrs["compression"] == "lzf" and file["joint_score"].compression == "lzf"
+
+    with pytest.raises(ValueError, match="compression must be None, 'gzip' or 'lzf', got 'zstd'"):
+        simfer.simulate(small_board, PRIOR, 10, path=tmp_path / "z.h5", compression="zstd")
+    with pytest.raises(ValueError, match="compression= applies to a store: pass path="):
+        simfer.simulate(small_board, PRIOR, 10, compression="gzip")
+
+
+def test_compressed_set_valued_stores(jets, serial_jets, tmp_path):
+    path = tmp_path / "jets.h5"
+    run = {**JET_RUN, "compression": "gzip"}
+    stored = simfer.simulate(jets, jets.prior(), 160, path=path, executor="serial", **run)
+    assert_same_data(stored, serial_jets)
+    assert_same_data(simfer.load_simulations(path), serial_jets)
+    with h5py.File(path, "r") as file:
+        assert file["x.values"].compression == "gzip" and file["x.ends"].compression == "gzip"
