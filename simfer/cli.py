@@ -90,25 +90,27 @@ class StagePlan:
 def _plan(config: Config, stage: str) -> StagePlan:
     """The digest and inputs of ``stage`` for ``config``."""
     seed = config.stage_seed(stage)
-    code = config.code_files()
+    simulation = config.code_files("simulator", "prior")
     if stage == "simulate":
         digest = config.digest("simulator", "prior", "simulate", seed=seed)
         points = config.get("simulate", "theta")
         points = [config.input_file("simulate", "theta")] if points is not None else []
-        return StagePlan(stage, digest, [*points, *code])
+        return StagePlan(stage, digest, [*points, *simulation])
     if stage == "train":
         digest = config.digest("train", "prior", seed=seed)
+        code = config.code_files("prior", "embedding")
         return StagePlan(stage, digest, [config.training_data(), *code])
+    uses_model = stage != "design" or _design_source(config) == "model"
+    model = [config.model_path(), *config.code_files("prior", "embedding")] if uses_model else []
     if stage == "posterior":
         x_obs = config.input_file("posterior", "x_obs")
         digest = config.digest("prior", "posterior", seed=seed)
-        return StagePlan(stage, digest, [config.model_path(), x_obs, *code])
+        return StagePlan(stage, digest, [*model, x_obs])
     if stage == "diagnose":
         digest = config.digest("simulator", "prior", "diagnose", seed=seed)
-        return StagePlan(stage, digest, [config.model_path(), *code])
+        return StagePlan(stage, digest, list(dict.fromkeys([*model, *simulation])))
     digest = config.digest("simulator", "prior", "design", seed=seed)
-    model = [config.model_path()] if _design_source(config) == "model" else []
-    return StagePlan(stage, digest, [*model, *code])
+    return StagePlan(stage, digest, list(dict.fromkeys([*model, *simulation])))
 
 
 def _write_summary(
@@ -174,15 +176,6 @@ def _markdown_value(value: Any) -> str:
 
 
 # -- shared pieces of the stages ------------------------------------------------------------------
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _save_figure(figure: Any, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=120)
@@ -298,7 +291,7 @@ def _refuse_stale_store(config: Config, path: Path) -> None:
         recorded = json.loads(summary.read_text()).get("inputs", {})
     except (OSError, json.JSONDecodeError):
         return
-    for file in config.code_files():
+    for file in config.code_files("simulator", "prior"):
         record = recorded.get(str(file))
         if record is not None and not _same_file(file, record):
             raise ConfigError(

@@ -467,15 +467,19 @@ class Config:
             if problem is not None:
                 raise self.error(section, *problem)
 
-    def code_files(self) -> list[Path]:
-        """The user's ``.py`` files behind the simulator and the prior (their contents are
-        inputs of every stage that simulates)."""
-        files = [self.target("simulator")[1]]
-        if self.has("prior") and "target" in self.sections["prior"]:
+    def code_files(self, *parts: str) -> list[Path]:
+        """The user's ``.py`` files behind ``parts`` (of ``"simulator"``, ``"prior"``,
+        ``"embedding"``; default all three), without duplicates: inputs of the stages that
+        run that code."""
+        parts = parts or ("simulator", "prior", "embedding")
+        files = []
+        if "simulator" in parts:
+            files.append(self.target("simulator")[1])
+        if "prior" in parts and self.has("prior") and "target" in self.sections["prior"]:
             files.append(self.target("prior")[1])
-        if self.has("train") and "embedding" in self.sections["train"]:
+        if "embedding" in parts and "embedding" in self.sections.get("train", {}):
             files.append(self.embedding_target()[1])
-        return [f for f in files if f is not None]
+        return list(dict.fromkeys(f for f in files if f is not None))
 
     def simulator(self) -> Any:
         """The `simfer.Simulator` of ``[simulator]``: the target itself, or the target called

@@ -156,6 +156,33 @@ def test_simulate_train_posterior_diagnose_from_one_file(tmp_path):
         assert (out / "diagnose" / plot).stat().st_size > 0
 
 
+def test_an_embedding_from_the_users_file_is_trained_and_rebuilt_to_load(tmp_path):
+    (tmp_path / "nets.py").write_text(
+        "import torch\n\n\ndef summary():\n"
+        "    return torch.nn.Sequential(torch.nn.Linear(1, 4), torch.nn.Tanh())\n"
+    )
+    text = GALTON.replace('estimator = "ratio"\nmethod = "alices"', 'estimator = "posterior"')
+    text = text.replace(
+        "hidden = [16, 16]", 'hidden = 16\nn_transforms = 2\nembedding = "nets:summary"'
+    )
+    text = text.replace('method = "slice"\n', "")
+    path = write_config(tmp_path, text)
+    result = invoke("run", path)
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "config-output"
+    trained = summary(out, "train")
+    assert trained["results"]["hyperparameters"]["embedding"] == {"class": "Sequential"}
+    assert str(tmp_path / "nets.py") in trained["inputs"]
+    assert np.load(out / "posterior" / "samples.npz")["samples"].shape == (200, 1)
+    assert summary(out, "posterior")["results"]["sampler"]["method"] == "slice"  # 3 iid x
+
+    with open(tmp_path / "nets.py", "a") as file:
+        file.write("# edited\n")
+    again = invoke("run", path)
+    assert "simulate: up to date" in again.stderr  # the embedding is not simulator code
+    assert "train: done" in again.stderr
+
+
 POINTS = """
 [simulator]
 target = "simulators:GaltonBoard"

@@ -129,7 +129,7 @@ def test_a_users_module_is_found_beside_the_config_whatever_the_working_director
     simulator = config.simulator()
     assert isinstance(simulator, Simulator) and simulator.shift == 3.0
     assert config.prior().high.tolist() == [4.0, 4.0]
-    assert config.code_files() == [folder / "mysim.py", folder / "mysim.py"]
+    assert config.code_files() == [folder / "mysim.py"]
     x = simulator.simulate(torch.zeros(5, 2), seed=0)
     assert x.shape == (5, 2)
 
