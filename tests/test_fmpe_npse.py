@@ -276,3 +276,13 @@ def test_bad_input_is_named(trained):
         estimator.log_prob(torch.zeros(2), torch.zeros(2))
     with pytest.raises(ShapeError, match="without a design column"):
         estimator.sample(5, x=torch.zeros(2), design=torch.zeros(1))
+
+
+def test_the_examples_in_docs_flow_matching_run(monkeypatch, tmp_path):
+    from pathlib import Path
+
+    from conftest import run_markdown_examples
+
+    page = Path(__file__).resolve().parent.parent / "docs" / "flow_matching.md"
+    monkeypatch.chdir(tmp_path)  # the examples write their model files here
+    run_markdown_examples(page)
