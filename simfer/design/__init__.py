@@ -19,7 +19,9 @@ estimated at many candidate designs at once by `eig`, which returns an `EIGResul
 * `methods`: the method table behind `eig`;
 * `result`: `EIGResult`;
 * `search`: the best design in a continuous box (`search`), batches (`greedy_batch`);
-* `loop`: `ExperimentLoop`, the sequential design loop (suggest, observe, update).
+* `loop`: `ExperimentLoop`, the sequential design loop (suggest, observe, update);
+* `sequential_bounds`: sPCE and sNMC, lower and upper bounds on the total EIG of a
+  sequential policy's rollouts (`sequential_bounds`, `SequentialBounds`).
 
 See docs/design.md.
 """
@@ -29,6 +31,7 @@ from .methods import ALIASES, DEFAULT_METHOD, METHODS, eig
 from .nmc import LikelihoodModel, NestedEstimate, nested_monte_carlo, nested_terms
 from .result import EIGResult
 from .search import JointExperiments, greedy_batch, search
+from .sequential_bounds import SequentialBounds, history_log_likelihood, sequential_bounds
 
 __all__ = [
     "ALIASES",
@@ -40,9 +43,12 @@ __all__ = [
     "METHODS",
     "NestedEstimate",
     "Round",
+    "SequentialBounds",
     "eig",
     "greedy_batch",
+    "history_log_likelihood",
     "nested_monte_carlo",
     "nested_terms",
     "search",
+    "sequential_bounds",
 ]
