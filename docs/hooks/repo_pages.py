@@ -65,12 +65,10 @@ def percent_to_markdown(source: str) -> str:
 def _tutorial_page(repo_path: str, source: str) -> str:
     """The site page of the tutorial ``repo_path``: its title, a note on how to run it, and
     its cells."""
-    script = f"python {repo_path}"
     header = (
         f'!!! note "A script you can run"\n'
-        f"    This page is `{repo_path}`, shown without its outputs.  Run it with `{script}`\n"
-        f"    (its figures go to `$SIMFER_TUTORIAL_OUT`, by default `./tutorial_output`), or\n"
-        f"    open it as a notebook with jupytext.\n"
+        f"    This page is `{repo_path}`, shown without its outputs: run it with\n"
+        f"    `python {repo_path}`, or open it as a notebook with jupytext.\n"
     )
     body = percent_to_markdown(source)
     title, _, rest = body.partition("\n")
