@@ -199,6 +199,7 @@ def finish(process: subprocess.Popen) -> str:
     return out
 
 
+@pytest.mark.slow  # four interpreters that import torch: 10–30 s, with the load of the machine
 def test_shards_in_subprocesses_one_killed_and_rerun_merge_into_the_unsharded_run(
     unsharded, tmp_path
 ):

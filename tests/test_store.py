@@ -1,7 +1,7 @@
 """The HDF5 simulation store (`simfer.store`, written by ``simfer.simulate(path=...)`` and
 read by `simfer.load_simulations`): round trip, resume and extend, the runs and files it
 refuses (fingerprint, foreign, truncated, newer), a killed run, and stores of set-valued
-x (half-written chunks, damaged ragged columns, failed sets, appending), compression.
+x (half-written chunks, damaged ragged columns, failed sets, appending), compression."""
 
 import os
 import shutil
