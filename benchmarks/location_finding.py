@@ -292,7 +292,7 @@ def settings_key(args) -> dict:
     return {
         "steps": args.steps,
         "inner": args.inner,
-        "chunk": args.chunk,
+        "chunk_size": args.chunk,
         "seed": args.seed,
         "particles": args.particles,
         "outer": args.outer,
