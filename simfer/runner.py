@@ -430,7 +430,7 @@ class _Plan:
         with_reference = self.theta_ref is not None
         extra: dict[str, Any] = {}
         if self.points is not None:
-            extra["theta"] = _describe_design(self.points)
+            extra["theta"] = _describe_values(self.points)
         if self.shard is not None:
             extra["shard"] = {"index": self.shard[0], "count": self.shard[1], "n": self.n}
         return {
@@ -440,7 +440,7 @@ class _Plan:
             "gold": bool(gold),
             "theta_ref": self.theta_ref.tolist() if with_reference else None,
             "reference_fraction": float(self.reference_fraction) if with_reference else None,
-            "design": _describe_design(self.design),
+            "design": _describe_values(self.design),
             "seed": self.seed,
             "chunk_size": self.chunk_size,
         }
@@ -543,12 +543,14 @@ def _execute(chunks, run: _RunSpec, executor, n_workers):
             executor.shutdown(wait=True, cancel_futures=True)
 
 
-def _describe_design(design) -> Any:
-    if design is None:
+def _describe_values(values) -> Any:
+    """A JSON-able fingerprint of a design or of θ points: a distribution's description,
+    a small array's values, or a large array's shape and SHA-256."""
+    if values is None:
         return None
-    if isinstance(design, Distribution):
-        return describe_prior(design)
-    array = np.ascontiguousarray(torch.as_tensor(design).detach().cpu().numpy())
+    if isinstance(values, Distribution):
+        return describe_prior(values)
+    array = np.ascontiguousarray(torch.as_tensor(values).detach().cpu().numpy())
     if array.size <= 16:
         return array.tolist()
     return {"shape": list(array.shape), "sha256": hashlib.sha256(array.tobytes()).hexdigest()}

@@ -572,7 +572,7 @@ def _check_coverage(
     allow_missing: bool,
 ) -> None:
     """No row twice; every row once unless ``allow_missing``: each named with its files."""
-    holders = np.full(n, -1, dtype=np.int64)
+    holders = np.full(n, -1, dtype=np.int32)  # which shard holds each row (−1: none)
     for first_row, which, _chunk, start, stop in blocks:
         rows = slice(first_row, first_row + stop - start)
         taken = holders[rows]
