@@ -118,8 +118,18 @@ def runnable(path: Path) -> bool:
     return any(not block.skip_reason for block in python_blocks(path))
 
 
-#: Pages whose examples take over ~15 s on one busy core: they run with ``-m slow``.
-SLOW_PAGES: set[str] = set()
+#: Pages run with ``-m slow`` only (all of them take ~90 s of CPU, each page 3-15 s): those
+#: whose examples take over 8 s of CPU, and those whose examples the default run already
+#: executes through their module's own test (tests/test_design.py, test_flows.py,
+#: test_inference.py, test_set_embeddings.py run them in-process).
+SLOW_PAGES = {
+    "diagnostics.md",  # ~12 s: slice-sampling draws for 200 observations, four posteriors
+    "simulate.md",  # ~11 s: local process pools and a Dask LocalCluster
+    "design.md",
+    "embeddings.md",
+    "flows.md",
+    "inference.md",
+}
 
 
 def page_param(path: Path):
