@@ -2,6 +2,8 @@
 simfer did not write (.npz, folders and mappings of .npy files, plain HDF5, MadMiner's
 training samples), and ``simfer.simulate(..., theta=points)`` at explicit θ points."""
 
+from dataclasses import replace
+
 import h5py
 import numpy as np
 import pytest
@@ -290,3 +292,26 @@ def test_explicit_points_are_resumable_and_checked(tmp_path):
         simfer.simulate(board, theta=grid[:, 0])
     with pytest.raises(TypeError, match="needs a prior to draw θ from, or explicit points"):
         simfer.simulate(board, n=10)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: simfer.PosteriorEstimator(max_epochs=2, progress=False),
+        lambda: simfer.LikelihoodEstimator("nle", max_epochs=2, progress=False),
+        lambda: simfer.RatioEstimator("alices", max_epochs=2, progress=False),
+        lambda: simfer.ScoreEstimator(max_epochs=2, progress=False),
+    ],
+)
+def test_a_float64_table_trains_every_estimator(small_board_run, make):
+    double = small_board_run.to(dtype=torch.float64)
+    assert double.theta.dtype == torch.float64
+    estimator = make().fit(double)
+    assert estimator.network is not None
+
+
+def test_ratio_samples_without_the_reference_score_train_alices(small_board_run):
+    # MadMiner's sample_train_ratio writes r_xz and t_xz but no t_xz1
+    data = replace(small_board_run, joint_score_ref=None)
+    estimator = simfer.RatioEstimator("alices", max_epochs=2, progress=False).fit(data)
+    assert len(estimator.history.train_loss) == 2

@@ -84,7 +84,7 @@ from ..training import TrainingHistory, fit_network
 from .base import Estimator
 from .dims import Dims
 from .embedding import EmbeddingMixin, design_column, observed_x, summarize, x_batch
-from .rows import as_batch, pair_rows
+from .rows import as_batch, pair_rows, training_table
 
 __all__ = [
     "LikelihoodEstimator",
@@ -284,8 +284,7 @@ class LikelihoodEstimator(EmbeddingMixin, Estimator):
     def fit(self, data: SimulationData, prior: Distribution | None = None) -> LikelihoodEstimator:
         """Train q(x|θ) (q(x|θ, d) when ``data`` has a design column) on the rows drawn at
         their own θ (and p(valid|θ, d) if some of them failed)."""
-        if not isinstance(data, SimulationData):
-            raise TypeError(f"fit() takes the SimulationData of simfer.simulate, got {type(data)}")
+        data = training_table(data)
         if data.from_reference is not None:
             data = data.subset(~data.from_reference)
         n_valid = int(data.valid.sum())

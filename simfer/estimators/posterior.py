@@ -87,7 +87,7 @@ from ..training import fit_network
 from .base import Estimator
 from .dims import Dims
 from .embedding import EmbeddingMixin, design_column, observed_x, x_batch
-from .rows import as_batch, pair_rows
+from .rows import as_batch, pair_rows, training_table
 
 __all__ = ["METHODS", "PosteriorEstimator", "PosteriorMethod"]
 
@@ -260,8 +260,7 @@ class PosteriorEstimator(EmbeddingMixin, Estimator):
         """Train q(θ|x) (q(θ|x, d) when ``data`` has a design column) on the valid rows of
         ``data`` drawn at their own θ.  ``prior`` (the one the data were simulated from)
         bounds `sample` by rejection; it is saved with the model if it is a `BoxUniform`."""
-        if not isinstance(data, SimulationData):
-            raise TypeError(f"fit() takes the SimulationData of simfer.simulate, got {type(data)}")
+        data = training_table(data)
         keep = data.valid.clone()
         if data.from_reference is not None:
             keep &= ~data.from_reference

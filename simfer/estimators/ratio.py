@@ -50,7 +50,7 @@ from ..training import fit_network
 from .base import Estimator
 from .dims import Dims
 from .embedding import EmbeddingMixin, check_no_ensemble, design_column, observed_x, x_batch
-from .rows import as_batch, pair_rows
+from .rows import as_batch, pair_rows, training_table
 
 __all__ = ["METHODS", "RatioEstimator", "RatioMethod", "RatioNetwork"]
 
@@ -80,9 +80,10 @@ class RatioMethod:
 
 
 def _gold_score(m: _Member, batch: dict[str, Tensor]) -> dict[str, Tensor | None]:
+    joint_score_ref = batch.get("joint_score_ref")  # None: MadMiner's samples without t_xz1
     return {
-        "score_ref": m.score_ref,
-        "joint_score_ref": batch["joint_score_ref"],
+        "score_ref": None if joint_score_ref is None else m.score_ref,
+        "joint_score_ref": joint_score_ref,
         "weight": m.weight,
     }
 
@@ -308,9 +309,7 @@ class RatioEstimator(EmbeddingMixin, Estimator):
     # -- training ---------------------------------------------------------------------------
     def _training_rows(self, data: SimulationData) -> tuple[dict[str, Any], dict[str, Any]]:
         """The training columns and the dims describing x."""
-        if not isinstance(data, SimulationData):
-            raise TypeError(f"fit() takes the SimulationData of simfer.simulate, got {type(data)}")
-        data = data.valid_only()
+        data = training_table(data).valid_only()
         if len(data) < 2:
             raise SimferError("fewer than two valid simulations to train on")
         method = METHODS[self.method]
@@ -341,8 +340,9 @@ class RatioEstimator(EmbeddingMixin, Estimator):
         }
         if data.joint_log_ratio is not None:
             rows["joint_log_ratio"] = data.joint_log_ratio
-            rows["joint_score"] = data.joint_score
-            rows["joint_score_ref"] = data.joint_score_ref
+            for name in ("joint_score", "joint_score_ref"):  # MadMiner's ratio samples lack t_xz1
+                if getattr(data, name) is not None:
+                    rows[name] = getattr(data, name)
         return rows, x_dims
 
     def fit(self, data: SimulationData, prior=None) -> RatioEstimator:

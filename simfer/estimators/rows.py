@@ -1,4 +1,5 @@
-"""Rows of θ and d as the networks take them, and their pairing with rows of x.
+"""Rows of θ and d as the networks take them, their pairing with rows of x, and the table
+a fit trains on.
 
 Every evaluation method takes x, θ and the design by keyword and pairs them row by row;
 a single row of any of them broadcasts over the others (one x against many θ, as a
@@ -12,6 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..data import SimulationData
 from ..errors import ShapeError
 
 __all__ = ["as_batch", "pair_rows"]
@@ -50,3 +52,14 @@ def pair_rows(named: dict[str, Tensor | None]) -> list[Tensor | None]:
             f"cannot pair rows of {sizes}: give equally many rows, or one row of any of them"
         )
     return [None if v is None else v.expand(n, *v.shape[1:]) for v in named.values()]
+
+
+def training_table(data: Any, needs: str = "fit() takes") -> SimulationData:
+    """``data`` checked to be a `SimulationData` and its floating columns in torch's default
+    dtype (a table the user built from float64 arrays trains like a simulated one)."""
+    if not isinstance(data, SimulationData):
+        raise TypeError(
+            f"{needs} a SimulationData (from simfer.simulate, simfer.load_simulations or "
+            f"SimulationData(theta=..., x=...)), got {type(data).__name__}"
+        )
+    return data.to(dtype=torch.get_default_dtype())

@@ -52,7 +52,7 @@ from ..training import fit_network
 from .base import Estimator
 from .dims import Dims
 from .embedding import EmbeddingMixin, check_no_ensemble, observed_x, x_batch
-from .rows import pair_rows
+from .rows import pair_rows, training_table
 
 __all__ = ["ScoreEstimator", "ScoreNetwork"]
 
@@ -141,7 +141,8 @@ class ScoreEstimator(EmbeddingMixin, Estimator):
     def fit(self, data: SimulationData, prior=None) -> ScoreEstimator:
         """Train on the rows drawn at θ_ref (the reference class of ``simfer.simulate``), or
         on data simulated at one θ."""
-        if not isinstance(data, SimulationData) or not data.has_gold:
+        data = training_table(data)
+        if not data.has_gold:
             raise SimferError("SALLY mines gold: simulate with gold=True (and theta_ref=...)")
         data = data.valid_only()
         if data.from_reference is not None and bool(data.from_reference.any()):
