@@ -1,4 +1,4 @@
-"""Every ```python block of docs/*.md and README.md runs, and the docs site builds.
+"""Every ```python block of docs/*.md and README.md runs.
 
 Each page's python blocks run in order, in one namespace (``__name__ == "__main__"``, so a
 block guarded for process pools runs too), in a fresh Python process whose working
@@ -10,8 +10,9 @@ starts with "Not run:" and gives the reason, which the docs site shows above the
 
     ```python title="Not run: needs a SLURM cluster and dask-jobqueue"
 
-The site itself is built by ``mkdocs build --strict`` in ``make docs`` (a dependency of
-``make test``); the last test here builds it as well when mkdocs is installed.
+The site itself (these pages, the tutorials through docs/hooks/repo_pages.py, the API
+reference) is built by ``mkdocs build --strict`` in ``make docs``, which ``make test`` runs
+before the tests; here the hook's conversion of a tutorial is tested on its own.
 """
 
 from __future__ import annotations
@@ -241,3 +242,26 @@ def test_a_percent_script_becomes_a_page():
         for line in source.splitlines():
             if line.strip() and not line.startswith("#"):
                 assert line in code, f"{repo_path}: {line!r} is missing from its page"
+
+
+def test_links_to_rendered_repository_files_point_at_their_pages():
+    pytest.importorskip("mkdocs")
+    hook = load_hook()
+    sources = hook.rendered_sources(ROOT)
+    assert sources["tutorials/02_mining_gold.py"] == "tutorials/02_mining_gold.md"
+    index = (
+        "[t](../tutorials/02_mining_gold.py), [b](../benchmarks/README.md#vs_sbipy), "
+        "[p](flows.md#c2st), [w](https://example.org/x.py), [s](../simfer/losses.py)"
+    )
+    assert hook.relink(index, "index.md", sources) == (
+        "[t](tutorials/02_mining_gold.md), [b](benchmark_scripts.md#vs_sbipy), "
+        "[p](flows.md#c2st), [w](https://example.org/x.py), [s](../simfer/losses.py)"
+    )
+    # from a rendered page back into docs/ (benchmarks/README.md links ../docs/benchmarks.md)
+    back = "[r](../docs/benchmarks.md#gold) and [t](../tutorials/01_wrap_your_simulator.py)"
+    assert hook.relink(back, "benchmark_scripts.md", sources) == (
+        "[r](benchmarks.md#gold) and [t](tutorials/01_wrap_your_simulator.md)"
+    )
+    assert hook.relink("[i](../index.md)", "tutorials/02_mining_gold.md", sources) == (
+        "[i](../index.md)"
+    )

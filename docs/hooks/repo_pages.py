@@ -21,7 +21,7 @@ from pathlib import Path
 
 from mkdocs.structure.files import File, Files
 
-__all__ = ["percent_to_markdown", "rendered_sources"]
+__all__ = ["percent_to_markdown", "relink", "rendered_sources"]
 
 #: A cell marker of the percent format, with its optional title and ``[cell type]``.
 CELL = re.compile(r"^# %%(?P<rest>.*)$")
@@ -92,20 +92,20 @@ def on_files(files: Files, config) -> Files:
     return files
 
 
-def on_page_markdown(markdown: str, page, config, files: Files) -> str:
-    """Point links to rendered repository files, and from them back into docs/, at the
-    site's pages."""
-    page_uri = page.file.src_uri
-    origins = {rendered: repo_path for repo_path, rendered in _sources.items()}
+def relink(markdown: str, page_uri: str, sources: dict[str, str]) -> str:
+    """``markdown`` of the site page ``page_uri`` with its links to the repository files in
+    ``sources`` (repository path → page path) pointed at their pages, and, on a page rendered
+    from such a file, its links into docs/ pointed at the site's pages."""
+    origins = {rendered: repo_path for repo_path, rendered in sources.items()}
     origin = origins.get(page_uri, f"docs/{page_uri}")
 
-    def relink(match: re.Match) -> str:
+    def replace(match: re.Match) -> str:
         target = match["target"]
         if not target or "://" in target or target.startswith(("/", "mailto:")):
             return match[0]
         repo_path = posixpath.normpath(posixpath.join(posixpath.dirname(origin), target))
-        if repo_path in _sources:
-            site_path = _sources[repo_path]
+        if repo_path in sources:
+            site_path = sources[repo_path]
         elif repo_path.startswith("docs/") and page_uri in origins:
             site_path = repo_path.removeprefix("docs/")
         else:
@@ -113,4 +113,9 @@ def on_page_markdown(markdown: str, page, config, files: Files) -> str:
         relative = posixpath.relpath(site_path, posixpath.dirname(page_uri) or ".")
         return f"]({relative}{match['tail']})"
 
-    return LINK.sub(relink, markdown)
+    return LINK.sub(replace, markdown)
+
+
+def on_page_markdown(markdown: str, page, config, files: Files) -> str:
+    """Point links to rendered repository files at the site's pages (see `relink`)."""
+    return relink(markdown, page.file.src_uri, _sources)
