@@ -520,3 +520,10 @@ def test_merge_names_a_missing_shard(tmp_path):
     result = invoke("merge", tmp_path / "out.h5", tmp_path / "absent.h5")
     assert result.exit_code == 2
     assert f"no such file: {tmp_path / 'absent.h5'}" in result.stderr
+
+
+def test_inspect_reads_any_table_load_simulations_reads(tmp_path, capsys):
+    np.savez(tmp_path / "mine.npz", theta=np.zeros((5, 1)), x=np.ones((5, 2)))
+    assert main(["inspect", str(tmp_path / "mine.npz")]) == 0
+    out = capsys.readouterr().out
+    assert "n=5" in out and "fingerprint" not in out  # not a store: no run to show
