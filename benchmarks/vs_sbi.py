@@ -86,6 +86,12 @@ METHODS = [("simfer", "NPE"), ("sbi", "NPE"), ("simfer", "NLE"), ("sbi", "NLE")]
 # --converged adds neural ratio estimation: simfer's NRE (binary classifier of joint against
 # marginal pairs, its default MLP) and sbi's NRE_A (the same loss, sbi's default classifier)
 CONVERGED_METHODS = [*METHODS, ("simfer", "NRE"), ("sbi", "NRE")]
+# and the vector-field posteriors, each library with its own network and defaults:
+# simfer's PosteriorEstimator(method="fmpe"|"npse") (VP SDE) against sbi's FMPE and NPSE
+# (its default VE SDE), sampled directly (probability-flow ODE / sbi's own sampler)
+VECTOR_FIELD = ("FMPE", "NPSE")
+CONVERGED_METHODS += [(lib, m) for m in VECTOR_FIELD for lib in ("simfer", "sbi")]
+DIRECT = ("NPE", *VECTOR_FIELD)  # sampled without MCMC
 # --converged trains with no cap: each library stops by its own early-stopping rule (20
 # epochs without a validation improvement); this bound is never reached
 NO_CAP = 100_000
@@ -293,6 +299,9 @@ def train_simfer(method, data, prior, max_epochs, flow="nsf"):
         estimator = simfer.PosteriorEstimator(flow, **settings).fit(data, prior)
     elif method == "NLE":
         estimator = simfer.LikelihoodEstimator("nle", flow, **settings).fit(data, prior)
+    elif method in VECTOR_FIELD:
+        settings = {k: v for k, v in settings.items() if k not in FLOW}
+        estimator = simfer.PosteriorEstimator(method=method.lower(), **settings).fit(data, prior)
     else:
         settings = {k: v for k, v in settings.items() if k not in FLOW}
         estimator = simfer.RatioEstimator("nre", **settings).fit(data, prior)
@@ -301,7 +310,7 @@ def train_simfer(method, data, prior, max_epochs, flow="nsf"):
 
 
 def sample_simfer(method, estimator, prior, x_obs, n, seed, mcmc):
-    if method == "NPE":
+    if method in DIRECT:
         return estimator.sample(n, x=x_obs, seed=seed), {"acceptance": estimator.acceptance_rate}
     posterior = estimator.posterior(prior, x_obs)
     samples = posterior.sample(
@@ -311,12 +320,13 @@ def sample_simfer(method, estimator, prior, x_obs, n, seed, mcmc):
 
 
 def train_sbi(method, data, prior, max_epochs):
-    from sbi.inference import NLE, NPE, NRE_A
+    from sbi.inference import FMPE, NLE, NPE, NPSE, NRE_A
     from sbi.neural_nets import likelihood_nn, posterior_nn
 
-    if method == "NRE":
+    if method in ("NRE", *VECTOR_FIELD):  # sbi's default networks
         torch.manual_seed(TRAIN_SEED)
-        trainer = NRE_A(prior=prior, show_progress_bars=False, tracker=NullTracker())
+        trainer_class = {"NRE": NRE_A, "FMPE": FMPE, "NPSE": NPSE}[method]
+        trainer = trainer_class(prior=prior, show_progress_bars=False, tracker=NullTracker())
         start = time.perf_counter()
         network = trainer.append_simulations(data.theta.clone(), data.x.clone()).train(
             training_batch_size=TRAINING["batch_size"],
@@ -369,8 +379,8 @@ def sample_sbi(method, model, prior, x_obs, n, seed, mcmc, own_mcmc=False):
     or with ``own_mcmc`` by sbi's own ``slice_np_vectorized`` (see benchmarks/README.md)."""
     trainer, network = model
     torch.manual_seed(seed)
-    if method == "NPE" or own_mcmc:
-        if method == "NPE":
+    if method in DIRECT or own_mcmc:
+        if method in DIRECT:
             posterior = trainer.build_posterior()
         else:
             posterior = trainer.build_posterior(
@@ -459,10 +469,11 @@ def render(rows: list[dict], simulators: list[str], budgets: list[int], meta: di
     for sim in simulators:
         if meta.get("converged"):
             for method in kinds:
+                figures = PAPER.get(sim, {}).get(method)
+                if figures is None:
+                    continue
                 texts = [
-                    f"{PAPER[sim][method][PAPER_BUDGETS.index(b)]:.2f}"
-                    if sim in PAPER and b in PAPER_BUDGETS
-                    else "—"
+                    f"{figures[PAPER_BUDGETS.index(b)]:.2f}" if b in PAPER_BUDGETS else "—"
                     for b in budgets
                 ]
                 lines.append(f"| {SIM_LABEL[sim]} | paper {method} | " + " | ".join(texts) + " |")
