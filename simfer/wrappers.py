@@ -61,6 +61,8 @@ def _accepted_parameters(fn: Callable) -> set[str]:
 class FunctionSimulator(Simulator):
     """A black-box simulator ``fn(theta[, design]) -> x`` (no gold).
 
+    The arguments not listed here are those of `Simulator`.
+
     Args:
         fn: vectorised: ``[batch, theta_dim] -> [batch, *x_shape]``; otherwise
             ``[theta_dim] -> x_shape`` called once per row.  Set-valued x (declare
@@ -68,7 +70,6 @@ class FunctionSimulator(Simulator):
             ``[n_i, features]`` (or a `simfer.data.RaggedSets`); otherwise one set
             ``[n_i, features]`` per call.
         numpy: hand ``fn`` numpy arrays instead of torch tensors.
-        Other arguments as for `Simulator`.
     """
 
     def __init__(

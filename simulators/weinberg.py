@@ -105,7 +105,9 @@ class WeinbergAngle(simfer.TractableSimulator):
     Args:
         n_events: events per experiment (x is ``[batch, n_events]``).
         parameters: which of ``("sin2_theta_w", "m_z", "gamma_z")`` are θ, in order.
-        sin2_theta_w, m_z, gamma_z: the values of the parameters not in θ.
+        sin2_theta_w: sin²θ_W when it is not in θ.
+        m_z: the Z mass in GeV when it is not in θ.
+        gamma_z: the Z width in GeV when it is not in θ.
         default_energy: √s in GeV used when no design is given (the Z pole).
     """
 

@@ -111,7 +111,8 @@ class ExperimentLoop:
         estimator: a trained estimator amortized over the design (``design_dim`` ≥ 1),
             used for the belief update and, through `simfer.design.eig`, for the EIG.
         method: the EIG method (default: ``"nmc"`` for exact and NLE loops).
-        n_outer, n_inner: Monte-Carlo sizes of each EIG (see `simfer.design.eig`).
+        n_outer: outer Monte-Carlo size of each EIG (see `simfer.design.eig`).
+        n_inner: inner Monte-Carlo size of each EIG (see `simfer.design.eig`).
         n_posterior: posterior draws per round (slice sampling), the belief's sample.
         sampler: options of `Posterior.sample` (``n_chains``, ``warmup``, …).
         training_theta: the θ ``[n, theta_dim]`` of the simulations the estimator was

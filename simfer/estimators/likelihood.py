@@ -175,8 +175,12 @@ class LikelihoodEstimator(EmbeddingMixin, Estimator):
             `simfer.losses.default_scandal_weight` from the training data.
         hidden: the widths of each conditioner's hidden layers: an int w (default 64) for
             two residual blocks of width w, or a sequence such as (64, 64, 64, 64).
-        n_transforms, bins, tail_bound, activation: the flow's architecture
+        n_transforms: number of autoregressive transforms
             (`simfer.nn.flows.build_flow`).
+        bins: spline bins of each transform (`simfer.nn.flows.build_flow`).
+        tail_bound: B, the half-width of the spline window in standardised units
+            (`simfer.nn.flows.build_flow`).
+        activation: activation of the conditioners (`simfer.nn.flows.build_flow`).
         validity_hidden: hidden widths of the p(valid|θ) classifier (trained only when the
             training rows hold failed simulations).
         embedding: a *fixed* summary s(x) (``[batch, *x_shape]`` → ``[batch, k]``, or for

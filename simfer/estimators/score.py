@@ -87,7 +87,9 @@ class ScoreEstimator(EmbeddingMixin, Estimator):
 
     Args:
         method: ``"sally"``.
-        hidden, n_ensemble, **training: as for `RatioEstimator`.
+        hidden: as for `RatioEstimator`.
+        n_ensemble: as for `RatioEstimator`.
+        **training: as for `RatioEstimator`.
         embedding: a ``torch.nn.Module`` summarising x, trained jointly (needs
             ``n_ensemble=1``); required for set-valued x, where it is called as
             ``embedding(x [batch, max_n, features], mask [batch, max_n]) → [batch, k]``.
