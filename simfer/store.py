@@ -172,6 +172,30 @@ class SimulationStore:
             raise
         return store
 
+    @classmethod
+    def open_readonly(cls, path: str | os.PathLike) -> SimulationStore:
+        """Open an existing store for reading only (its committed rows; nothing is discarded
+        or written), for reading it a block at a time (`simfer.streaming`).  A missing
+        file is a FileNotFoundError; a file that is not a simfer store a `StoreError`
+        that says how to read other tables."""
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"no simulation store at '{path}': the path does not exist")
+        file = _open_h5(path, "r")
+        try:
+            found = file.attrs.get("format")
+            if found != FORMAT:
+                raise StoreError(
+                    f"'{path}' is an HDF5 file but not a simfer simulation store "
+                    f"(format={found!r}), so it cannot be read a block at a time; read it whole "
+                    f"with simfer.load_simulations(path) and train on that table"
+                )
+            _check_format(file, path)
+        except BaseException:
+            file.close()
+            raise
+        return cls(path, file)
+
     @staticmethod
     def read_fingerprint(path: str | os.PathLike) -> dict[str, Any]:
         """The fingerprint of an existing store, without opening it for writing."""
@@ -290,6 +314,63 @@ class SimulationStore:
     def read_rows(self, start: int, stop: int) -> SimulationData:
         """Storage rows ``start … stop−1`` (committed ones), in storage order."""
         return _read_storage_rows(self._file, start, stop, self.path)
+
+    def check_readable(self) -> None:
+        """A `StoreError` naming the damage unless the committed rows can be read a block at
+        a time: some rows, θ and x present, every row-aligned dataset at least
+        ``n_committed`` long and the elements of set-valued columns within their dataset."""
+        n, file = self.n_committed, self._file
+        if n == 0:
+            raise StoreError(f"'{self.path}' holds no finished simulations yet")
+        problem = None
+        if "theta" not in file or ("x" not in file and "x" + VALUES not in file):
+            problem = "it lacks the 'theta' or the 'x' column"
+        elif "row_index" not in file:
+            problem = "it lacks the 'row_index' dataset"
+        else:
+            for name in file:
+                if not name.endswith(VALUES) and file[name].shape[0] < n:
+                    problem = f"'{name}' has {file[name].shape[0]} rows, {n} are committed"
+                    break
+                if name.endswith(VALUES):
+                    column = name.removesuffix(VALUES)
+                    if _committed_elements(file, column, n, self.path) > file[name].shape[0]:
+                        problem = f"'{column}{ENDS}' points past the end of '{name}'"
+                        break
+        if problem:
+            raise StoreError(
+                f"'{self.path}' is damaged: {problem}; move it aside and simulate again"
+            )
+
+    def row_indices(self, start: int, stop: int) -> np.ndarray:
+        """``[stop − start]`` int64: each storage row's position in the run (``row_index``)."""
+        return np.asarray(self._file["row_index"][start:stop], dtype=np.int64)
+
+    @property
+    def chunk_rows(self) -> int:
+        """The rows of one HDF5 chunk of the store's datasets (reading whole chunks is the
+        cheap way to read it, compressed or not); 4096 for a store of `simfer.simulate`."""
+        if "row_index" not in self._file or self._file["row_index"].chunks is None:
+            return 4096
+        return int(self._file["row_index"].chunks[0])
+
+    @property
+    def table_bytes(self) -> int:
+        """The bytes the committed rows of the table's columns take (θ, x, design, gold,
+        flags; sets counted by their elements), as `load_simulations` holds them."""
+        n, total = self.n_committed, 0
+        for name in COLUMNS:
+            if name in self._file:
+                dataset = self._file[name]
+                total += (
+                    n * int(np.prod(dataset.shape[1:], dtype=np.int64)) * dataset.dtype.itemsize
+                )
+            elif name + VALUES in self._file:
+                values = self._file[name + VALUES]
+                elements = _committed_elements(self._file, name, n, self.path)
+                total += elements * int(np.prod(values.shape[1:])) * values.dtype.itemsize
+                total += n * 8  # the offsets
+        return total
 
     def close(self) -> None:
         self._file.close()

@@ -21,15 +21,22 @@ members share no parameter each receives the gradient of its own loss.
 * Set-valued columns (`simfer.data.RaggedSets`) stay ragged; each batch is padded to
   its own largest set and handed to ``loss_fn`` packed (`simfer.nn.pack_sets`:
   ``[batch, max_n, features + 1]``, the mask in the last channel).
+
+Where the rows come from.  ``tensors`` is a dict of row-aligned columns held in memory
+(`InMemoryRows`: a seeded permutation splits off the validation rows, another per epoch
+orders the training rows), or any `RowSource`, such as `simfer.streaming.StreamedRows`,
+which streams the rows of a store larger than memory a buffer at a time.  The loop itself
+(optimiser, clipping, early stopping, checkpoints) is the same for both.
 """
 
 from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
@@ -38,14 +45,21 @@ from tqdm.auto import tqdm
 from .data import RaggedSets
 from .nn.sets import pack_sets
 
-__all__ = ["TrainingConfig", "TrainingHistory", "fit_network"]
+__all__ = ["InMemoryRows", "RowSource", "TrainingConfig", "TrainingHistory", "fit_network"]
 
 LossFunction = Callable[[nn.Module, dict[str, Tensor], bool], Tensor]
 
 
 @dataclass
 class TrainingConfig:
-    """Settings of `fit_network` (the defaults suit 10^3–10^5 rows on a CPU)."""
+    """Settings of `fit_network` (the defaults suit 10^3–10^5 rows on a CPU).
+
+    ``max_memory``: the bytes a fit on a store (``fit(path)`` or
+    ``fit(simfer.StoredSimulations(path))``) may take to hold the table in memory,
+    estimated as `simfer.streaming.TRAINING_MEMORY_FACTOR` times the table; a larger store
+    is streamed a buffer at a time (`simfer.streaming`).  None: half the machine's memory;
+    0: always stream.  A `SimulationData` is in memory already and never streamed.
+    """
 
     max_epochs: int = 200
     batch_size: int = 256
@@ -58,6 +72,7 @@ class TrainingConfig:
     device: str = "cpu"
     checkpoint: str | None = None
     progress: bool = True
+    max_memory: int | None = None
 
 
 @dataclass
@@ -99,35 +114,107 @@ def gather(tensors: dict[str, Tensor | RaggedSets], index: Tensor) -> dict[str, 
     }
 
 
-def _evaluate(network, loss_fn, tensors, rows: Tensor, batch_size: int, n_members: int) -> Tensor:
-    """Mean loss of every member over ``rows`` ``[E]`` (no parameter update)."""
-    total = torch.zeros(n_members, device=rows.device)
+Batches = Iterable[tuple[dict[str, Tensor], int]]
+
+
+@runtime_checkable
+class RowSource(Protocol):
+    """Where `fit_network` draws its minibatches from: batches as dicts of ``[batch, …]``
+    tensors on the fit's device, each with its number of rows."""
+
+    kind: str  # written to checkpoints: a checkpoint resumes only a fit of the same kind
+
+    def prepare(self, config: TrainingConfig, device: torch.device) -> None:
+        """Take the fit's settings before the first batch."""
+
+    def training_batches(self, epoch: int) -> Batches:
+        """The training rows of epoch ``epoch`` in minibatches of ``config.batch_size``."""
+
+    def validation_batches(self) -> Batches:
+        """The validation rows (the same every epoch)."""
+
+    def state(self) -> Tensor:
+        """What a checkpoint must keep to continue the source's random order."""
+
+    def restore(self, state: Tensor) -> None:
+        """Continue from a `state` read from a checkpoint."""
+
+
+class InMemoryRows:
+    """Row-aligned columns held in memory (on the fit's device): a seeded permutation holds
+    out ``validation_fraction`` of the rows, and each epoch visits the others in a fresh
+    permutation of the same generator."""
+
+    kind = "memory"
+
+    def __init__(self, tensors: dict[str, Tensor | RaggedSets]):
+        self.tensors = tensors
+
+    def prepare(self, config: TrainingConfig, device: torch.device) -> None:
+        self.tensors = {k: v.to(device) for k, v in self.tensors.items()}
+        self.batch_size = config.batch_size
+        self.device = device
+        n = len(next(iter(self.tensors.values())))
+        self.generator = torch.Generator(device).manual_seed(config.seed)
+        order = torch.randperm(n, generator=self.generator, device=device)
+        n_validation = max(1, int(round(config.validation_fraction * n))) if n > 1 else 0
+        self.validation_rows, self.train_rows = order[:n_validation], order[n_validation:]
+        if len(self.train_rows) == 0:
+            raise ValueError(f"{n} rows are too few to train on; simulate more")
+
+    def training_batches(self, epoch: int) -> Iterator[tuple[dict[str, Tensor], int]]:
+        order = torch.randperm(len(self.train_rows), generator=self.generator, device=self.device)
+        permutation = self.train_rows[order]
+        for start in range(0, len(permutation), self.batch_size):
+            index = permutation[start : start + self.batch_size]
+            yield gather(self.tensors, index), len(index)
+
+    def validation_batches(self) -> Iterator[tuple[dict[str, Tensor], int]]:
+        return _row_batches(self.tensors, self.validation_rows, self.batch_size)
+
+    def state(self) -> Tensor:
+        return self.generator.get_state()
+
+    def restore(self, state: Tensor) -> None:
+        self.generator.set_state(state.to(self.generator.get_state().device))
+
+
+def _row_batches(tensors, rows: Tensor, batch_size: int):
     for start in range(0, len(rows), batch_size):
         index = rows[start : start + batch_size]
-        batch = gather(tensors, index)
-        total += loss_fn(network, batch, False).detach() * len(index)
-    return total / max(len(rows), 1)
+        yield gather(tensors, index), len(index)
+
+
+def _mean_loss(network, loss_fn, batches: Batches, n_members: int, device) -> Tensor:
+    """Mean loss of every member over the rows of ``batches`` ``[E]`` (no update)."""
+    total = torch.zeros(n_members, device=device)
+    count = 0
+    for batch, size in batches:
+        total += loss_fn(network, batch, False).detach() * size
+        count += size
+    return total / max(count, 1)
+
+
+def _evaluate(network, loss_fn, tensors, rows: Tensor, batch_size: int, n_members: int) -> Tensor:
+    """Mean loss of every member over ``rows`` ``[E]`` (no parameter update)."""
+    batches = _row_batches(tensors, rows, batch_size)
+    return _mean_loss(network, loss_fn, batches, n_members, rows.device)
 
 
 def fit_network(
     network: nn.Module,
     loss_fn: LossFunction,
-    tensors: dict[str, Tensor | RaggedSets],
+    tensors: dict[str, Tensor | RaggedSets] | RowSource,
     config: TrainingConfig,
 ) -> TrainingHistory:
-    """Train ``network`` in place on ``tensors`` (all with the same number of rows; a
-    `RaggedSets` column reaches ``loss_fn`` padded per batch and packed)."""
+    """Train ``network`` in place on ``tensors``: columns all with the same number of rows
+    (a `RaggedSets` column reaches ``loss_fn`` padded per batch and packed), or a
+    `RowSource` that streams them."""
     device = torch.device(config.device)
     network.to(device)
-    tensors = {k: v.to(device) for k, v in tensors.items()}
-    n = len(next(iter(tensors.values())))
+    source = tensors if isinstance(tensors, RowSource) else InMemoryRows(tensors)
     n_members = _members(network)
-    generator = torch.Generator(device).manual_seed(config.seed)
-    order = torch.randperm(n, generator=generator, device=device)
-    n_validation = max(1, int(round(config.validation_fraction * n))) if n > 1 else 0
-    validation_rows, train_rows = order[:n_validation], order[n_validation:]
-    if len(train_rows) == 0:
-        raise ValueError(f"{n} rows are too few to train on; simulate more")
+    source.prepare(config, device)
 
     parameters = [p for p in network.parameters() if p.requires_grad]
     optimizer = _adam(parameters, config)
@@ -140,12 +227,19 @@ def fit_network(
     checkpoint = Path(config.checkpoint) if config.checkpoint else None
     if checkpoint is not None and checkpoint.exists():
         saved = torch.load(checkpoint, map_location=device, weights_only=True)
+        if saved.get("rows", InMemoryRows.kind) != source.kind:
+            raise ValueError(
+                f"the checkpoint '{checkpoint}' was written by a fit whose rows were "
+                f"{_KINDS[saved.get('rows', InMemoryRows.kind)]}, this fit's are "
+                f"{_KINDS.get(source.kind, source.kind)}: it cannot continue it. Fit as "
+                f"before (the same data, max_memory), or remove the checkpoint to start anew."
+            )
         network.load_state_dict(saved["network"])
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
         best_state = saved["best_state"]
         history = TrainingHistory(**saved["history"])
-        generator.set_state(saved["generator"].to(generator.get_state().device))
+        source.restore(saved["generator"])
         start_epoch = int(saved["epoch"]) + 1
 
     member_axis = {k for k, v in best_state.items() if v.ndim >= 1 and v.shape[0] == n_members}
@@ -160,26 +254,21 @@ def fit_network(
         if _patience_exhausted(history, epoch, config.patience):
             break
         network.train()
-        permutation = train_rows[
-            torch.randperm(len(train_rows), generator=generator, device=device)
-        ]
         running = torch.zeros(n_members, device=device)
-        for start in range(0, len(permutation), config.batch_size):
-            index = permutation[start : start + config.batch_size]
-            batch = gather(tensors, index)
+        seen = 0
+        for batch, size in source.training_batches(epoch):
             losses = loss_fn(network, batch, True)
             optimizer.zero_grad(set_to_none=True)
             losses.sum().backward()
             if config.clip_norm is not None:
                 _clip_per_member(parameters, n_members, config.clip_norm)
             optimizer.step()
-            running += losses.detach() * len(index)
+            running += losses.detach() * size
+            seen += size
         scheduler.step()
         network.eval()
-        validation = _evaluate(
-            network, loss_fn, tensors, validation_rows, config.batch_size, n_members
-        )
-        train_loss = (running / len(permutation)).tolist()
+        validation = _mean_loss(network, loss_fn, source.validation_batches(), n_members, device)
+        train_loss = (running / seen).tolist()
         history.train_loss.append(train_loss)
         history.validation_loss.append(validation.tolist())
         improved = [
@@ -200,7 +289,7 @@ def fit_network(
         bar.set_postfix(train=f"{sum(train_loss) / n_members:.4g}", val=f"{validation.mean():.4g}")
         if checkpoint is not None:
             _save_checkpoint(
-                checkpoint, network, optimizer, scheduler, best_state, history, generator, epoch
+                checkpoint, network, optimizer, scheduler, best_state, history, source, epoch
             )
     bar.close()
     network.load_state_dict(best_state)
@@ -223,7 +312,10 @@ def _patience_exhausted(history: TrainingHistory, epoch: int, patience: int) -> 
     return all(best >= 0 and epoch - best > patience for best in history.best_epoch)
 
 
-def _save_checkpoint(path, network, optimizer, scheduler, best_state, history, generator, epoch):
+_KINDS = {"memory": "held in memory", "stream": "streamed from a store"}
+
+
+def _save_checkpoint(path, network, optimizer, scheduler, best_state, history, source, epoch):
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     torch.save(
@@ -233,7 +325,8 @@ def _save_checkpoint(path, network, optimizer, scheduler, best_state, history, g
             "scheduler": scheduler.state_dict(),
             "best_state": best_state,
             "history": history.as_dict(),
-            "generator": generator.get_state(),
+            "generator": source.state(),
+            "rows": source.kind,
             "epoch": epoch,
         },
         tmp,

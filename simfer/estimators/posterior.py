@@ -60,7 +60,7 @@ from torch import Tensor, nn
 from torch.distributions import Distribution
 
 from .. import losses
-from ..data import SimulationData
+from ..data import RaggedSets, SimulationData
 from ..errors import SimferError
 from ..inference import EventTerm
 from ..nn.diffusion import VPDiffusion
@@ -83,11 +83,20 @@ from ..prior import (
     prior_from_description,
 )
 from ..seeding import seeded
+from ..streaming import Moments, StoredSimulations, StreamedRows
 from ..training import fit_network
 from .base import Estimator
 from .dims import Dims
 from .embedding import EmbeddingMixin, design_column, observed_x, x_batch
-from .rows import as_batch, pair_rows, training_table
+from .rows import (
+    TrainingData,
+    as_batch,
+    pair_rows,
+    streamed_x_dims,
+    training_source,
+    training_table,
+    x_column,
+)
 
 __all__ = ["METHODS", "PosteriorEstimator", "PosteriorMethod"]
 
@@ -256,10 +265,17 @@ class PosteriorEstimator(EmbeddingMixin, Estimator):
         return METHODS[self.method].build(self, dims)
 
     # -- training ---------------------------------------------------------------------------
-    def fit(self, data: SimulationData, prior: Distribution | None = None) -> PosteriorEstimator:
+    def fit(self, data: TrainingData, prior: Distribution | None = None) -> PosteriorEstimator:
         """Train q(θ|x) (q(θ|x, d) when ``data`` has a design column) on the valid rows of
         ``data`` drawn at their own θ.  ``prior`` (the one the data were simulated from)
-        bounds `sample` by rejection; it is saved with the model if it is a `BoxUniform`."""
+        bounds `sample` by rejection; it is saved with the model if it is a `BoxUniform`.
+
+        ``data``: a `SimulationData`, or a store (its path, or a
+        `simfer.StoredSimulations`), streamed when it does not fit in ``max_memory``
+        (`simfer.streaming`)."""
+        data = training_source(data, self.training)
+        if isinstance(data, StoredSimulations):
+            return self._fit_streamed(data, prior)
         data = training_table(data)
         keep = data.valid.clone()
         if data.from_reference is not None:
@@ -285,7 +301,72 @@ class PosteriorEstimator(EmbeddingMixin, Estimator):
             tensors["design"] = data.design.to(theta.dtype)
         network = self._build(self.dims)
         network.fit_standardization(theta, x, tensors.get("design"))
+        self.network = network
+        self.history = fit_network(network, self._loss_function(), tensors, self.training)
+        return self
 
+    def _fit_streamed(
+        self, source: StoredSimulations, prior: Distribution | None
+    ) -> PosteriorEstimator:
+        """`fit` on a store streamed a buffer at a time: one pass for the number of rows,
+        the design and the standardisation, then `fit_network` on `StreamedRows`."""
+
+        def own(data: SimulationData) -> Tensor:
+            keep = data.valid.clone()
+            if data.from_reference is not None:
+                keep &= ~data.from_reference
+            return keep
+
+        stats = {"theta": Moments(), "x": Moments(), "design": Moments()}
+        first = None
+        for data, _ in source.buffers():
+            data = data.subset(own(data))
+            if len(data) == 0:
+                continue
+            first = data if first is None else first
+            stats["theta"].add(data.theta)
+            if not data.is_set and self.embedding is None:
+                stats["x"].add(data.x)
+            if data.design is not None:
+                stats["design"].add(data.design)
+        n = stats["theta"].count
+        if n < 2:
+            raise SimferError(
+                f"fewer than two valid simulations drawn at their own θ to train on in "
+                f"'{source.path}' ({n} of {len(source)} rows)"
+            )
+        x_dims = streamed_x_dims(self, first, stats["design"])
+        varying = x_dims["design_dim"] > 0
+        embedded = self.embedding is not None
+        if prior is not None:
+            self.prior = as_prior(prior, first.theta_dim)
+            self.prior_description = describe_prior(self.prior)
+        if embedded:
+            x_dim = self._embedding_features(x_column(first, True))
+        else:
+            x_dim = int(stats["x"].mean.numel())
+        self.dims = Dims(**x_dims, x_dim=x_dim, n_train=n)
+        network = self._build(self.dims)
+        stats["theta"].fit(network.input_standardize)
+        if network.context_standardize is not None:
+            stats["x"].fit(network.context_standardize)
+        if varying:
+            stats["design"].fit(network.design_standardize)
+
+        def rows(data: SimulationData, _: Tensor) -> dict[str, Tensor | RaggedSets]:
+            data = data.subset(own(data))
+            columns = {"theta": data.theta, "x": x_column(data, embedded)}
+            if varying:
+                columns["design"] = data.design.to(data.theta.dtype)
+            return columns
+
+        self.network = network
+        self.history = fit_network(
+            network, self._loss_function(), StreamedRows(source, rows), self.training
+        )
+        return self
+
+    def _loss_function(self):
         loss = METHODS[self.method].loss
         noise = TrainingNoise(self.training.seed, self.device)
 
@@ -293,9 +374,7 @@ class PosteriorEstimator(EmbeddingMixin, Estimator):
             summary = network.summarize(batch["x"], batch.get("design"))
             return loss(network, batch["theta"], summary, noise(training))[None]
 
-        self.network = network
-        self.history = fit_network(network, loss_fn, tensors, self.training)
-        return self
+        return loss_fn
 
     # -- evaluation --------------------------------------------------------------------------
     def _context(self, x: Any, design: Any) -> tuple[Network, Tensor, bool]:

@@ -8,15 +8,30 @@ posterior needs, or one design for a whole batch).
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from ..data import SimulationData
+from ..data import RaggedSets, SimulationData
 from ..errors import ShapeError
+from ..streaming import Moments, StoredSimulations, open_training_data
+from ..training import TrainingConfig
 
-__all__ = ["as_batch", "pair_rows"]
+__all__ = [
+    "TrainingData",
+    "as_batch",
+    "pair_rows",
+    "streamed_x_dims",
+    "training_source",
+    "training_table",
+    "x_column",
+]
+
+#: What every ``fit`` takes: a table in memory, a store (streamed when it does not fit), or
+#: the path of a store or of any file `simfer.load_simulations` reads.
+TrainingData = SimulationData | StoredSimulations | str | os.PathLike
 
 
 def as_batch(value: Any, event_shape: tuple[int, ...], name: str, parameter: Tensor) -> Tensor:
@@ -63,3 +78,43 @@ def training_table(data: Any, needs: str = "fit() takes") -> SimulationData:
             f"SimulationData(theta=..., x=...)), got {type(data).__name__}"
         )
     return data.to(dtype=torch.get_default_dtype())
+
+
+def training_source(
+    data: TrainingData, config: TrainingConfig
+) -> SimulationData | StoredSimulations:
+    """What a fit trains on: a `SimulationData` as given; a path opened (a simfer store as a
+    `StoredSimulations`, other files read whole by `simfer.load_simulations`); a store read
+    whole when an in-memory fit stays within ``config.max_memory``, so that it trains
+    exactly as ``fit(simfer.load_simulations(path))``, and returned as it is, to be
+    streamed, when it does not."""
+    opened = isinstance(data, str | os.PathLike)
+    if opened:
+        data = open_training_data(data)
+    if isinstance(data, StoredSimulations) and data.fits(config):
+        table = data.load()
+        if opened:
+            data.close()
+        return table
+    return data
+
+
+def x_column(data: SimulationData, embedded: bool) -> Tensor | RaggedSets:
+    """The x a network trains on: ``[n, x_dim]`` flattened, whole for an embedding, sets
+    ragged (the rows of `EmbeddingMixin._training_x`, for a buffer that may be empty)."""
+    if data.is_set or embedded:
+        return data.x
+    return data.x.flatten(1)
+
+
+def streamed_x_dims(estimator: Any, first: SimulationData, design: Moments) -> dict[str, Any]:
+    """The `Dims` fields of x and the design for a streamed fit: those of the first rows it
+    trains on, with the design judged over the whole store (``design``: its moments over
+    the rows trained on), as an in-memory fit judges it over the whole table."""
+    _, dims = estimator._training_x(first)
+    varying = design.count > 0 and not design.constant
+    dims["design_dim"] = int(design.mean.numel()) if varying else 0
+    dims["fixed_design"] = (
+        tuple(float(v) for v in first.design[0]) if design.count and not varying else None
+    )
+    return dims
