@@ -2,7 +2,7 @@
 
 __version__ = "0.1.0"
 
-from . import design, diagnostics, inference, losses
+from . import design, diagnostics, inference, losses, streaming
 from .data import SimulationData
 from .design import ExperimentLoop
 from .errors import (
@@ -28,6 +28,7 @@ from .runner import simulate
 from .sequential import sequential
 from .simulator import Simulator, TractableSimulator
 from .store import SimulationStore, load_simulations, merge_stores
+from .streaming import StoredSimulations
 
 __all__ = [
     "__version__",
@@ -60,4 +61,6 @@ __all__ = [
     "sequential",
     "simulate",
     "SimulationStore",
+    "StoredSimulations",
+    "streaming",
 ]

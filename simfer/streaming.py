@@ -81,7 +81,8 @@ __all__ = [
 
 #: A transform from a buffer of stored rows (θ, x, … in torch's default dtype) and their
 #: positions in the run ``[m]`` int64 to the columns an estimator trains on, all with the
-#: same number of rows (≤ m); it drops the rows the estimator does not train on.
+#: same number of rows (≤ m); it drops the rows the estimator does not train on (an empty
+#: dict: none is left).
 RowTransform = Callable[[SimulationData, Tensor], dict[str, Tensor | RaggedSets]]
 
 #: Training in memory holds about this many times the table: measured, one ALICES epoch on

@@ -80,11 +80,20 @@ from ..nn import EnsembleMLP, Standardize
 from ..nn.flows import FLOWS, ConditionalFlow, build_flow, check_activation, conditioner_layers
 from ..prior import as_prior, describe_prior
 from ..seeding import seeded
+from ..streaming import Moments, StoredSimulations, StreamedRows
 from ..training import TrainingHistory, fit_network
 from .base import Estimator
 from .dims import Dims
 from .embedding import EmbeddingMixin, design_column, observed_x, summarize, x_batch
-from .rows import as_batch, pair_rows, training_table
+from .rows import (
+    TrainingData,
+    as_batch,
+    pair_rows,
+    streamed_x_dims,
+    training_source,
+    training_table,
+    x_column,
+)
 
 __all__ = [
     "LikelihoodEstimator",
@@ -285,9 +294,16 @@ class LikelihoodEstimator(EmbeddingMixin, Estimator):
         self.embedding = copy.deepcopy(self.embedding).requires_grad_(False).eval()
 
     # -- training ---------------------------------------------------------------------------
-    def fit(self, data: SimulationData, prior: Distribution | None = None) -> LikelihoodEstimator:
+    def fit(self, data: TrainingData, prior: Distribution | None = None) -> LikelihoodEstimator:
         """Train q(x|θ) (q(x|θ, d) when ``data`` has a design column) on the rows drawn at
-        their own θ (and p(valid|θ, d) if some of them failed)."""
+        their own θ (and p(valid|θ, d) if some of them failed).
+
+        ``data``: a `SimulationData`, or a store (its path, or a
+        `simfer.StoredSimulations`), streamed when it does not fit in ``max_memory``
+        (`simfer.streaming`)."""
+        data = training_source(data, self.training)
+        if isinstance(data, StoredSimulations):
+            return self._fit_streamed(data, prior)
         data = training_table(data)
         if data.from_reference is not None:
             data = data.subset(~data.from_reference)
@@ -343,6 +359,115 @@ class LikelihoodEstimator(EmbeddingMixin, Estimator):
             if config.checkpoint:
                 config = replace(config, checkpoint=f"{config.checkpoint}.validity")
             self.validity_history = fit_network(network.validity, _validity_loss, labels, config)
+        network.to(self.device)
+        return self
+
+    def _fit_streamed(
+        self, source: StoredSimulations, prior: Distribution | None
+    ) -> LikelihoodEstimator:
+        """`fit` on a store streamed a buffer at a time: one pass for the counts, the design,
+        the standardisation (of the fixed embedding's summaries, if any) and SCANDAL's α,
+        then `fit_network` on `StreamedRows` for the flow, and again for p(valid|θ, d)."""
+        probe, _ = source.read(source.blocks()[:1])
+        if self.method == "scandal" and not probe.has_gold:
+            raise SimferError(
+                "SCANDAL mines gold: simulate with simfer.simulate(..., gold=True), or use "
+                "method='nle'"
+            )
+        del probe
+        if self.embedding is not None:
+            self._freeze_embedding()
+
+        def own(data: SimulationData) -> SimulationData:
+            return data if data.from_reference is None else data.subset(~data.from_reference)
+
+        def x_of(good: SimulationData) -> Tensor:
+            if self.embedding is None:
+                return x_column(good, False)
+            embedding = self._embedding_module(good.is_set)
+            return summarize(embedding, x_column(good, True)).to(good.theta.dtype)
+
+        names = ("x", "theta", "design", "score", "theta_all", "inputs_all")
+        stats = {name: Moments() for name in names}
+        first = None
+        for data, _ in source.buffers():
+            data = own(data)
+            stats["theta_all"].add(data.theta)
+            if data.design is not None:
+                stats["inputs_all"].add(
+                    torch.cat([data.theta, data.design.to(data.theta.dtype)], 1)
+                )
+            good = data.valid_only()
+            if len(good) == 0:
+                continue
+            first = good if first is None else first
+            stats["x"].add(x_of(good))
+            stats["theta"].add(good.theta)
+            if good.design is not None:
+                stats["design"].add(good.design)
+            if self.method == "scandal":
+                stats["score"].add(good.joint_score)
+        n_valid, n_own = stats["theta"].count, stats["theta_all"].count
+        if n_valid < 2:
+            raise SimferError(
+                f"fewer than two valid simulations drawn at their own θ to train on in "
+                f"'{source.path}' ({n_own - n_valid} of {n_own} rows failed)"
+            )
+        x_dims = streamed_x_dims(self, first, stats["design"])
+        varying = x_dims["design_dim"] > 0
+        alpha = None
+        if self.method == "scandal":
+            alpha = self.alpha
+            if alpha is None:
+                alpha = _scandal_weight(stats["score"], stats["theta"])
+        if prior is not None:
+            self.prior_description = describe_prior(as_prior(prior, first.theta_dim))
+        learn_validity = n_valid < n_own
+        self.dims = Dims(
+            **x_dims,
+            x_dim=int(stats["x"].mean.numel()),
+            alpha=alpha,
+            validity=learn_validity,
+            valid_fraction=n_valid / n_own,
+            n_train=n_valid,
+        )
+        network = self._build(self.dims)
+        flow = network.flow
+        stats["x"].fit(flow.input_standardize)
+        stats["theta"].fit(flow.context_standardize)
+        if varying:
+            stats["design"].fit(flow.design_standardize)
+
+        def rows(data: SimulationData, _: Tensor) -> dict[str, Tensor]:
+            good = own(data).valid_only()
+            if len(good) == 0:  # no row left (an embedding cannot summarise none)
+                return {}
+            columns = {"x": x_of(good), "theta": good.theta}
+            if varying:
+                columns["design"] = good.design.to(good.theta.dtype)
+            if alpha is not None:
+                columns["joint_score"] = good.joint_score
+            return columns
+
+        self.network = network
+        streamed = StreamedRows(source, rows)
+        self.history = fit_network(flow, self._loss_function(alpha), streamed, self.training)
+        if learn_validity:
+
+            def labels(data: SimulationData, _: Tensor) -> dict[str, Tensor]:
+                data = own(data)
+                columns = {"theta": data.theta, "valid": data.valid.to(data.theta.dtype)}
+                if varying:
+                    columns["design"] = data.design.to(data.theta.dtype)
+                return columns
+
+            stats["inputs_all" if varying else "theta_all"].fit(network.validity.theta_standardize)
+            config = replace(self.training, **VALIDITY_TRAINING)
+            if config.checkpoint:
+                config = replace(config, checkpoint=f"{config.checkpoint}.validity")
+            self.validity_history = fit_network(
+                network.validity, _validity_loss, StreamedRows(source, labels), config
+            )
         network.to(self.device)
         return self
 
@@ -435,6 +560,17 @@ class LikelihoodEstimator(EmbeddingMixin, Estimator):
             return self.log_prob(x=as_x(x), theta=theta, design=design)
 
         return EventTerm(log_likelihood, x_obs, x_shape, design_dim=self.design_dim, model=self)
+
+
+def _scandal_weight(score: Moments, theta: Moments) -> float:
+    """`simfer.losses.default_scandal_weight` from streamed moments: it depends on the data
+    only through E|t|² and the variances of θ, so two rows with the same moments (each t of
+    squared norm E|t|², θ at μ ± σ/√2 per component) give the same α."""
+    d = theta.mean.numel()
+    joint_score = torch.full((2, d), math.sqrt(float(score.second_moment.sum()) / d))
+    half_width = (theta.variance / 2).sqrt()
+    thetas = torch.stack([theta.mean - half_width, theta.mean + half_width])
+    return losses.default_scandal_weight(joint_score.double(), thetas)
 
 
 def _validity_loss(network: ValidityNetwork, batch: dict[str, Tensor], training: bool) -> Tensor:

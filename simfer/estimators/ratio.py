@@ -34,23 +34,33 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution
 
 from .. import losses
-from ..data import SimulationData
+from ..data import RaggedSets, SimulationData
 from ..errors import SimferError
 from ..inference import EventTerm
 from ..nn import EnsembleMLP, Standardize
 from ..nn.mlp import mlp_widths
 from ..prior import describe_prior
 from ..seeding import seeded
+from ..streaming import Moments, StoredSimulations, StreamedRows, hashed_uniform
 from ..training import fit_network
 from .base import Estimator
 from .dims import Dims
 from .embedding import EmbeddingMixin, check_no_ensemble, design_column, observed_x, x_batch
-from .rows import as_batch, pair_rows, training_table
+from .rows import (
+    TrainingData,
+    as_batch,
+    pair_rows,
+    streamed_x_dims,
+    training_source,
+    training_table,
+    x_column,
+)
 
 __all__ = ["METHODS", "RatioEstimator", "RatioMethod", "RatioNetwork"]
 
@@ -155,6 +165,20 @@ METHODS: dict[str, RatioMethod] = {
 }
 
 MARGINAL = "marginal"
+
+#: P(K ≤ k) of K ~ Poisson(1), k = 0 … 19 (beyond, the tail is below 10⁻¹⁸)
+_POISSON_ONE_CDF = np.cumsum([math.exp(-1) / math.factorial(k) for k in range(20)])
+
+
+def poisson_one_weights(rows: Tensor, seed: int, members: int) -> Tensor:
+    """Bootstrap weights ``[m, members]`` of the rows at run positions ``rows`` ``[m]``:
+    Poisson(1) draws by inversion of a seeded hash of the row (`hashed_uniform`), so a
+    streamed fit gives a row the same weights in every epoch without holding them."""
+    weights = [
+        np.searchsorted(_POISSON_ONE_CDF, hashed_uniform(rows, seed, stream=2 + e), side="right")
+        for e in range(members)
+    ]
+    return torch.from_numpy(np.stack(weights, axis=1).astype(np.float64))
 
 
 def _member_leaf(theta: Tensor, n_members: int, requires_grad: bool) -> Tensor:
@@ -345,8 +369,16 @@ class RatioEstimator(EmbeddingMixin, Estimator):
                     rows[name] = getattr(data, name)
         return rows, x_dims
 
-    def fit(self, data: SimulationData, prior=None) -> RatioEstimator:
-        """Train on ``data`` (invalid rows are skipped); returns the estimator."""
+    def fit(self, data: TrainingData, prior=None) -> RatioEstimator:
+        """Train on ``data`` (invalid rows are skipped); returns the estimator.
+
+        ``data``: a `SimulationData`, or a store (its path, or a
+        `simfer.StoredSimulations`), streamed when it does not fit in ``max_memory``
+        (`simfer.streaming`; NRE/BNRE then contrast θ and x within each batch, whose rows
+        come from a buffer of random blocks)."""
+        data = training_source(data, self.training)
+        if isinstance(data, StoredSimulations):
+            return self._fit_streamed(data, prior)
         rows, x_dims = self._training_rows(data)
         double = "theta_ref" in rows and not bool((rows["theta_ref"] == rows["theta_ref"][0]).all())
         if self.embedding is not None:
@@ -387,6 +419,124 @@ class RatioEstimator(EmbeddingMixin, Estimator):
             rows["bootstrap_weight"] = weights.to(rows["theta"].dtype)
         self.network = network
         self.history = fit_network(network, self._loss_function(alpha), rows, self.training)
+        return self
+
+    def _check_columns(self, data: SimulationData) -> None:
+        """The clear errors of `_training_rows` for a store's columns (read from its first
+        rows)."""
+        method = METHODS[self.method]
+        if method.needs_reference and data.from_reference is None:
+            raise SimferError(
+                f"method '{self.method}' contrasts x drawn at θ with x drawn at θ_ref: simulate "
+                f"with simfer.simulate(..., theta_ref=...) to get the reference class"
+            )
+        if method.needs_gold and not data.has_gold:
+            raise SimferError(
+                f"method '{self.method}' mines gold: simulate with gold=True (or use 'carl'/'nre')"
+            )
+
+    def _fit_streamed(self, source: StoredSimulations, prior) -> RatioEstimator:
+        """`fit` on a store streamed a buffer at a time: one pass for the number of rows, the
+        reference, the design, the standardisation and the default α, then `fit_network` on
+        `StreamedRows` whose transform builds `_training_rows`' columns per buffer."""
+        method = METHODS[self.method]
+        probe, _ = source.read(source.blocks()[:1])
+        self._check_columns(probe)
+        del probe
+
+        def kept(data: SimulationData) -> Tensor:
+            keep = data.valid.clone()
+            if not method.needs_reference and data.from_reference is not None:
+                keep &= ~data.from_reference
+            return keep
+
+        stats = {name: Moments() for name in ("x", "theta", "design", "theta_ref", "score")}
+        rolr_sum, first = 0.0, None
+        for data, _ in source.buffers():
+            data = data.subset(kept(data))
+            if len(data) == 0:
+                continue
+            first = data if first is None else first
+            stats["theta"].add(data.theta)
+            if not data.is_set and self.embedding is None:
+                stats["x"].add(data.x)
+            for name in ("design", "theta_ref"):
+                if getattr(data, name) is not None:
+                    stats[name].add(getattr(data, name))
+            if method.needs_score:
+                stats["score"].add(data.joint_score[~data.from_reference])
+                if self.method == "rascal":
+                    zeros = torch.zeros_like(data.joint_log_ratio)
+                    rolr = losses.rolr(zeros, data.from_reference, data.joint_log_ratio)
+                    rolr_sum += float(rolr) * len(data)
+        n = stats["theta"].count
+        if n < 2:
+            raise SimferError(f"fewer than two valid simulations to train on in '{source.path}'")
+        x_dims = streamed_x_dims(self, first, stats["design"])
+        varying = x_dims["design_dim"] > 0
+        reference = method.needs_reference
+        double = reference and not stats["theta_ref"].constant
+        embedded = self.embedding is not None
+        if embedded:
+            x_dim = self._embedding_features(x_column(first, True))
+        else:
+            x_dim = int(stats["x"].mean.numel())
+        self.dims = Dims(
+            **x_dims,
+            x_dim=x_dim,
+            double=double,
+            theta_ref=first.theta_ref[0].tolist() if reference else None,
+            n_train=n,
+        )
+        if prior is not None:
+            self.prior_description = describe_prior(prior)
+        with seeded(self.training.seed):  # the initial weights follow the seed
+            network = self._build(self.dims)
+        if network.x_standardize is not None:
+            stats["x"].fit(network.x_standardize)
+        stats["theta"].fit(network.theta_standardize)
+        if varying:
+            stats["design"].fit(network.design_standardize)
+        alpha = self.alpha
+        if method.needs_score and alpha is None:
+            if stats["score"].count == 0:
+                raise SimferError(
+                    f"'{source.path}' holds no valid row drawn at θ (from_reference False): "
+                    f"the score term of '{self.method}' has nothing to learn from"
+                )
+            start = rolr_sum / n if self.method == "rascal" else math.log(2)
+            # the default depends on the data only through E|t(x,z)|² over the rows drawn at
+            # θ0: one row of that squared norm gives the same α
+            second_moment = float(stats["score"].second_moment.sum())
+            alpha = losses.default_score_weight(
+                torch.tensor([[math.sqrt(second_moment)]], dtype=torch.float64),
+                ratio_loss_at_start=start,
+            )
+        self.dims = self.dims.replace(alpha=alpha)
+        bootstrap = self.n_ensemble > 1 and self.bootstrap
+        seed, members = self.training.seed, self.n_ensemble
+
+        def rows(data: SimulationData, index: Tensor) -> dict[str, Tensor | RaggedSets]:
+            keep = kept(data)
+            data, index = data.subset(keep), index[keep]
+            columns = {"x": x_column(data, embedded), "theta": data.theta}
+            if varying:
+                columns["design"] = data.design.to(data.theta.dtype)
+            if reference:
+                columns["theta_ref"] = data.theta_ref
+                columns["from_reference"] = data.from_reference
+                for name in ("joint_log_ratio", "joint_score", "joint_score_ref"):
+                    if data.joint_log_ratio is not None and getattr(data, name) is not None:
+                        columns[name] = getattr(data, name)
+            if bootstrap:
+                weights = poisson_one_weights(index, seed + 1, members)
+                columns["bootstrap_weight"] = weights.to(data.theta.dtype)
+            return columns
+
+        self.network = network
+        self.history = fit_network(
+            network, self._loss_function(alpha), StreamedRows(source, rows), self.training
+        )
         return self
 
     def _loss_function(self, alpha: float | None):

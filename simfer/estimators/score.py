@@ -41,18 +41,26 @@ from torch import Tensor, nn
 from torch.distributions import Distribution
 
 from .. import losses
-from ..data import SimulationData
+from ..data import RaggedSets, SimulationData
 from ..errors import SimferError
 from ..inference import EventTerm, Posterior
 from ..nn import EnsembleMLP, Standardize
 from ..nn.mlp import mlp_widths
 from ..prior import describe_prior
 from ..seeding import seeded
+from ..streaming import Moments, StoredSimulations, StreamedRows
 from ..training import fit_network
 from .base import Estimator
 from .dims import Dims
 from .embedding import EmbeddingMixin, check_no_ensemble, observed_x, x_batch
-from .rows import pair_rows, training_table
+from .rows import (
+    TrainingData,
+    pair_rows,
+    streamed_x_dims,
+    training_source,
+    training_table,
+    x_column,
+)
 
 __all__ = ["ScoreEstimator", "ScoreNetwork"]
 
@@ -80,6 +88,12 @@ class ScoreNetwork(nn.Module):
             design = self.design_standardize(design.to(summary.dtype))
             summary = torch.cat([summary, design.expand(summary.shape[0], -1)], dim=1)
         return self.target_scale.mean + self.target_scale.std * self.mlp(summary)
+
+
+def _loss(network: ScoreNetwork, batch: dict[str, Tensor], training: bool) -> Tensor:
+    """SALLY's loss of every member ``[E]``."""
+    predicted = network(batch["x"], batch.get("design"))
+    return torch.stack([losses.sally(p, batch["joint_score"]) for p in predicted])
 
 
 class ScoreEstimator(EmbeddingMixin, Estimator):
@@ -140,9 +154,16 @@ class ScoreEstimator(EmbeddingMixin, Estimator):
             return None
         return torch.tensor(self.dims.theta_ref, device=self.device)
 
-    def fit(self, data: SimulationData, prior=None) -> ScoreEstimator:
+    def fit(self, data: TrainingData, prior=None) -> ScoreEstimator:
         """Train on the rows drawn at θ_ref (the reference class of ``simfer.simulate``), or
-        on data simulated at one θ."""
+        on data simulated at one θ.
+
+        ``data``: a `SimulationData`, or a store (its path, or a
+        `simfer.StoredSimulations`), streamed when it does not fit in ``max_memory``
+        (`simfer.streaming`)."""
+        data = training_source(data, self.training)
+        if isinstance(data, StoredSimulations):
+            return self._fit_streamed(data, prior)
         data = training_table(data)
         if not data.has_gold:
             raise SimferError("SALLY mines gold: simulate with gold=True (and theta_ref=...)")
@@ -171,13 +192,80 @@ class ScoreEstimator(EmbeddingMixin, Estimator):
         if self.dims.design_dim:
             tensors["design"] = local.design.to(target.dtype)
             network.design_standardize.fit(tensors["design"])
+        self.network = network
+        self.history = fit_network(network, _loss, tensors, self.training)
+        return self
 
-        def loss_fn(network: ScoreNetwork, batch: dict[str, Tensor], training: bool) -> Tensor:
-            predicted = network(batch["x"], batch.get("design"))
-            return torch.stack([losses.sally(p, batch["joint_score"]) for p in predicted])
+    def _fit_streamed(self, source: StoredSimulations, prior) -> ScoreEstimator:
+        """`fit` on a store streamed a buffer at a time: one pass that gathers the moments of
+        both candidate training sets (the reference-class rows, and all rows for a run at
+        one θ), then `fit_network` on `StreamedRows` of the chosen one."""
+        probe, _ = source.read(source.blocks()[:1])
+        if not probe.has_gold:
+            raise SimferError("SALLY mines gold: simulate with gold=True (and theta_ref=...)")
+        del probe
+        kinds = ("reference", "all")
+        stats = {(k, c): Moments() for k in kinds for c in ("x", "target", "design", "theta")}
+        first: dict[str, SimulationData] = {}
+        for data, _ in source.buffers():
+            data = data.valid_only()
+            parts = {"all": (data, data.joint_score)}
+            if data.from_reference is not None and bool(data.from_reference.any()):
+                local = data.subset(data.from_reference)
+                parts["reference"] = (local, local.joint_score_ref)
+            for kind, (part, target) in parts.items():
+                if len(part) == 0:
+                    continue
+                first.setdefault(kind, part)
+                stats[kind, "theta"].add(part.theta)
+                stats[kind, "target"].add(target)
+                if not part.is_set and self.embedding is None:
+                    stats[kind, "x"].add(part.x)
+                if part.design is not None:
+                    stats[kind, "design"].add(part.design)
+        if "reference" in first:
+            kind, target, theta_ref = (
+                "reference",
+                "joint_score_ref",
+                first["reference"].theta_ref[0],
+            )
+        elif "all" in first and stats["all", "theta"].constant:
+            kind, target, theta_ref = "all", "joint_score", first["all"].theta[0]
+        else:
+            raise SimferError(
+                "SALLY learns the score at one point θ_ref: simulate with theta_ref=... (its "
+                "reference rows are used) or at a single θ"
+            )
+        n = stats[kind, "theta"].count
+        x_dims = streamed_x_dims(self, first[kind], stats[kind, "design"])
+        embedded = self.embedding is not None
+        if embedded:
+            x_dim = self._embedding_features(x_column(first[kind], True))
+        else:
+            x_dim = int(stats[kind, "x"].mean.numel())
+        self.dims = Dims(**x_dims, x_dim=x_dim, theta_ref=theta_ref.tolist(), n_train=n)
+        if prior is not None:
+            self.prior_description = describe_prior(prior)
+        with seeded(self.training.seed):  # the initial weights follow the seed
+            network = self._build(self.dims)
+        if network.x_standardize is not None:
+            stats[kind, "x"].fit(network.x_standardize)
+        stats[kind, "target"].fit(network.target_scale)
+        varying = self.dims.design_dim > 0
+        if varying:
+            stats[kind, "design"].fit(network.design_standardize)
+
+        def rows(data: SimulationData, _: Tensor) -> dict[str, Tensor | RaggedSets]:
+            data = data.valid_only()
+            if kind == "reference":
+                data = data.subset(data.from_reference)
+            columns = {"x": x_column(data, embedded), "joint_score": getattr(data, target)}
+            if varying:
+                columns["design"] = data.design.to(data.theta.dtype)
+            return columns
 
         self.network = network
-        self.history = fit_network(network, loss_fn, tensors, self.training)
+        self.history = fit_network(network, _loss, StreamedRows(source, rows), self.training)
         return self
 
     def _members(self, x: Any, design: Any) -> Tensor:
