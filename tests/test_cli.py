@@ -527,3 +527,17 @@ def test_inspect_reads_any_table_load_simulations_reads(tmp_path, capsys):
     assert main(["inspect", str(tmp_path / "mine.npz")]) == 0
     out = capsys.readouterr().out
     assert "n=5" in out and "fingerprint" not in out  # not a store: no run to show
+
+
+def test_the_readme_config_is_a_valid_config(tmp_path):
+    import re
+    from pathlib import Path
+
+    from simfer.config import load_config
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    toml = re.search(r"```toml\n(.*?)```", readme, re.S).group(1)
+    (tmp_path / "config.toml").write_text(toml)
+    np.save(tmp_path / "observed.npy", np.zeros((5, 1), dtype=np.float32))
+    config = load_config(tmp_path / "config.toml")
+    assert {"simulator", "simulate", "train", "posterior"} <= set(config.sections)
