@@ -48,7 +48,6 @@ would have seen.
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -456,15 +455,3 @@ class StreamedRows:
                 f"the checkpoint was written by a streamed fit with seed {int(state[0])}, this "
                 f"fit has seed {self._seed}: pass the same seed, or another checkpoint path"
             )
-
-
-def check_rows(count: int, what: str, path: Path) -> None:
-    """A `SimferError` when a store holds fewer than two rows to train on."""
-    if count < 2:
-        raise SimferError(f"fewer than two {what} to train on in '{path}' ({count})")
-
-
-def finite_float(value: float, what: str) -> float:
-    if not math.isfinite(value):
-        raise SimferError(f"{what} is not finite ({value}): check the gold in the store")
-    return value

@@ -7,6 +7,12 @@ returns a `simfer.inference.EventTerm` (the per-event log-likelihood term ℓ(x 
 see `simfer.inference.term`); `Estimator.posterior` builds the `Posterior` from it, so
 the inference stage never needs to know the estimator's type.
 
+Every ``fit`` takes a `SimulationData`, or a store: its path or a
+`simfer.StoredSimulations`.  A store whose in-memory fit stays within the training setting
+``max_memory`` is read whole and trained on exactly as its table would be; a larger one is
+streamed from disk a buffer at a time (`simfer.streaming`), each estimator building its
+training columns buffer by buffer.
+
 When the training data carry a design column, every estimator conditions on it: its
 network's context is (x, d) or (θ, d), the design standardised like the rest, and every
 evaluation method takes ``design=`` (one design broadcast, or one per row).
