@@ -320,43 +320,24 @@ def sample_simfer(method, estimator, prior, x_obs, n, seed, mcmc):
 
 
 def train_sbi(method, data, prior, max_epochs):
+    """sbi's trainer for ``method``: NPE and NLE with the flow size of simfer's (FLOW), NRE,
+    FMPE and NPSE with sbi's default networks; all with the same training settings."""
     from sbi.inference import FMPE, NLE, NPE, NPSE, NRE_A
     from sbi.neural_nets import likelihood_nn, posterior_nn
 
-    if method in ("NRE", *VECTOR_FIELD):  # sbi's default networks
-        torch.manual_seed(TRAIN_SEED)
-        trainer_class = {"NRE": NRE_A, "FMPE": FMPE, "NPSE": NPSE}[method]
-        trainer = trainer_class(prior=prior, show_progress_bars=False, tracker=NullTracker())
-        start = time.perf_counter()
-        network = trainer.append_simulations(data.theta.clone(), data.x.clone()).train(
-            training_batch_size=TRAINING["batch_size"],
-            learning_rate=TRAINING["learning_rate"],
-            validation_fraction=TRAINING["validation_fraction"],
-            stop_after_epochs=TRAINING["patience"],
-            max_num_epochs=max_epochs - 1,
-            clip_max_norm=5.0,
-            show_train_summary=False,
-        )
-        seconds = time.perf_counter() - start
-        network.eval()
-        return (trainer, network), seconds, int(trainer.summary["epochs_trained"][-1])
-
-    build = posterior_nn if method == "NPE" else likelihood_nn
-    density_estimator = build(
-        model="nsf",
-        hidden_features=FLOW["hidden"],
-        num_transforms=FLOW["n_transforms"],
-        num_bins=FLOW["bins"],
-        tail_bound=FLOW["tail_bound"],
-    )
-    trainer_class = NPE if method == "NPE" else NLE
     torch.manual_seed(TRAIN_SEED)  # sbi's split and initialisation draw from torch
-    trainer = trainer_class(
-        prior=prior,
-        density_estimator=density_estimator,
-        show_progress_bars=False,
-        tracker=NullTracker(),
-    )
+    options = {"prior": prior, "show_progress_bars": False, "tracker": NullTracker()}
+    if method in ("NPE", "NLE"):
+        build = posterior_nn if method == "NPE" else likelihood_nn
+        options["density_estimator"] = build(
+            model="nsf",
+            hidden_features=FLOW["hidden"],
+            num_transforms=FLOW["n_transforms"],
+            num_bins=FLOW["bins"],
+            tail_bound=FLOW["tail_bound"],
+        )
+    trainer_class = {"NPE": NPE, "NLE": NLE, "NRE": NRE_A, "FMPE": FMPE, "NPSE": NPSE}[method]
+    trainer = trainer_class(**options)
     start = time.perf_counter()
     network = trainer.append_simulations(data.theta.clone(), data.x.clone()).train(
         training_batch_size=TRAINING["batch_size"],
