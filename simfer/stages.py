@@ -297,9 +297,9 @@ def _refuse_stale_store(config: Config, path: Path) -> None:
 
 
 def stage_train(config: Config) -> tuple[dict[str, Any], list[Path]]:
-    """``[train]``: fit the estimator on the store and save it; plot its losses."""
-    from .store import load_simulations
-
+    """``[train]``: fit the estimator on the store and save it; plot its losses.  The fit
+    takes the file's path: a simfer store too large for memory (``max_memory``) streams
+    from disk, any other table is read whole."""
     data_path = config.training_data()
     if not data_path.is_file():
         raise ConfigError(
@@ -315,8 +315,7 @@ def stage_train(config: Config) -> tuple[dict[str, Any], list[Path]]:
         estimator = cls(**settings, seed=config.stage_seed("train"), device=config.device)
     except (TypeError, ValueError) as error:
         raise config.error("train", None, " ".join(str(error).split())) from None
-    data = load_simulations(data_path)
-    estimator.fit(data, config.prior())
+    estimator.fit(data_path, config.prior())
     model = config.model_path()
     estimator.save(model)
     history = estimator.history
@@ -325,7 +324,7 @@ def stage_train(config: Config) -> tuple[dict[str, Any], list[Path]]:
     results = {
         "estimator": type(estimator).__name__,
         "hyperparameters": estimator.hyperparameters(),
-        "training_rows": len(data),
+        "training_rows": estimator.dims.n_train,
         "epochs": len(history.train_loss),
         "best_epoch": history.best_epoch,
         "best_validation_loss": history.best_validation_loss,
