@@ -17,6 +17,7 @@ from .errors import (
     SupportError,
 )
 from .estimators import (
+    HistogramLikelihood,
     LikelihoodEstimator,
     PosteriorEstimator,
     RatioEstimator,
@@ -35,6 +36,7 @@ __all__ = [
     "BoxUniform",
     "ExperimentLoop",
     "GoldNotAvailableError",
+    "HistogramLikelihood",
     "InvalidSimulationWarning",
     "LikelihoodNotAvailableError",
     "LikelihoodEstimator",
