@@ -15,6 +15,7 @@ NLE, SCANDAL                log q(x | θ, d)   (+ log p(valid | θ, d) when fail
 CARL, ALICES, … (θ_ref)     log r̂(x | θ, θ_ref, d)        (constant: log p(x | θ_ref, d))
 NRE, BNRE                   log r̂(x | θ, d) = log p(x|θ,d)/p(x|d)   (constant: log p(x|d))
 SALLY                       t̂(x, d)·δ − ½ δᵀ I δ,  δ = θ − θ_ref   (local model)
+HistogramLikelihood         log P̂_θ(b) − log P̂_θref(b), b the bin of t̂(x)·δ/|δ| (SALLINO)
 NPE                         log q(θ | x, d) − log p(θ)     (p(θ|x,d)/p(θ) = p(x|θ,d)/p(x|d))
 ==========================  ============================================================
 
