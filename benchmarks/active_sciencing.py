@@ -7,6 +7,11 @@ U(0.15, 0.35)) is updated.  Strategies:
 
 * ``eig``: `simfer.ExperimentLoop` with the exact likelihood: √s with the largest EIG under
   the current posterior (nested Monte Carlo, N = M = ``--n``);
+* ``surrogate``: the same loop with a surrogate of ONE event amortized over √s (``--surrogate``:
+  a ratio estimator, RASCAL or ALICES, or a likelihood flow, NLE or SCANDAL), trained once up
+  front on ``--surrogate-sims`` one-event simulations (√s drawn from the candidates) and
+  saved next to the results; each experiment's 100 events enter the belief and the EIG as
+  the per-event term summed over them (exact for iid events), N = M = ``--surrogate-n``;
 * ``random``: √s uniform among the candidates;
 * ``z-pole``: √s = M_Z every round (where LEP measured A_FB).
 
@@ -15,17 +20,25 @@ standard error): the posterior's differential entropy (what the EIG criterion lo
 expectation) and its standard deviation (what the issue asks for; at the Z pole it cannot
 fall below half the distance between the two mirror solutions, since A_FB there depends
 on sin²θ_W only through (2 sin²θ_W − ½)²), both from the exact posterior on a grid of
-4001 points; and the mean absolute error of the posterior mean.  Each (strategy, seed)
-run is one cell appended to a JSON-lines file and skipped when the script runs again
-(``--fresh`` starts over).
+4001 points; and the mean absolute error of the posterior mean.  For ``surrogate`` those
+columns measure its *choices* (the exact posterior of the outcomes at the √s it picked);
+its own posterior (the surrogate's, from draws) is compared with the exact one on the
+same outcomes in a line under the tables.  Each (strategy, seed) run is one cell appended
+to a JSON-lines file and skipped when the script runs again (``--fresh`` starts over); the
+surrogate's cells are keyed by its settings, its model file is reused when they match,
+and its training time is a row of the same file.  ``--markdown PATH`` also writes the
+tables into that file's ``active_sciencing`` block (default: printed only).
 
     .venv/bin/python benchmarks/active_sciencing.py                  # 10 seeds × 8 rounds
     .venv/bin/python benchmarks/active_sciencing.py --seeds 2 --rounds 3   # a quick look
+    .venv/bin/python benchmarks/active_sciencing.py --strategies surrogate --seeds 1 \
+        --rounds 1 --results /tmp/as.jsonl                          # time one surrogate round
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import statistics
 import sys
@@ -38,25 +51,99 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import simfer  # noqa: E402
-from benchmarks._common import JsonLines, fmt, run_header, run_meta  # noqa: E402
+from benchmarks._common import (  # noqa: E402
+    JsonLines,
+    fmt,
+    run_header,
+    run_meta,
+    write_markdown,
+)
 from simulators import WeinbergAngle  # noqa: E402
 from simulators.weinberg import M_Z  # noqa: E402
 
 TRUTH = 0.2312
-STRATEGIES = ("eig", "random", "z-pole")
+STRATEGIES = ("eig", "surrogate", "random", "z-pole")
+RATIO_METHODS = ("rascal", "alices")
+NAME, HEADING = "active_sciencing", "Active sciencing: the experiment loop on the Weinberg angle"
 
 
-def play(strategy: str, seed: int, args) -> dict:
+def surrogate_settings(args) -> dict:
+    """What the surrogate's cells are keyed by: its training budget and the loop's N = M."""
+    return {
+        "method": args.surrogate,
+        "sims": args.surrogate_sims,
+        "epochs": args.surrogate_epochs,
+        "hidden": args.surrogate_hidden,
+        "layers": args.surrogate_layers,
+        "designs": args.designs,
+        "n": args.surrogate_n,
+    }
+
+
+def train_surrogate(args, log: JsonLines):
+    """The one-event surrogate amortized over the candidate √s: loaded from its model file
+    when one with the same settings was trained before, else trained (and timed) now."""
+    settings = surrogate_settings(args)
+    path = Path(args.results).with_suffix(".surrogate.pt")
+    stamp = path.with_suffix(".json")
+    if path.exists() and stamp.exists() and json.loads(stamp.read_text()) == settings:
+        print(f"surrogate: reusing {path}", flush=True)
+        return simfer.load(path)
+    one_event = WeinbergAngle(n_events=1)
+    prior = simfer.BoxUniform([0.15], [0.35])
+    candidates = torch.linspace(40.0, 130.0, args.designs)[:, None]
+    ratio = args.surrogate in RATIO_METHODS
+    start = time.perf_counter()
+    data = simfer.simulate(
+        one_event,
+        prior,
+        args.surrogate_sims,
+        design=simfer.prior.Empirical(candidates),
+        gold=True,
+        theta_ref=[0.25] if ratio else None,
+        seed=12345,
+        executor="serial",
+        progress=False,
+    )
+    simulated = time.perf_counter() - start
+    training = dict(max_epochs=args.surrogate_epochs, seed=0, progress=False)
+    if ratio:
+        hidden = (args.surrogate_hidden,) * args.surrogate_layers
+        estimator = simfer.RatioEstimator(args.surrogate, hidden=hidden, **training)
+    else:
+        estimator = simfer.LikelihoodEstimator(
+            args.surrogate,
+            hidden=args.surrogate_hidden,
+            n_transforms=args.surrogate_layers,
+            **training,
+        )
+    estimator.fit(data)
+    seconds = time.perf_counter() - start
+    estimator.save(path)
+    stamp.write_text(json.dumps(settings))
+    epochs = len(estimator.history.train_loss)
+    log.append({"kind": "surrogate", "settings": settings, "seconds": seconds, "epochs": epochs})
+    print(
+        f"surrogate: {args.surrogate} on {args.surrogate_sims} one-event simulations, "
+        f"{epochs} epochs, {seconds:.0f} s (simulation {simulated:.1f} s)",
+        flush=True,
+    )
+    return estimator
+
+
+def play(strategy: str, seed: int, args, surrogate=None) -> dict:
     """One campaign: the posterior std and mean after every round."""
     sim = WeinbergAngle(n_events=args.events)
     prior = simfer.BoxUniform([0.15], [0.35])
     designs = torch.linspace(40.0, 130.0, args.designs)
+    n = args.surrogate_n if strategy == "surrogate" else args.n
     loop = simfer.ExperimentLoop(
         sim,
         prior,
         designs=designs,
-        n_outer=args.n,
-        n_inner=args.n,
+        estimator=surrogate if strategy == "surrogate" else None,
+        n_outer=n,
+        n_inner=n,
         n_posterior=args.draws,
         sampler=dict(n_chains=50, warmup=60),
         seed=seed,
@@ -65,10 +152,11 @@ def play(strategy: str, seed: int, args) -> dict:
     truth = torch.tensor([[TRUTH]])
     grid = torch.linspace(0.15, 0.35, 4003, dtype=torch.float64)[1:-1, None]
     log_post = torch.zeros(grid.shape[0], dtype=torch.float64)
-    entropy, grid_std = [], []
+    entropy, grid_std, grid_mean, round_seconds = [], [], [], []
     start = time.perf_counter()
     for round_ in range(args.rounds):
-        if strategy == "eig":
+        began = time.perf_counter()
+        if strategy in ("eig", "surrogate"):
             design = loop.suggest()
         elif strategy == "random":
             design = designs[torch.randint(len(designs), (1,), generator=generator)]
@@ -86,8 +174,10 @@ def play(strategy: str, seed: int, args) -> dict:
         p = log_p.exp()
         entropy.append(float(-(p * log_p).sum() * step))
         mean = float((p * grid[:, 0]).sum() * step)
+        grid_mean.append(mean)
         grid_std.append(float(((p * (grid[:, 0] - mean) ** 2).sum() * step) ** 0.5))
-    return {
+        round_seconds.append(time.perf_counter() - began)
+    row = {
         "strategy": strategy,
         "seed": seed,
         "designs": [r.design[0] for r in loop.history],
@@ -95,8 +185,13 @@ def play(strategy: str, seed: int, args) -> dict:
         "entropy": entropy,
         "std_draws": [r.posterior_std[0] for r in loop.history],
         "mean": [r.posterior_mean[0] for r in loop.history],
+        "exact_mean": grid_mean,
         "seconds": time.perf_counter() - start,
+        "round_seconds": round_seconds,
     }
+    if strategy == "surrogate":
+        row["surrogate"] = surrogate_settings(args)
+    return row
 
 
 def _row(rows: list[dict], strategy: str, key: str, rounds: int) -> str:
@@ -109,8 +204,13 @@ def _row(rows: list[dict], strategy: str, key: str, rounds: int) -> str:
     return f"| {strategy} | {len(mine)} | " + " | ".join(cells) + " |"
 
 
-def table(rows: list[dict], rounds: int) -> str:
-    rows = [r for r in rows if "entropy" in r]
+def table(rows: list[dict], rounds: int, settings: dict | None = None) -> str:
+    """The markdown tables; surrogate cells only of the surrogate ``settings``."""
+    rows = [
+        r
+        for r in rows
+        if "entropy" in r and (r["strategy"] != "surrogate" or r.get("surrogate") == settings)
+    ]
     header = "| strategy | seeds | " + " | ".join(f"round {r + 1}" for r in range(rounds)) + " |"
     rule = "|---|---|" + "---|" * rounds
     lines = []
@@ -134,7 +234,40 @@ def table(rows: list[dict], rounds: int) -> str:
     if chosen:
         first = statistics.mean(d[0] for d in chosen)
         lines.append(f"The EIG loop's first √s: {fmt(first)} GeV on average.")
+    lines += _surrogate_lines(rows, rounds, settings)
     return "\n".join(lines)
+
+
+def _surrogate_lines(rows: list[dict], rounds: int, settings: dict | None) -> list[str]:
+    """The surrogate's own posterior against the exact one on its outcomes, how often it
+    picked the exact loop's √s, and its costs."""
+    mine = [r for r in rows if r["strategy"] == "surrogate" and len(r["std"]) >= rounds]
+    if not mine or settings is None:
+        return []
+    last = rounds - 1
+    std_ratio = statistics.mean(r["std_draws"][last] / r["std"][last] for r in mine)
+    shift = statistics.mean(
+        abs(r["mean"][last] - r["exact_mean"][last]) / r["std"][last] for r in mine
+    )
+    exact = {r["seed"]: r["designs"] for r in rows if r["strategy"] == "eig"}
+    same = [r["designs"][0] == exact[r["seed"]][0] for r in mine if r["seed"] in exact]
+    seconds = statistics.mean(s for r in mine for s in r["round_seconds"])
+    trained = [r for r in rows if r.get("kind") == "surrogate" and r.get("settings") == settings]
+    budget = (
+        f"{settings['method']} on {settings['sims']} one-event simulations "
+        f"({settings['epochs']} epochs max, width {settings['hidden']} × {settings['layers']})"
+    )
+    if trained:
+        budget += f", trained in {trained[-1]['seconds']:.0f} s"
+    lines = [
+        f"Surrogate loop: {budget}; EIG with N = M = {settings['n']}, {fmt(seconds)} s per round.",
+        f"Its own posterior after round {rounds} against the exact posterior of the same "
+        f"outcomes: std ratio {fmt(std_ratio)}, |mean shift| {fmt(shift)} exact stds "
+        f"(means over seeds).",
+    ]
+    if same:
+        lines.append(f"First √s equal to the exact loop's in {sum(same)} of {len(same)} seeds.")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -147,33 +280,78 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--draws", type=int, default=1500, help="posterior draws per round")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument(
+        "--strategies",
+        default=",".join(STRATEGIES),
+        help=f"comma-separated, from {','.join(STRATEGIES)}",
+    )
+    parser.add_argument(
+        "--surrogate",
+        default="rascal",
+        choices=(*RATIO_METHODS, "nle", "scandal"),
+        help="the one-event surrogate of the 'surrogate' strategy",
+    )
+    parser.add_argument("--surrogate-sims", type=int, default=16_000)
+    parser.add_argument("--surrogate-epochs", type=int, default=100)
+    parser.add_argument(
+        "--surrogate-hidden", type=int, default=128, help="width of each hidden layer"
+    )
+    parser.add_argument(
+        "--surrogate-layers",
+        type=int,
+        default=2,
+        help="hidden layers of a ratio MLP, or transforms of a flow",
+    )
+    parser.add_argument(
+        "--surrogate-n", type=int, default=None, help="EIG N = M of the surrogate loop (--n)"
+    )
+    parser.add_argument(
         "--results", default=str(ROOT / "benchmarks/results/active_sciencing.jsonl")
+    )
+    parser.add_argument(
+        "--markdown", default=None, help="also write the tables into this file's block"
     )
     parser.add_argument("--fresh", action="store_true")
     args = parser.parse_args(argv)
+    if args.surrogate_n is None:
+        args.surrogate_n = args.n
+    strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
+    unknown = sorted(set(strategies) - set(STRATEGIES))
+    if unknown:
+        parser.error(f"unknown strategies {unknown}; choose from {list(STRATEGIES)}")
     torch.set_num_threads(args.threads)
     log = JsonLines(args.results)
     if args.fresh and log.path.exists():
         log.path.unlink()
     meta = run_meta("active_sciencing.py", argv, args.threads, "pyro-ppl")
     start = time.perf_counter()
+    settings = surrogate_settings(args)
     done = {
         (r["strategy"], r["seed"])
         for r in log.rows()
-        if "entropy" in r and len(r["std"]) >= args.rounds
+        if "entropy" in r
+        and len(r["std"]) >= args.rounds
+        and (r["strategy"] != "surrogate" or r.get("surrogate") == settings)
     }
+    surrogate = None
     for seed in range(args.seeds):
-        for strategy in STRATEGIES:
+        for strategy in strategies:
             if (strategy, seed) in done:
                 continue
-            row = play(strategy, seed, args)
+            if strategy == "surrogate" and surrogate is None:
+                surrogate = train_surrogate(args, log)
+            row = play(strategy, seed, args, surrogate)
             log.append(row)
             entropy = [round(h, 2) for h in row["entropy"]]
-            print(f"{strategy:7s} seed {seed}: entropy {entropy}", flush=True)
+            print(
+                f"{strategy:9s} seed {seed}: entropy {entropy} "
+                f"({row['seconds']:.0f} s, {statistics.mean(row['round_seconds']):.1f} s/round)",
+                flush=True,
+            )
     meta.update(wall_minutes=(time.perf_counter() - start) / 60, status="")
-    print("\n".join(run_header(meta)))
-    print()
-    print(table(log.rows(), args.rounds))
+    text = "\n".join(run_header(meta)) + "\n\n" + table(log.rows(), args.rounds, settings)
+    print(text)
+    if args.markdown:
+        write_markdown(Path(args.markdown), text, NAME, HEADING)
 
 
 if __name__ == "__main__":

@@ -30,6 +30,20 @@ proposal's marginal, a θ-independent factor).  An NPE would learn the proposal'
 posterior instead and needs the truncated-prior argument of TSNPE (Deistler, Gonçalves &
 Macke 2022): within the box the truncated prior is proportional to the prior.
 
+Experiments of many events.  A surrogate trained on one-event simulations (amortized
+over the design) drives a loop whose experiments record n events each, when the events of
+an experiment are independent and identically distributed given (θ, d) (true of
+`simulators.WeinbergAngle`: each event is one e⁺e⁻ → μ⁺μ⁻ collision).  Then
+p(x_1..n|θ,d) = Π_i p(x_i|θ,d): the belief update treats the n events of an outcome as n
+observations of the per-event term, Σ_i ℓ(x_i|θ,d), and the EIG of a candidate design is
+that of an experiment of n events (outcomes drawn by ``sim``, the per-event term summed
+over their events: `simfer.design.eig` with ``n_events=n``), at N·M·n per-event network
+evaluations per design.  The number of events per outcome is read from the shapes: the
+simulator's x must hold a whole number n of the estimator's x, stacked along its first
+axis (``[100]`` holds 100 events of ``[1]``; `simfer.design.sources.events_per_experiment`).
+Events that share something beyond (θ, d) (a nuisance drawn once per run, a drift over
+the run) are not iid: train the surrogate on whole experiments instead.
+
 A campaign is saved as a folder of JSON and ``.npz`` files (no pickle) and resumed with
 `ExperimentLoop.load`.
 """
@@ -57,6 +71,7 @@ from ..seeding import seeded
 from ..simulator import Simulator
 from .methods import eig
 from .result import EIGResult
+from .sources import events_per_experiment
 
 __all__ = ["ExperimentLoop", "Round"]
 
@@ -109,7 +124,10 @@ class ExperimentLoop:
         prior: p(θ).
         designs: the candidate designs ``[k, design_dim]`` (``[k]`` for one variable).
         estimator: a trained estimator amortized over the design (``design_dim`` ≥ 1),
-            used for the belief update and, through `simfer.design.eig`, for the EIG.
+            used for the belief update and, through `simfer.design.eig`, for the EIG.  It
+            may model one event of an experiment that records n iid events (``sim``'s x
+            holds n of the estimator's x, stacked along the first axis): its per-event
+            term is then summed over each outcome's events (see the module docstring).
         method: the EIG method (default: ``"nmc"`` for exact and NLE loops).
         n_outer: outer Monte-Carlo size of each EIG (see `simfer.design.eig`).
         n_inner: inner Monte-Carlo size of each EIG (see `simfer.design.eig`).
@@ -160,6 +178,7 @@ class ExperimentLoop:
                 f"variables, the simulator has {sim.design_dim}: train it on simulations with "
                 f"a design column"
             )
+        self.n_events = 1 if estimator is None else _events_per_outcome(sim, estimator)
         self.sim = sim
         self.prior = as_prior(prior, sim.theta_dim)
         self.designs = self._as_designs(designs)
@@ -230,18 +249,7 @@ class ExperimentLoop:
         return self._draws
 
     def _update_posterior(self) -> None:
-        x, d = torch.cat(self._x), torch.cat(self._d)
-        if self.estimator is None:
-            posterior = posterior_from_likelihood(
-                self.sim.log_likelihood,
-                self.prior,
-                x,
-                x_shape=tuple(x.shape[1:]),
-                design=d,
-                design_dim=self.sim.design_dim,
-            )
-        else:
-            posterior = self.estimator.posterior(self.prior, x, design=d)
+        posterior = _belief(self.sim, self.prior, self.estimator, self._x, self._d, self.n_events)
         if self.device is not None:
             posterior.to(self.device)
         draws = posterior.sample(
@@ -275,6 +283,8 @@ class ExperimentLoop:
         )
         if self.estimator is None:
             return eig(self.sim, belief, self.designs, **options)
+        if self.n_events > 1:
+            options["n_events"] = self.n_events
         return eig(self.estimator, belief, self.designs, simulator=self.sim, **options)
 
     def suggest(self) -> Tensor:
@@ -349,18 +359,28 @@ class ExperimentLoop:
         n: int,
         *,
         seed: int | None = None,
+        simulator: Simulator | None = None,
         simulate_options: dict[str, Any] | None = None,
     ) -> SimulationData:
         """Simulate ``n`` rows at θ from the prior truncated to the posterior's 99 % box
         and designs uniform over the candidates, refit the estimator on ``data`` plus them
         (same settings; the loop then uses the new fit), update the posterior and return
-        the combined data (see the module docstring for why no correction is needed)."""
+        the combined data (see the module docstring for why no correction is needed).
+        ``simulator`` makes the new rows (default ``sim``); a loop whose estimator models
+        one event of a many-event experiment needs the one-event simulator here."""
         from ..runner import simulate
 
         if self.estimator is None:
             raise SimferError("refine() refits a surrogate; this loop uses the exact likelihood")
         if self._posterior is None:
             raise SimferError("refine() after the first observation: the prior is the belief")
+        if simulator is None and self.n_events > 1:
+            raise SimferError(
+                f"the estimator models one event and each outcome of '{self.sim.name}' holds "
+                f"{self.n_events}: pass refine(..., simulator=) the simulator of one event "
+                f"(the one the estimator was trained on)"
+            )
+        simulator = self.sim if simulator is None else simulator
         low, high = self.posterior_box()
         proposal = TruncatedPrior.box(self.prior, low, high, n_pilot=0)
         options = {"executor": "serial", "progress": self.progress, **(simulate_options or {})}
@@ -369,7 +389,7 @@ class ExperimentLoop:
         if data.has_gold and "gold" not in options:
             options["gold"] = True
         new = simulate(
-            self.sim,
+            simulator,
             proposal,
             n,
             design=Empirical(self.designs),
@@ -422,6 +442,8 @@ class ExperimentLoop:
 
     def __repr__(self) -> str:
         source = "exact likelihood" if self.estimator is None else type(self.estimator).__name__
+        if self.n_events > 1:
+            source += f" summed over {self.n_events} events per outcome"
         return (
             f"ExperimentLoop({self.sim.name}, {self.designs.shape[0]} candidate designs, "
             f"{source}, {self.n_rounds} round(s))"
@@ -514,23 +536,72 @@ class ExperimentLoop:
             for i in range(int(meta["rounds"])):
                 loop._x.append(torch.as_tensor(arrays[f"x_{i}"]))
                 loop._d.append(torch.as_tensor(arrays[f"d_{i}"]))
+            shapes = {tuple(x.shape[1:]) for x in loop._x}
+            if sim.x_shape is not None and shapes - {tuple(sim.x_shape)}:
+                raise SimferError(
+                    f"the campaign's outcomes have shape {[list(s) for s in shapes]} and an "
+                    f"outcome of the simulator it is resumed with has {list(sim.x_shape)} (a "
+                    f"simulator rebuilt with its defaults may record another number of "
+                    f"events): pass sim= to ExperimentLoop.load"
+                )
             if "draws" in arrays:
                 loop._draws = torch.as_tensor(arrays["draws"])
         loop.history = [Round.from_dict(r) for r in meta["history"]]
         if loop._x:
-            x, d = torch.cat(loop._x), torch.cat(loop._d)
-            if estimator is None:
-                loop._posterior = posterior_from_likelihood(
-                    sim.log_likelihood,
-                    loop.prior,
-                    x,
-                    x_shape=tuple(x.shape[1:]),
-                    design=d,
-                    design_dim=sim.design_dim,
-                )
-            else:
-                loop._posterior = estimator.posterior(loop.prior, x, design=d)
+            loop._posterior = _belief(sim, loop.prior, estimator, loop._x, loop._d, loop.n_events)
         return loop
+
+
+def _events_per_outcome(sim: Simulator, estimator: Any) -> int:
+    """The events of the estimator's x in one outcome of ``sim`` (1 when the shapes are
+    equal), or a `ShapeError` saying why they do not fit."""
+    dims = getattr(estimator, "dims", None)
+    if dims is None:  # not fitted: eig() says so
+        return 1
+    held = events_per_experiment(sim.x_shape, dims.x_shape)
+    if held is None:
+        raise ShapeError(
+            f"the estimator models x of shape {list(dims.x_shape)} and an outcome of "
+            f"'{sim.name}' has shape {list(sim.x_shape) if sim.x_shape else sim.x_shape}, "
+            f"which is no whole number of such events stacked along the first axis (an "
+            f"outcome [n·k] or [n, k] for events [k]). Train the estimator on simulations "
+            f"of one event of this experiment (e.g. the same simulator with one event), or "
+            f"of the whole experiment"
+        )
+    if held > 1 and (dims.is_set or dims.embedding):
+        raise ShapeError(
+            f"an outcome of '{sim.name}' holds {held} events of the estimator's x, but the "
+            f"estimator {'takes set-valued x' if dims.is_set else 'models an embedding summary'}"
+            f": its per-event term cannot be summed over events; train it on whole outcomes"
+        )
+    return held
+
+
+def _belief(
+    sim: Simulator,
+    prior: Distribution,
+    estimator: Any,
+    outcomes: list[Tensor],
+    designs: list[Tensor],
+    n_events: int,
+) -> Posterior:
+    """p(θ | every outcome): from the exact likelihood, or from the estimator's per-event
+    term with each outcome ``[m, *x_shape]`` split into its ``n_events`` events (one
+    observation each, at its outcome's design)."""
+    x, d = torch.cat(outcomes), torch.cat(designs)
+    if estimator is None:
+        return posterior_from_likelihood(
+            sim.log_likelihood,
+            prior,
+            x,
+            x_shape=tuple(x.shape[1:]),
+            design=d,
+            design_dim=sim.design_dim,
+        )
+    if n_events > 1:
+        x = x.reshape(x.shape[0] * n_events, *estimator.dims.x_shape)
+        d = d.repeat_interleave(n_events, 0)
+    return estimator.posterior(prior, x, design=d)
 
 
 def _simulator_from_target(target: str) -> Simulator:

@@ -19,6 +19,12 @@ fisher     score (SALLY)          ½ log det(I + n Σθ F(d)) (= EIG if linear- 
                                   Gaussian)
 =========  =====================  ==========================================  =============
 
+An experiment of ``n_events`` events iid given (θ, d) enters a row as its ``events`` field
+says: NMC, PCE and InfoNCE sum the per-event log-likelihood (or log ratio) over the events
+of each outer x (`simfer.design.sources.experiment_model`), so a surrogate trained on
+one-event simulations gives the EIG of an experiment of many; Fisher scales its
+criterion; NWJ and BA take one event.
+
 A new estimator is one new row (and, for a new kind of source, one line in
 `simfer.design.sources.ESTIMATOR_KINDS`); nothing else changes.  The maths of each row
 is in its module: `nmc`, `contrastive`, `barber_agakov`, `fisher`.
@@ -56,9 +62,11 @@ from .nmc import contrastive_monte_carlo, nested_terms
 from .result import EIGResult
 from .sources import (
     Source,
+    experiment_model,
     likelihood_model,
     ratio_model,
     resolve_source,
+    source_kind,
     surrogate_likelihood_model,
 )
 
@@ -81,13 +89,17 @@ class _Options:
 
 @dataclass(frozen=True)
 class Method:
-    """One row of the method table: the source kinds it accepts and how it runs
-    ``(source, prior, designs [k, D], options) -> EIGResult``."""
+    """One row of the method table: the source kinds it accepts, how it runs
+    ``(source, prior, designs [k, D], options) -> EIGResult``, and how an experiment of
+    ``n_events`` iid events enters it: ``"sum"`` (each outer x holds n events and the
+    per-event log-likelihood or log ratio is summed over them), ``"criterion"`` (the
+    method's formula takes n itself), or the reason it takes one event only."""
 
     name: str
     sources: frozenset[str]
     run: Callable[[Source, Distribution, Tensor, _Options], EIGResult]
     summary: str
+    events: str = "sum"
 
 
 def eig(
@@ -144,15 +156,23 @@ def eig(
             for a precision far below the Monte-Carlo error). Sums are kept in float64.
         fisher: for ``"fisher"``, where x is drawn to estimate F(d): ``"reference"`` (at
             the score estimator's θ_ref) or ``"prior"`` (at prior draws, two x each).
-        n_events: for ``"fisher"``, iid observations per experiment: the criterion is
-            ½ log det(I + n_events Σ_θ F(d)).
+        n_events: events per experiment, independent and identically distributed given
+            (θ, d).  For ``"nmc"``, ``"pce"`` and ``"infonce"`` each outer x_n is an
+            experiment of n_events events and the per-event log-likelihood (or log ratio)
+            is summed over them, log p(x_n|θ,d) = Σ_i log p(x_ni|θ,d): a surrogate
+            trained on one-event simulations then gives the EIG of the whole experiment.
+            ``simulator=`` draws one event per row (n rows per experiment) or all n
+            stacked along its first axis (``WeinbergAngle(n_events=n)`` against an
+            estimator trained on ``WeinbergAngle(n_events=1)``); for a simulator with an
+            exact likelihood, an experiment is n_events runs of it.  The cost is N·M·n
+            per-event evaluations per design.  For ``"fisher"``: the criterion is
+            ½ log det(I + n_events Σ_θ F(d)) (x from a one-event simulator).
         progress: a progress bar over the chunks.
 
     Returns:
         An `EIGResult`.
     """
-    source = resolve_source(source, simulator)
-    kind = source.kind
+    kind = source_kind(source)
     name = DEFAULT_METHOD[kind] if method is None else str(method).lower()
     name = ALIASES.get(name, name)
     if name not in METHODS:
@@ -161,9 +181,15 @@ def eig(
     if kind not in METHODS[name].sources:
         usable = sorted(m for m, row in METHODS.items() if kind in row.sources)
         raise ValueError(
-            f"method {name!r} does not apply to a {kind} source ({source.name}); use one of "
-            f"{usable}"
+            f"method {name!r} does not apply to a {kind} source ({type(source).__name__}); "
+            f"use one of {usable}"
         )
+    if isinstance(n_events, bool) or not isinstance(n_events, int) or n_events < 1:
+        raise ValueError(f"n_events must be an int ≥ 1, got {n_events!r}")
+    events = METHODS[name].events
+    if n_events != 1 and events not in ("sum", "criterion"):
+        raise ValueError(f"n_events = {n_events} does not apply to method {name!r}: {events}")
+    source = resolve_source(source, simulator, n_events if events == "sum" else 1)
     for label, value, least in (("n_outer", n_outer, 2), ("n_inner", n_inner, 1)):
         if isinstance(value, bool) or not isinstance(value, int) or value < least:
             raise ValueError(f"{label} must be an int ≥ {least}, got {value!r}")
@@ -171,13 +197,6 @@ def eig(
         raise ValueError(f"max_memory must be a positive int (elements), got {max_memory!r}")
     if fisher not in FISHER_MODES:
         raise ValueError(f"fisher must be one of {FISHER_MODES}, got {fisher!r}")
-    if isinstance(n_events, bool) or not isinstance(n_events, int) or n_events < 1:
-        raise ValueError(f"n_events must be an int ≥ 1, got {n_events!r}")
-    if n_events != 1 and name != "fisher":
-        raise ValueError(
-            f"n_events applies to method='fisher' only; for {name!r} simulate the whole "
-            f"experiment (all its events) as one x"
-        )
     if device is None:
         device = source.model.device if kind != "likelihood" else "cpu"
     options = _Options(
@@ -301,8 +320,9 @@ def _nested(report: str) -> Callable[[Source, Distribution, Tensor, _Options], E
         else:
             model = surrogate_likelihood_model(source)
             notes = [_nle_note(source)]
+        notes += _events_note(source)
         estimate = contrastive_monte_carlo(
-            model,
+            experiment_model(model, source),
             designs,
             draws.outer,
             draws.inner,
@@ -336,6 +356,17 @@ def _nle_note(source: Source) -> str:
     )
 
 
+def _events_note(source: Source) -> list[str]:
+    n = source.n_events
+    if n == 1:
+        return []
+    return [
+        f"each outcome is an experiment of {n} events, its log-likelihood the per-event "
+        f"term summed over them (exact when the events are iid given θ and d): "
+        f"N·M·{n} per-event evaluations per design"
+    ]
+
+
 # -- InfoNCE and NWJ: a ratio estimator ------------------------------------------------------
 def _contrastive(report: str) -> Callable[[Source, Distribution, Tensor, _Options], EIGResult]:
     """InfoNCE (and, for ``report == "nwj"``, NWJ) on the ratio matrix, with the nested
@@ -356,7 +387,7 @@ def _contrastive(report: str) -> Callable[[Source, Distribution, Tensor, _Option
         reference = "marginal" if marginal else list(estimator.dims.theta_ref)
         draws = _draws(source, prior, k, o, inner=True)
         estimate = contrastive_monte_carlo(
-            ratio_model(source, reference),
+            experiment_model(ratio_model(source, reference), source),
             designs,
             draws.outer,
             draws.inner,
@@ -376,6 +407,7 @@ def _contrastive(report: str) -> Callable[[Source, Distribution, Tensor, _Option
             f"bound on the simulator's EIG for any critic; upper is the nested estimate on "
             f"the same ratio matrix (an estimate, not a bound)"
         ]
+        notes += _events_note(source)
         notes += _dropped_note(estimate.dropped, designs, o.n_outer, "a log ratio of ±inf or NaN")
         notes += _saturation_note(infonce, estimate.stderr[0], o.n_inner, designs, "InfoNCE")
         return _result(designs, chosen, stderr, chosen, nested, report, o, notes)
@@ -523,18 +555,25 @@ METHODS: dict[str, Method] = {
         frozenset({"ratio"}),
         _contrastive("nwj"),
         "NWJ on an NRE/BNRE's marginal ratio: a lower bound, not capped, higher variance",
+        events="NWJ needs the marginal ratio p(x|θ,d)/p(x|d) of the whole experiment, and "
+        "the per-event ratios' product is not that ratio (the events are not independent "
+        "under p(x|d)); use method='infonce', which takes any critic",
     ),
     "ba": Method(
         "ba",
         frozenset({"posterior"}),
         _barber_agakov,
         "Barber–Agakov on a posterior estimator: E[log q(θ|x,d) − log p(θ)], a lower bound",
+        events="a posterior estimator's q(θ|x,d) of one event does not combine over events; "
+        "train it on simulations of the whole experiment, or use a likelihood or ratio "
+        "estimator",
     ),
     "fisher": Method(
         "fisher",
         frozenset({"score"}),
         _fisher,
         "½ log det(I + n Σθ F(d)) from SALLY's Fisher information: the EIG if linear-Gaussian",
+        events="criterion",
     ),
 }
 #: Other names of methods.

@@ -49,6 +49,12 @@ likelihood block fits ``max_memory`` elements (chunks over outer samples when a
 single design does not fit), never one Python iteration per (design, sample) — x is
 drawn once per design (the common random numbers need one seed per draw), and
 `evaluate_rows` evaluates the gathered rows of all designs of a chunk in large batches.
+
+An experiment of n events iid given (θ, d) has log p(x|θ,d) = Σ_i log p(x_i|θ,d):
+`sum_over_events` turns a per-event log-likelihood into that of the experiment, one call
+on all B·n events of B rows (x ``[B, n, *event_shape]``), so the matrix costs N·M·n
+per-event evaluations in the same large batches (the row batch shrinks by n, the events
+per call stay the same).
 """
 
 from __future__ import annotations
@@ -75,6 +81,7 @@ __all__ = [
     "nested_terms_from_logsumexp",
     "row_batch",
     "sample_outer",
+    "sum_over_events",
 ]
 
 _BLOCK = 2**18  # elements of one likelihood block: ~1-2 MB, cache-sized
@@ -85,6 +92,32 @@ Sampler = Callable[[Tensor, Tensor, int], Tensor]
 Terms = Callable[..., tuple[Tensor, ...]]
 
 
+def sum_over_events(log_likelihood: LogLikelihood, n_events: int) -> LogLikelihood:
+    """The log-likelihood of an experiment of ``n_events`` events, iid given (θ, d), from the
+    per-event ``log_likelihood``: Σ_i log p(x_i|θ,d).
+
+    The returned function takes x ``[B, n_events, *event_shape]``, θ ``[B, p]`` and design
+    ``[B, D]`` and returns ``[B]``; it evaluates all B·n_events events in one call of
+    ``log_likelihood`` (θ and d repeated per event), then sums each row's events."""
+
+    def total(x: Tensor, theta: Tensor, design: Tensor) -> Tensor:
+        rows = x.shape[0]
+        if x.ndim < 2 or x.shape[1] != n_events:
+            raise ValueError(
+                f"an experiment holds {n_events} events: x must be [rows, {n_events}, "
+                f"*event_shape], got {list(x.shape)}"
+            )
+        events = x.reshape(rows * n_events, *x.shape[2:])
+        value = log_likelihood(
+            events,
+            theta.repeat_interleave(n_events, 0),
+            design.repeat_interleave(n_events, 0),
+        )
+        return _checked(value, (rows * n_events,), "log_likelihood").reshape(rows, n_events).sum(1)
+
+    return total
+
+
 @dataclass
 class LikelihoodModel:
     """What the nested estimators need of a source: a likelihood and a sampler of x.
@@ -93,7 +126,8 @@ class LikelihoodModel:
         log_likelihood: ``(x [B, *x_shape], theta [B, p], design [B, D]) -> [B]``,
             log p(x|θ,d) row by row (exact, or a trained surrogate's).
         sample: ``(theta [N, p], design [D], seed) -> x [N, *x_shape]``: x ~ p(x|θ,d),
-            reproducible from the int ``seed``.  The same seed at two designs must
+            reproducible from the int ``seed`` (for an experiment of n events summed by
+            `sum_over_events`, x is ``[N, n, *event_shape]``).  The same seed at two designs must
             draw from the same base randomness (the common random numbers).
         pairwise: optional fast path, ``(x [c, N, *x_shape], theta [c, M, p],
             design [c, D]) -> [c, N, M]`` = log p(x_jn|θ_jm,d_j) for every pair; built

@@ -30,6 +30,20 @@ which is then used instead of N·M row-wise evaluations (`simulators.LinearGauss
 does, with one batched matrix product).  `surrogate_likelihood_model` does the same for
 an NLE (its ``log_prob(x=, theta=, design=)`` as the log-likelihood) and `ratio_model`
 for a ratio estimator (its log r̂(x|θ, θ_1, d), a log-likelihood up to a function of x).
+
+Experiments of many events.  A surrogate trained on one-event simulations gives the EIG
+of an experiment that records n events when the events are independent and identically
+distributed given (θ, d): then p(x_1..n|θ,d) = Π_i p(x_i|θ,d), and the experiment's
+log-likelihood (or log ratio) is the per-event one summed over its events.  With
+``n_events = n`` (`resolve_source`) the outer x of a surrogate source is an experiment of
+n events: n rows of a one-event ``simulator=`` (or of the NLE itself), or one row of a
+simulator whose x holds the n events stacked along its first axis
+(`events_per_experiment`: ``WeinbergAngle(n_events=100)`` holds 100 events of
+``WeinbergAngle(n_events=1)``'s); `experiment_model` sums the per-event term over them
+(`simfer.design.nmc.sum_over_events`).  For a simulator with an exact likelihood, n_events
+means n independent runs of it.  Events that are not independent given (θ, d) (a shared
+nuisance, a detector drift over the run) break this: simulate the whole experiment and
+train on it instead.
 """
 
 from __future__ import annotations
@@ -54,11 +68,13 @@ from ..estimators import (
     ScoreEstimator,
 )
 from ..simulator import Simulator
-from .nmc import LikelihoodModel, Sampler
+from .nmc import LikelihoodModel, Sampler, sum_over_events
 
 __all__ = [
     "ESTIMATOR_KINDS",
     "Source",
+    "events_per_experiment",
+    "experiment_model",
     "likelihood_model",
     "ratio_model",
     "resolve_source",
@@ -87,6 +103,10 @@ class Source:
         simulator: the simulator the outer x are drawn from; None when an NLE draws them.
         theta_dim, design_dim: the shapes every θ and design is checked against.
         name: for messages.
+        n_events: events per experiment (iid given θ and d); each outer x holds n_events
+            events of ``event_shape`` and the per-event term is summed over them.
+        event_shape: the shape of one event (the estimator's x, or the simulator's for a
+            likelihood source); None when unknown (set-valued x).
     """
 
     kind: str
@@ -95,24 +115,44 @@ class Source:
     theta_dim: int
     design_dim: int
     name: str
+    n_events: int = 1
+    event_shape: tuple[int | None, ...] | None = None
 
     @property
     def x_from(self) -> str:
         """Where the outer x come from, in words."""
         if self.simulator is None:
-            return f"the surrogate q(x|θ,d) of {self.name}"
-        return f"simulator '{self.simulator.name}'"
+            where = f"the surrogate q(x|θ,d) of {self.name}"
+        else:
+            where = f"simulator '{self.simulator.name}'"
+        if self.n_events == 1:
+            return where
+        return f"{where}, {self.n_events} events per experiment"
 
     def sampler(self) -> Sampler:
-        """``(theta [N, p], design [D], seed) -> x [N, *x_shape]``, x ~ p(x|θ,d), from the
-        simulator or (an NLE without a simulator) from the surrogate; the same seed at two
-        designs draws from the same base randomness (the common random numbers)."""
+        """``(theta [N, p], design [D], seed) -> x``, x ~ p(x|θ,d), from the simulator or
+        (an NLE without a simulator) from the surrogate; the same seed at two designs draws
+        from the same base randomness (the common random numbers).  x is ``[N, *x_shape]``
+        for one event per experiment, ``[N, n_events, *event_shape]`` for n_events."""
+        n = self.n_events
         if self.simulator is not None:
-            return simulator_sampler(self.simulator)
+            draw = simulator_sampler(self.simulator)
+            if n == 1:
+                return draw
+            event_shape = tuple(self.event_shape)
+            # one row of the simulator holds 1 event (n rows per experiment) or all n
+            repeats = n // events_per_experiment(self.simulator.x_shape, event_shape)
+
+            def experiments(theta: Tensor, design: Tensor, seed: int) -> Tensor:
+                rows = theta.repeat_interleave(repeats, 0) if repeats > 1 else theta
+                return draw(rows, design, seed).reshape(theta.shape[0], n, *event_shape)
+
+            return experiments
         estimator = self.model
 
         def sample(theta: Tensor, design: Tensor, seed: int) -> Tensor:
-            return estimator.sample(1, theta=theta, design=design, seed=seed)[:, 0]
+            x = estimator.sample(n, theta=theta, design=design, seed=seed)  # [N, n, *x_shape]
+            return x[:, 0] if n == 1 else x
 
         return sample
 
@@ -200,8 +240,50 @@ def source_kind(source: Any) -> str:
     )
 
 
-def resolve_source(source: Any, simulator: Simulator | None = None) -> Source:
-    """Classify ``source`` and check ``simulator`` (where the outer x come from) against it."""
+def events_per_experiment(
+    experiment_shape: tuple[int | None, ...] | None, event_shape: tuple[int | None, ...] | None
+) -> int | None:
+    """How many events of ``event_shape`` one x of ``experiment_shape`` holds, stacked along
+    its first axis: 1 when the shapes are equal, n for ``(n, *event_shape)`` or for
+    ``(n · e_0, *event_shape[1:])`` (``(100,)`` holds 100 events of ``(1,)``); None when it
+    is no whole number of them, or a shape is unknown (set-valued x)."""
+    if experiment_shape is None or event_shape is None:
+        return None
+    outer, inner = tuple(experiment_shape), tuple(event_shape)
+    if None in outer or None in inner or not inner:
+        return 1 if outer == inner else None
+    if outer == inner:
+        return 1
+    if len(outer) == len(inner) + 1 and outer[1:] == inner and outer[0] >= 1:
+        return outer[0]
+    if len(outer) == len(inner) and outer[1:] == inner[1:] and outer[0] % inner[0] == 0:
+        return outer[0] // inner[0]
+    return None
+
+
+def experiment_model(model: LikelihoodModel, source: Source) -> LikelihoodModel:
+    """``model`` (per-event log-likelihood) for an experiment of ``source.n_events`` events
+    iid given (θ, d): the per-event term summed over each x's events
+    (`simfer.design.nmc.sum_over_events`), outer x drawn by ``source.sampler()``.  The
+    model itself when there is one event per experiment."""
+    n = source.n_events
+    if n == 1:
+        return model
+    return LikelihoodModel(
+        sum_over_events(model.log_likelihood, n),
+        source.sampler(),
+        pairwise=None,  # a per-event pairwise path does not see the events
+        name=f"{model.name}, {n} iid events per experiment",
+    )
+
+
+def resolve_source(source: Any, simulator: Simulator | None = None, n_events: int = 1) -> Source:
+    """Classify ``source`` and check ``simulator`` (where the outer x come from) against it.
+
+    With ``n_events > 1`` each outer x is an experiment of that many events iid given
+    (θ, d) (see the module docstring): a surrogate's ``simulator=`` must then draw one
+    event per row (the estimator's x shape) or the n events stacked
+    (`events_per_experiment`)."""
     kind = source_kind(source)
     if kind == "likelihood":
         if simulator is not None and simulator is not source:
@@ -209,8 +291,20 @@ def resolve_source(source: Any, simulator: Simulator | None = None) -> Source:
                 f"simulator= is for trained estimators (it draws their outer x); the source "
                 f"'{source.name}' is itself a simulator with an exact likelihood"
             )
+        if n_events > 1 and source.x_shape is None:
+            raise ShapeError(
+                f"simulator '{source.name}' has set-valued x of no fixed shape: n_events "
+                f"needs x as one tensor; simulate the whole experiment as one x instead"
+            )
         return Source(
-            kind, source, source, source.theta_dim, source.design_dim, f"simulator '{source.name}'"
+            kind,
+            source,
+            source,
+            source.theta_dim,
+            source.design_dim,
+            f"simulator '{source.name}'",
+            n_events,
+            None if source.x_shape is None else tuple(source.x_shape),
         )
     name = type(source).__name__
     why = next(reason for cls, k, reason in ESTIMATOR_KINDS if k == kind)
@@ -223,6 +317,12 @@ def resolve_source(source: Any, simulator: Simulator | None = None) -> Source:
             f"same θ, x and design shapes; it needs no likelihood)"
         )
     dims = source.dims
+    if n_events > 1 and (dims.is_set or dims.embedding):
+        raise ShapeError(
+            f"n_events sums the per-event term of a {name} over the events of an "
+            f"experiment, which needs each event as a fixed-shape tensor; this one "
+            f"{'takes set-valued x' if dims.is_set else 'models a summary s(x) of its embedding'}"
+        )
     if simulator is not None:
         if not isinstance(simulator, Simulator):
             got = type(simulator).__name__
@@ -232,20 +332,48 @@ def resolve_source(source: Any, simulator: Simulator | None = None) -> Source:
             for label, mine, theirs in (
                 ("theta_dim", dims.theta_dim, simulator.theta_dim),
                 ("design_dim", dims.design_dim, simulator.design_dim),
-                (
-                    "x_shape",
-                    list(dims.x_shape),
-                    list(simulator.x_shape) if simulator.x_shape is not None else None,
-                ),
             )
             if theirs is not None and mine != theirs
         ]
+        mismatches += _x_shape_mismatch(simulator, dims.x_shape, n_events)
         if mismatches:
             raise ShapeError(
                 f"simulator '{simulator.name}' does not match the {name} "
                 f"(estimator vs simulator: {'; '.join(mismatches)})"
             )
-    return Source(kind, source, simulator, dims.theta_dim, dims.design_dim, name)
+    return Source(
+        kind,
+        source,
+        simulator,
+        dims.theta_dim,
+        dims.design_dim,
+        name,
+        n_events,
+        tuple(dims.x_shape),
+    )
+
+
+def _x_shape_mismatch(simulator: Simulator, event_shape: tuple, n_events: int) -> list[str]:
+    """Why ``simulator``'s x is not one event of ``event_shape`` (one event per row) or,
+    for ``n_events > 1``, the n_events events stacked; empty when it is."""
+    theirs = simulator.x_shape
+    if theirs is None:
+        if n_events > 1:
+            return [f"x_shape {list(event_shape)} vs set-valued x (n_events needs a fixed shape)"]
+        return []
+    held = events_per_experiment(theirs, event_shape)
+    if held == 1 or (held == n_events and n_events > 1):
+        return []
+    shapes = f"x_shape {list(event_shape)} vs {list(theirs)}"
+    if held is None:
+        return [shapes]
+    if n_events == 1:
+        return [
+            f"{shapes}: the simulator's x holds {held} events of the estimator's x; pass "
+            f"n_events={held} to sum the per-event term over them (exact when the events "
+            f"are iid given θ and d)"
+        ]
+    return [f"{shapes}: the simulator's x holds {held} events, not n_events = {n_events}"]
 
 
 def simulator_sampler(simulator: Simulator) -> Sampler:
