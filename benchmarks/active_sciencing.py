@@ -8,7 +8,7 @@ U(0.15, 0.35)) is updated.  Strategies:
 * ``eig``: `simfer.ExperimentLoop` with the exact likelihood: √s with the largest EIG under
   the current posterior (nested Monte Carlo, N = M = ``--n``);
 * ``surrogate``: the same loop with a surrogate of ONE event amortized over √s (``--surrogate``:
-  a ratio estimator, RASCAL or ALICES, or a likelihood flow, NLE or SCANDAL), trained once up
+  ALICES by default, or RASCAL, or a likelihood flow, NLE or SCANDAL), trained once up
   front on ``--surrogate-sims`` one-event simulations (√s drawn from the candidates) and
   saved next to the results; each experiment's 100 events enter the belief and the EIG as
   the per-event term summed over them (exact for iid events), N = M = ``--surrogate-n``;
@@ -80,12 +80,17 @@ def surrogate_settings(args) -> dict:
     }
 
 
+def surrogate_paths(args) -> tuple[Path, Path]:
+    """The surrogate's model file and the JSON of the training settings it was made with."""
+    path = Path(args.results).with_suffix(".surrogate.pt")
+    return path, path.with_suffix(".json")
+
+
 def train_surrogate(args, log: JsonLines):
     """The one-event surrogate amortized over the candidate √s: loaded from its model file
     when one with the same settings was trained before, else trained (and timed) now."""
-    settings = surrogate_settings(args)
-    path = Path(args.results).with_suffix(".surrogate.pt")
-    stamp = path.with_suffix(".json")
+    settings = {k: v for k, v in surrogate_settings(args).items() if k != "n"}
+    path, stamp = surrogate_paths(args)
     if path.exists() and stamp.exists() and json.loads(stamp.read_text()) == settings:
         print(f"surrogate: reusing {path}", flush=True)
         return simfer.load(path)
@@ -122,7 +127,7 @@ def train_surrogate(args, log: JsonLines):
     estimator.save(path)
     stamp.write_text(json.dumps(settings))
     epochs = len(estimator.history.train_loss)
-    log.append({"kind": "surrogate", "settings": settings, "seconds": seconds, "epochs": epochs})
+    log.append({"kind": "surrogate", "training": settings, "seconds": seconds, "epochs": epochs})
     print(
         f"surrogate: {args.surrogate} on {args.surrogate_sims} one-event simulations, "
         f"{epochs} epochs, {seconds:.0f} s (simulation {simulated:.1f} s)",
@@ -206,6 +211,7 @@ def _row(rows: list[dict], strategy: str, key: str, rounds: int) -> str:
 
 def table(rows: list[dict], rounds: int, settings: dict | None = None) -> str:
     """The markdown tables; surrogate cells only of the surrogate ``settings``."""
+    trainings = [r for r in rows if r.get("kind") == "surrogate"]
     rows = [
         r
         for r in rows
@@ -227,18 +233,24 @@ def table(rows: list[dict], rounds: int, settings: dict | None = None) -> str:
     for strategy in STRATEGIES:
         mine = [r for r in rows if r["strategy"] == strategy and len(r["std"]) >= rounds]
         if mine:
-            bias = statistics.mean(abs(row["mean"][rounds - 1] - TRUTH) for row in mine)
+            bias = statistics.mean(
+                abs(row.get("exact_mean", row["mean"])[rounds - 1] - TRUTH) for row in mine
+            )
             errors.append(f"{strategy} {fmt(bias)}")
-    lines.append("Mean |posterior mean − truth| after the last round: " + ", ".join(errors) + ".")
+    lines.append(
+        "Mean |exact posterior mean − truth| after the last round: " + ", ".join(errors) + "."
+    )
     chosen = [r["designs"] for r in rows if r["strategy"] == "eig"]
     if chosen:
         first = statistics.mean(d[0] for d in chosen)
         lines.append(f"The EIG loop's first √s: {fmt(first)} GeV on average.")
-    lines += _surrogate_lines(rows, rounds, settings)
+    lines += _surrogate_lines(rows, rounds, settings, trainings)
     return "\n".join(lines)
 
 
-def _surrogate_lines(rows: list[dict], rounds: int, settings: dict | None) -> list[str]:
+def _surrogate_lines(
+    rows: list[dict], rounds: int, settings: dict | None, trainings: list[dict]
+) -> list[str]:
     """The surrogate's own posterior against the exact one on its outcomes, how often it
     picked the exact loop's √s, and its costs."""
     mine = [r for r in rows if r["strategy"] == "surrogate" and len(r["std"]) >= rounds]
@@ -252,7 +264,8 @@ def _surrogate_lines(rows: list[dict], rounds: int, settings: dict | None) -> li
     exact = {r["seed"]: r["designs"] for r in rows if r["strategy"] == "eig"}
     same = [r["designs"][0] == exact[r["seed"]][0] for r in mine if r["seed"] in exact]
     seconds = statistics.mean(s for r in mine for s in r["round_seconds"])
-    trained = [r for r in rows if r.get("kind") == "surrogate" and r.get("settings") == settings]
+    training = {k: v for k, v in settings.items() if k != "n"}
+    trained = [r for r in trainings if r.get("training") == training]
     budget = (
         f"{settings['method']} on {settings['sims']} one-event simulations "
         f"({settings['epochs']} epochs max, width {settings['hidden']} × {settings['layers']})"
@@ -286,7 +299,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument(
         "--surrogate",
-        default="rascal",
+        default="alices",
         choices=(*RATIO_METHODS, "nle", "scandal"),
         help="the one-event surrogate of the 'surrogate' strategy",
     )
@@ -320,8 +333,9 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"unknown strategies {unknown}; choose from {list(STRATEGIES)}")
     torch.set_num_threads(args.threads)
     log = JsonLines(args.results)
-    if args.fresh and log.path.exists():
-        log.path.unlink()
+    if args.fresh:
+        for path in (log.path, *surrogate_paths(args)):
+            path.unlink(missing_ok=True)
     meta = run_meta("active_sciencing.py", argv, args.threads, "pyro-ppl")
     start = time.perf_counter()
     settings = surrogate_settings(args)
