@@ -181,8 +181,8 @@ def eig(
     if kind not in METHODS[name].sources:
         usable = sorted(m for m, row in METHODS.items() if kind in row.sources)
         raise ValueError(
-            f"method {name!r} does not apply to a {kind} source ({type(source).__name__}); "
-            f"use one of {usable}"
+            f"method {name!r} does not apply to a {kind} source ({_name(source)}); use one "
+            f"of {usable}"
         )
     if isinstance(n_events, bool) or not isinstance(n_events, int) or n_events < 1:
         raise ValueError(f"n_events must be an int ≥ 1, got {n_events!r}")
@@ -215,6 +215,12 @@ def eig(
     designs = source.check_designs(designs, options.device, options.dtype)
     with torch.no_grad():
         return METHODS[name].run(source, prior, designs, options)
+
+
+def _name(source: Any) -> str:
+    if isinstance(source, Simulator):
+        return f"simulator '{source.name}'"
+    return type(source).__name__
 
 
 # -- shared randomness ---------------------------------------------------------------------
