@@ -400,8 +400,8 @@ def test_surrogate_errors_are_clear(nle, nre, npe, sally):
         eig(npe, PRIOR, GRID, method="fisher", simulator=SENSOR, progress=False)
     with pytest.raises(ShapeError, match="theta_dim 2 vs 3"):
         eig(nre, PRIOR, GRID, simulator=simulators.GaussianLinear(dim=3), progress=False)
-    with pytest.raises(ValueError, match="n_events applies to method='fisher'"):
-        eig(nle, PRIOR, GRID, n_events=3, progress=False)
+    with pytest.raises(ValueError, match="does not apply to method 'ba'"):
+        eig(npe, PRIOR, GRID, simulator=SENSOR, n_events=3, progress=False)
     with pytest.raises(ValueError, match="fisher must be one of"):
         eig(sally, PRIOR, GRID, simulator=SENSOR, fisher="posterior", progress=False)
     with pytest.raises(SimferError, match="not trained yet"):
