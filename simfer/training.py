@@ -59,6 +59,13 @@ class TrainingConfig:
     estimated as `simfer.streaming.TRAINING_MEMORY_FACTOR` times the table; a larger store
     is streamed a buffer at a time (`simfer.streaming`).  None: half the machine's memory;
     0: always stream.  A `SimulationData` is in memory already and never streamed.
+
+    ``schedule``: the learning rate's.  ``"cosine"`` anneals it to 0 over ``max_epochs``.
+    ``"plateau"`` halves it whenever the validation loss (the mean over ensemble members)
+    has not improved for ``max(1, patience // 4)`` epochs, down to 10⁻³ of its start: the
+    learning rate falls when the data say the fit has stalled, not on a clock set by
+    ``max_epochs``, so a fit that stops early still ends at a small learning rate.  Early
+    stopping is the same for both: ``patience`` epochs without a better validation loss.
     """
 
     max_epochs: int = 200
@@ -73,16 +80,40 @@ class TrainingConfig:
     checkpoint: str | None = None
     progress: bool = True
     max_memory: int | None = None
+    schedule: str = "cosine"
+
+    def __post_init__(self):
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {list(SCHEDULES)}, got {self.schedule!r}")
+
+
+#: The learning-rate schedules of `TrainingConfig.schedule`.
+SCHEDULES = ("cosine", "plateau")
+#: ``"plateau"``: the factor of each cut and the floor, relative to the starting rate.
+PLATEAU_FACTOR, PLATEAU_FLOOR = 0.5, 1e-3
+
+
+def _scheduler(optimizer: torch.optim.Optimizer, config: TrainingConfig):
+    if config.schedule == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer,
+            factor=PLATEAU_FACTOR,
+            patience=max(1, config.patience // 4),
+            min_lr=config.learning_rate * PLATEAU_FLOOR,
+        )
+    return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.max_epochs)
 
 
 @dataclass
 class TrainingHistory:
-    """Per-epoch mean losses of every member, ``[epochs][E]``, and each member's best epoch."""
+    """Per-epoch mean losses of every member, ``[epochs][E]``, each member's best epoch, and
+    the learning rate of each epoch ``[epochs]``."""
 
     train_loss: list[list[float]] = field(default_factory=list)
     validation_loss: list[list[float]] = field(default_factory=list)
     best_epoch: list[int] = field(default_factory=list)
     best_validation_loss: list[float] = field(default_factory=list)
+    learning_rate: list[float] = field(default_factory=list)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -218,7 +249,7 @@ def fit_network(
 
     parameters = [p for p in network.parameters() if p.requires_grad]
     optimizer = _adam(parameters, config)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.max_epochs)
+    scheduler = _scheduler(optimizer, config)
     history = TrainingHistory(
         best_epoch=[-1] * n_members, best_validation_loss=[math.inf] * n_members
     )
@@ -254,6 +285,7 @@ def fit_network(
         if _patience_exhausted(history, epoch, config.patience):
             break
         network.train()
+        history.learning_rate.append(optimizer.param_groups[0]["lr"])
         running = torch.zeros(n_members, device=device)
         seen = 0
         for batch, size in source.training_batches(epoch):
@@ -265,9 +297,12 @@ def fit_network(
             optimizer.step()
             running += losses.detach() * size
             seen += size
-        scheduler.step()
+        if config.schedule == "cosine":
+            scheduler.step()
         network.eval()
         validation = _mean_loss(network, loss_fn, source.validation_batches(), n_members, device)
+        if config.schedule == "plateau":
+            scheduler.step(float(validation.mean()))
         train_loss = (running / seen).tolist()
         history.train_loss.append(train_loss)
         history.validation_loss.append(validation.tolist())

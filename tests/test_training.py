@@ -1,5 +1,7 @@
 """The shared training loop: best-epoch restore, checkpoint resume, independent ensemble members."""
 
+import math
+
 import pytest
 import torch
 
@@ -143,3 +145,41 @@ def test_clipping_scales_each_members_gradient_to_the_bound(n_members):
         scale = after[member] / norms[member]
         for old, parameter in zip(before, parameters, strict=True):
             torch.testing.assert_close(parameter.grad[member], old[member] * scale)
+
+
+def test_the_plateau_schedule_halves_the_rate_when_validation_stalls():
+    """The wide network overfits 64 noisy rows, so the validation loss stalls early: under
+    "plateau" every change of the learning rate is a halving that comes only after
+    patience // 4 epochs without a better validation loss, and the fit ends below its
+    starting rate; "cosine" follows ½ lr (1 + cos(π t / max_epochs)) exactly."""
+    settings = dict(
+        max_epochs=150,
+        batch_size=16,
+        learning_rate=3e-3,
+        patience=16,
+        validation_fraction=0.25,
+        progress=False,
+    )
+    torch.manual_seed(0)
+    network = EnsembleMLP(1, 1, hidden=(256, 256))
+    history = fit_network(
+        network, regression_loss, noisy_rows(), TrainingConfig(schedule="plateau", **settings)
+    )
+    rates = history.learning_rate
+    validation = [v[0] for v in history.validation_loss]
+    assert rates[0] == 3e-3 and rates[-1] < 3e-3
+    for epoch in range(1, len(rates)):
+        if rates[epoch] != rates[epoch - 1]:
+            assert rates[epoch] == pytest.approx(rates[epoch - 1] / 2)
+            # the last 4 epochs before the cut (patience // 4) did not beat the best before
+            best_before = min(validation[: epoch - 4])
+            assert min(validation[epoch - 4 : epoch]) >= best_before * (1 - 1e-4)
+
+    torch.manual_seed(0)
+    network = EnsembleMLP(1, 1, hidden=(256, 256))
+    history = fit_network(network, regression_loss, noisy_rows(), TrainingConfig(**settings))
+    epochs = range(len(history.learning_rate))
+    expected = [1.5e-3 * (1 + math.cos(math.pi * t / 150)) for t in epochs]
+    assert history.learning_rate == pytest.approx(expected)
+    with pytest.raises(ValueError, match="schedule must be one of"):
+        TrainingConfig(schedule="linear")
