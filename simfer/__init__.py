@@ -1,6 +1,6 @@
 """simfer: simulation-based inference with gold mining, set embeddings and experiment design."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 from . import design, diagnostics, inference, losses, streaming
 from .data import SimulationData
