@@ -408,12 +408,12 @@ def table(rows: list[dict], args, meta: dict) -> str:
         diff, diff_se = _mean_se(paired) if policy != "random" and paired else (None, None)
         seconds = sum(r["policy_seconds"] for r in cells) / len(spce)
         distance = sum(r["mean_distance"] * r["rollouts"] for r in cells) / len(spce)
-        paired_text = "—" if diff is None else f"{fmt(diff)} ± {fmt(diff_se)}"
+        paired_text = "—" if diff is None else f"{diff:.2f} ± {diff_se:.2f}"
         if lower >= 0.9 * math.log(args.inner + 1):
             saturated.append(policy)
         lines.append(
-            f"| {policy} | {len(spce)} | {fmt(lower)} ± {fmt(lower_se)} | {fmt(upper)} ± "
-            f"{fmt(upper_se)} | {paired_text} | {fmt(distance)} | {fmt(seconds)} | "
+            f"| {policy} | {len(spce)} | {lower:.2f} ± {lower_se:.2f} | {upper:.2f} ± "
+            f"{upper_se:.2f} | {paired_text} | {distance:.2f} | {fmt(seconds)} | "
             f"{PUBLISHED[policy]} |"
         )
     lines.append(f"| DAD (trained policy) | 2048 | — | — | — | — | — | {PUBLISHED['DAD']} |")
