@@ -373,6 +373,7 @@ def ensemble_cases(dtype):
     score, score_ref = draw(E, B, D), draw(E, B, D)
     log_q, logits = draw(E, B, scale=5.0), draw(E, B, K, scale=3.0)
     logits_marginal = draw(E, B, K, scale=3.0)
+    std = 0.01 + draw(B).abs()  # σ_t of the diffusion, one per row
 
     def gold(loss):
         return lambda log_r, score, score_ref, weight=None: loss(
@@ -429,6 +430,18 @@ def ensemble_cases(dtype):
         "validity": (
             lambda a, weight=None: losses.validity(a, valid, weight=weight),
             (log_r,),
+        ),
+        "flow_matching": (
+            lambda v, weight=None: losses.flow_matching(
+                v, joint_score, joint_score_ref, 1e-3, weight=weight
+            ),
+            (score,),
+        ),
+        "denoising_score_matching": (
+            lambda t, weight=None: losses.denoising_score_matching(
+                t, joint_score, std, weight=weight
+            ),
+            (score,),
         ),
     }
 
