@@ -175,7 +175,7 @@ def _train_npe(data, prior, out: Path, args):
     return npe
 
 
-def exact_posterior_draws(board, prior, x_obs: torch.Tensor, n: int, seed: int) -> torch.Tensor:
+def _exact_posterior_draws(board, prior, x_obs: torch.Tensor, n: int, seed: int) -> torch.Tensor:
     """n draws ``[n, 1]`` of the exact posterior p(θ | x_1..m) ∝ p(θ) Π_i p(x_i | θ) of the
     board's 1-d tilt, by inverse-CDF sampling on a grid of 4001 points over the prior's
     support (uniform within each cell)."""
@@ -222,7 +222,7 @@ def _posteriors(board, prior, npe, alices, out: Path, args, plt) -> dict[str, An
     results, n_draws = {}, 1000
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     for axis, (name, observed) in zip(axes, (("npe", x_obs[:1]), ("alices", x_obs)), strict=True):
-        exact = exact_posterior_draws(board, prior, observed, n_draws, args.seed + 12)
+        exact = _exact_posterior_draws(board, prior, observed, n_draws, args.seed + 12)
         if name == "npe":
             draws = npe.sample(n_draws, x=observed[0], seed=args.seed + 13)
         else:
@@ -260,7 +260,7 @@ def _calibration(board, prior, npe, out: Path, args, plt) -> dict[str, Any]:
     posterior = npe.posterior(prior, x[:1])
     samples = torch.stack([npe.sample(200, x=x[i], seed=args.seed + 23 + i) for i in range(len(x))])
     ranks = sbc(None, theta, x, samples=samples)
-    curve = expected_coverage(posterior, theta, x, samples=samples, log_prob=npe_log_prob(npe))
+    curve = expected_coverage(posterior, theta, x, samples=samples, log_prob=_npe_log_prob(npe))
     fig = sbc_ranks(ranks)
     ranks_path = out / "sbc_ranks.png"
     fig.savefig(ranks_path, dpi=110, bbox_inches="tight")
@@ -278,7 +278,7 @@ def _calibration(board, prior, npe, out: Path, args, plt) -> dict[str, Any]:
     }
 
 
-def npe_log_prob(npe):
+def _npe_log_prob(npe):
     """log q(θ | x) of the NPE as ``(theta [N, L, d], x [N, …]) → [N, L]``."""
 
     def log_prob(theta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
