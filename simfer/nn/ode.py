@@ -30,6 +30,7 @@ network is a `VectorFieldNet`.
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 
 import torch
@@ -253,7 +254,7 @@ class VectorFieldNet(nn.Module):
         return self.output(a(h))
 
 
-class ContinuousFlow(nn.Module):
+class ContinuousFlow(nn.Module, ABC):
     """q(v | c, d) defined by an ODE in standardised coordinates z = (v − μ)/σ.
 
     Subclasses set ``t_base`` (where z ~ N(0, I)) and ``t_data`` (where z follows q), and
@@ -314,13 +315,13 @@ class ContinuousFlow(nn.Module):
         )
 
     # -- what a subclass defines -----------------------------------------------------------
+    @abstractmethod
     def velocity(self, z: Tensor, t: Tensor, summary: Tensor) -> Tensor:
         """dz/dt at z ``[N, D]``, time t (``[N]`` or ``[1]``), given ``summary`` ``[N, ·]``."""
-        raise NotImplementedError
 
+    @abstractmethod
     def loss(self, inputs: Tensor, summary: Tensor, generator: torch.Generator) -> Tensor:
         """The training loss (a scalar) on v ``[N, D]`` given ``summary`` ``[N, ·]``."""
-        raise NotImplementedError
 
     # -- the context, as in ConditionalFlow ------------------------------------------------
     @property
