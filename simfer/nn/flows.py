@@ -237,7 +237,26 @@ class StandardizeTransform(Transform):
         return outputs, -self._logabsdet(inputs)
 
 
-class ConditionalFlow(Flow):
+class DesignContext:
+    """What a conditional density model does with its context: the context's own summary
+    (`embed`, defined by the model) with the standardised design ``[N, K]`` appended when
+    the model takes one (``design_features`` K > 0, ``design_standardize``)."""
+
+    def summarize(self, context: Tensor, design: Tensor | None = None) -> Tensor:
+        """The context as the model sees it ``[N, C (+ K)]``: standardised, or embedded,
+        with the standardised design ``[N, K]`` appended when the flow takes one."""
+        summary = self.embed(context)
+        if not self.design_features:
+            if design is not None:
+                raise ValueError("this flow takes no design")
+            return summary
+        if design is None:
+            raise ValueError(f"this flow needs a design [N, {self.design_features}]")
+        design = self.design_standardize(design.to(summary.dtype))
+        return torch.cat([summary, design.expand(summary.shape[0], -1)], dim=1)
+
+
+class ConditionalFlow(DesignContext, Flow):
     """An nflows ``Flow`` q(v|c, d) whose first transform standardises v and whose context
     network standardises c (or is the user's embedding); a design d, when the flow has
     ``design_features``, is standardised and appended to the context's summary.
@@ -279,19 +298,6 @@ class ConditionalFlow(Flow):
     def embed(self, context: Tensor) -> Tensor:
         """The context's own summary ``[N, C]``: standardised, or embedded (no design)."""
         return self._embedding_net(context)
-
-    def summarize(self, context: Tensor, design: Tensor | None = None) -> Tensor:
-        """The context as the transforms see it ``[N, C (+ K)]``: standardised, or embedded,
-        with the standardised design ``[N, K]`` appended when the flow takes one."""
-        summary = self.embed(context)
-        if not self.design_features:
-            if design is not None:
-                raise ValueError("this flow takes no design")
-            return summary
-        if design is None:
-            raise ValueError(f"this flow needs a design [N, {self.design_features}]")
-        design = self.design_standardize(design.to(summary.dtype))
-        return torch.cat([summary, design.expand(summary.shape[0], -1)], dim=1)
 
     def log_prob_given_summary(self, inputs: Tensor, summary: Tensor) -> Tensor:
         """log q(v|c) ``[N]`` from v ``[N, D]`` and ``summarize(c)`` ``[N, C]`` (so that a

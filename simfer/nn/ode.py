@@ -37,6 +37,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import SimferError
+from .flows import DesignContext
 from .mlp import Standardize
 
 __all__ = [
@@ -254,7 +255,7 @@ class VectorFieldNet(nn.Module):
         return self.output(a(h))
 
 
-class ContinuousFlow(nn.Module, ABC):
+class ContinuousFlow(DesignContext, nn.Module, ABC):
     """q(v | c, d) defined by an ODE in standardised coordinates z = (v − μ)/σ.
 
     Subclasses set ``t_base`` (where z ~ N(0, I)) and ``t_data`` (where z follows q), and
@@ -335,18 +336,6 @@ class ContinuousFlow(nn.Module, ABC):
     def embed(self, context: Tensor) -> Tensor:
         """The context's own summary ``[N, C]``: standardised, or embedded (no design)."""
         return self.context_net(context)
-
-    def summarize(self, context: Tensor, design: Tensor | None = None) -> Tensor:
-        """The context as the vector field sees it ``[N, C (+ K)]``."""
-        summary = self.embed(context)
-        if not self.design_features:
-            if design is not None:
-                raise ValueError("this flow takes no design")
-            return summary
-        if design is None:
-            raise ValueError(f"this flow needs a design [N, {self.design_features}]")
-        design = self.design_standardize(design.to(summary.dtype))
-        return torch.cat([summary, design.expand(summary.shape[0], -1)], dim=1)
 
     def fit_standardization(
         self, inputs: Tensor, context: Tensor | None = None, design: Tensor | None = None
