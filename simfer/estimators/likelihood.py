@@ -55,6 +55,19 @@ data (``npe.embedding``), which is learnt to be informative about θ.  p(s(x)|θ
 proper likelihood of the summary, so NLE and SCANDAL stay consistent for it (the joint
 score is unbiased for ∇_θ log p(s(x)|θ) too, s(x) being a function of x); it equals the
 likelihood of x, up to a θ-independent factor, only when s is sufficient.
+
+Ensembles.  With ``n_ensemble`` = E > 1, E flows q_e are trained one after another, each
+by `fit_network` with its own early stopping, and the likelihood is their equal-weight
+mixture
+
+    q(x|θ) = (1/E) Σ_e q_e(x|θ),   log q(x|θ) = logsumexp_e log q_e(x|θ) − log E,
+
+a normalised density, drawn from by picking a member uniformly for each draw.  By the
+concavity of the logarithm, log q ≥ (1/E) Σ_e log q_e at every x: the mixture's expected
+log-likelihood is at least the members' average, and it spreads mass where they disagree.
+The members differ by their seed (initial weights and the order of the batches); all hold
+out the same validation rows, so their held-out losses compare.  p(valid|θ) stays one
+classifier, and a fixed embedding is shared: its summaries are computed once for all.
 """
 
 from __future__ import annotations
@@ -62,8 +75,9 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
+import numbers
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -79,9 +93,9 @@ from ..inference import EventTerm
 from ..nn import EnsembleMLP, Standardize
 from ..nn.flows import FLOWS, ConditionalFlow, build_flow, check_activation, conditioner_layers
 from ..prior import as_prior, describe_prior
-from ..seeding import seeded
+from ..seeding import derived_seed, seeded
 from ..streaming import Moments, StoredSimulations, StreamedRows
-from ..training import TrainingHistory, fit_network
+from ..training import InMemoryRows, RowSource, TrainingConfig, TrainingHistory, fit_network
 from .base import Estimator
 from .dims import Dims
 from .embedding import EmbeddingMixin, design_column, observed_x, summarize, x_batch
@@ -108,6 +122,8 @@ METHODS = ("nle", "scandal")
 # epochs, when a noisy validation loss can stop it.  Smaller batches and a larger step
 # converge in a few epochs.
 VALIDITY_TRAINING = {"batch_size": 64, "learning_rate": 3e-3}
+# A streamed member e ≥ 1 visits the blocks in the order of epoch k + e·2³² at its epoch k.
+_MEMBER_EPOCH_OFFSET = 2**32
 
 
 # -- the loss, as pure functions -------------------------------------------------------------
@@ -146,18 +162,34 @@ class LikelihoodNetwork(nn.Module):
     """log q(x|θ, d) = log q(x|θ, d, valid) + log p(valid|θ, d) (the second term when
     failures were seen in training): x ``[batch, x_dim]``, θ ``[batch, theta_dim]``, d
     ``[batch, design_dim]`` or None → ``[batch]``.  With a (fixed) embedding, x here is the
-    summary s(x) made by `summarize`."""
+    summary s(x) made by `summarize`.
+
+    Given E > 1 flows, q(x|θ, d, valid) is their mixture (1/E) Σ_e q_e(x|θ, d, valid).
+    One flow is the submodule ``flow`` (the model-file keys ``flow.*`` it has always had);
+    E of them are ``flows`` (keys ``flows.0.*``, …); `members` lists them either way."""
 
     def __init__(
         self,
-        flow: ConditionalFlow,
+        flow: ConditionalFlow | Sequence[ConditionalFlow],
         validity: ValidityNetwork | None,
         embedding: nn.Module | None = None,
     ):
         super().__init__()
-        self.flow = flow
+        flows = [flow] if isinstance(flow, ConditionalFlow) else list(flow)
+        if not flows:
+            raise ValueError("a LikelihoodNetwork needs at least one flow")
+        self.n_ensemble = len(flows)
+        if self.n_ensemble == 1:
+            self.flow = flows[0]
+        else:
+            self.flows = nn.ModuleList(flows)
         self.validity = validity
         self.embedding = embedding
+
+    @property
+    def members(self) -> list[ConditionalFlow]:
+        """The E flows q_e (one for a single flow)."""
+        return [self.flow] if self.n_ensemble == 1 else list(self.flows)
 
     def summarize(self, x: Tensor) -> Tensor:
         """x flattened ``[batch, x_dim]``, or its summary by the fixed embedding."""
@@ -168,9 +200,35 @@ class LikelihoodNetwork(nn.Module):
             return theta.new_zeros(theta.shape[0])
         return F.logsigmoid(self.validity(theta, design))
 
+    def log_prob_members(self, x: Tensor, theta: Tensor, design: Tensor | None = None) -> Tensor:
+        """log q_e(x|θ, d, valid) of every member ``[E, batch]``."""
+        return torch.stack(
+            [f.log_prob_given_summary(x, f.summarize(theta, design)) for f in self.members]
+        )
+
     def forward(self, x: Tensor, theta: Tensor, design: Tensor | None = None) -> Tensor:
-        log_q = self.flow.log_prob_given_summary(x, self.flow.summarize(theta, design))
+        if self.n_ensemble == 1:
+            log_q = self.flow.log_prob_given_summary(x, self.flow.summarize(theta, design))
+        else:
+            members = self.log_prob_members(x, theta, design)
+            log_q = torch.logsumexp(members, 0) - math.log(self.n_ensemble)
         return log_q + self.log_prob_valid(theta, design)
+
+    def sample(self, n: int, theta: Tensor, design: Tensor | None = None) -> Tensor:
+        """n draws x ~ q(x|θ, d, valid) for each row of θ ``[M, theta_dim]`` (d ``[M,
+        design_dim]`` or None) → ``[M, n, x_dim]``; from a mixture, each draw comes from a
+        member picked uniformly, so member e makes about n/E of them."""
+        if self.n_ensemble == 1:
+            return self.flow.sample_given_summary(n, self.flow.summarize(theta, design))
+        pick = torch.randint(self.n_ensemble, (theta.shape[0], n), device=theta.device)
+        draws = theta.new_empty(theta.shape[0], n, self.flows[0].features)
+        for e, flow in enumerate(self.flows):
+            rows, slots = torch.nonzero(pick == e, as_tuple=True)
+            if len(rows) == 0:
+                continue
+            summary = flow.summarize(theta[rows], None if design is None else design[rows])
+            draws[rows, slots] = flow.sample_given_summary(1, summary)[:, 0].to(draws.dtype)
+        return draws
 
 
 class LikelihoodEstimator(EmbeddingMixin, Estimator):
@@ -192,6 +250,10 @@ class LikelihoodEstimator(EmbeddingMixin, Estimator):
         activation: activation of the conditioners (`simfer.nn.flows.build_flow`).
         validity_hidden: hidden widths of the p(valid|θ) classifier (trained only when the
             training rows hold failed simulations).
+        n_ensemble: E, the number of flows, trained one after another (each with its own
+            seed and early stopping); the likelihood is their equal-weight mixture (see the
+            module docstring).  ``history`` is then the first member's training history and
+            ``member_histories`` all E of them.
         embedding: a *fixed* summary s(x) (``[batch, *x_shape]`` → ``[batch, k]``, or for
             set-valued x ``embedding(x, mask)``): the flow then models q(s(x)|θ).  It is
             never trained (see the module docstring for why); pass a pre-trained one such
@@ -212,6 +274,7 @@ class LikelihoodEstimator(EmbeddingMixin, Estimator):
         tail_bound: float = 4.0,
         activation: str = "silu",
         validity_hidden: Sequence[int] = (64, 64),
+        n_ensemble: int = 1,
         embedding: nn.Module | dict | None = None,
         **training: Any,
     ):
@@ -222,6 +285,15 @@ class LikelihoodEstimator(EmbeddingMixin, Estimator):
             raise ValueError(f"unknown flow {flow!r}; choose one of {list(FLOWS)}")
         if alpha is not None and not (math.isfinite(alpha) and alpha >= 0):
             raise ValueError(f"alpha must be a finite number ≥ 0, got {alpha}")
+        if (
+            isinstance(n_ensemble, bool)
+            or not isinstance(n_ensemble, numbers.Integral)
+            or n_ensemble < 1
+        ):
+            raise ValueError(
+                f"n_ensemble must be an integer ≥ 1 (the number of flows in the ensemble), "
+                f"got {n_ensemble!r}"
+            )
         super().__init__(**training)
         self.method = method
         self.flow = flow
@@ -233,7 +305,10 @@ class LikelihoodEstimator(EmbeddingMixin, Estimator):
         self.tail_bound = float(tail_bound)
         self.activation = check_activation(activation)
         self.validity_hidden = tuple(int(h) for h in validity_hidden)
+        self.n_ensemble = int(n_ensemble)
         self.validity_history: TrainingHistory | None = None
+        # set by fit; a model file keeps only `history` (the first member's)
+        self.member_histories: list[TrainingHistory] | None = None
         self._init_embedding(embedding)
         if isinstance(embedding, dict) and self.embedding is not None:
             self.embedding.requires_grad_(False)  # an instance given to load(): fixed weights
@@ -250,7 +325,7 @@ class LikelihoodEstimator(EmbeddingMixin, Estimator):
             "activation": self.activation,
             "validity_hidden": list(self.validity_hidden),
             "embedding": self._embedding_hyperparameter(),
-        }
+        } | ({"n_ensemble": self.n_ensemble} if self.n_ensemble > 1 else {})
 
     @property
     def alpha_used(self) -> float | None:
@@ -259,23 +334,26 @@ class LikelihoodEstimator(EmbeddingMixin, Estimator):
 
     def _build(self, dims: Dims) -> LikelihoodNetwork:
         self._require_embedding(dims)
-        flow = build_flow(
-            self.flow,
-            dims.x_dim,
-            dims.theta_dim,
-            hidden=self.hidden,
-            n_transforms=self.n_transforms,
-            bins=self.bins,
-            tail_bound=self.tail_bound,
-            activation=self.activation,
-            design_features=dims.design_dim,
-            seed=self.training.seed,
-        )
+        flows = [
+            build_flow(
+                self.flow,
+                dims.x_dim,
+                dims.theta_dim,
+                hidden=self.hidden,
+                n_transforms=self.n_transforms,
+                bins=self.bins,
+                tail_bound=self.tail_bound,
+                activation=self.activation,
+                design_features=dims.design_dim,
+                seed=seed,
+            )
+            for seed in _member_seeds(self.training.seed, self.n_ensemble)
+        ]
         validity = None
         if dims.validity:
             with seeded(self.training.seed + 1):
                 validity = ValidityNetwork(dims.theta_dim, self.validity_hidden, dims.design_dim)
-        return LikelihoodNetwork(flow, validity, self._embedding_module(dims.is_set))
+        return LikelihoodNetwork(flows, validity, self._embedding_module(dims.is_set))
 
     def _freeze_embedding(self) -> None:
         """Replace the embedding by a frozen copy, warning if it had trainable parameters."""
@@ -345,9 +423,14 @@ class LikelihoodEstimator(EmbeddingMixin, Estimator):
             n_train=n_valid,
         )
         network = self._build(self.dims)
-        network.flow.fit_standardization(x, theta, tensors.get("design"))
+        for flow in network.members:
+            flow.fit_standardization(x, theta, tensors.get("design"))
         self.network = network
-        self.history = fit_network(network.flow, self._loss_function(alpha), tensors, self.training)
+
+        def member_rows(e: int, seed: int) -> dict[str, Tensor] | RowSource:
+            return tensors if e == 0 else _MemberRows(tensors, seed)
+
+        self._fit_members(network, self._loss_function(alpha), member_rows)
         if learn_validity:
             labels = {"theta": data.theta, "valid": data.valid.to(theta.dtype)}
             inputs = data.theta
@@ -432,11 +515,11 @@ class LikelihoodEstimator(EmbeddingMixin, Estimator):
             n_train=n_valid,
         )
         network = self._build(self.dims)
-        flow = network.flow
-        stats["x"].fit(flow.input_standardize)
-        stats["theta"].fit(flow.context_standardize)
-        if varying:
-            stats["design"].fit(flow.design_standardize)
+        for flow in network.members:
+            stats["x"].fit(flow.input_standardize)
+            stats["theta"].fit(flow.context_standardize)
+            if varying:
+                stats["design"].fit(flow.design_standardize)
 
         def rows(data: SimulationData, _: Tensor) -> dict[str, Tensor]:
             good = own(data).valid_only()
@@ -450,8 +533,11 @@ class LikelihoodEstimator(EmbeddingMixin, Estimator):
             return columns
 
         self.network = network
-        streamed = StreamedRows(source, rows)
-        self.history = fit_network(flow, self._loss_function(alpha), streamed, self.training)
+
+        def member_rows(e: int, _: int) -> RowSource:
+            return StreamedRows(source, rows) if e == 0 else _MemberStream(source, rows, e)
+
+        self._fit_members(network, self._loss_function(alpha), member_rows)
         if learn_validity:
 
             def labels(data: SimulationData, _: Tensor) -> dict[str, Tensor]:
@@ -470,6 +556,24 @@ class LikelihoodEstimator(EmbeddingMixin, Estimator):
             )
         network.to(self.device)
         return self
+
+    def _fit_members(
+        self,
+        network: LikelihoodNetwork,
+        loss_fn: Callable,
+        rows: Callable[[int, int], dict[str, Tensor] | RowSource],
+    ) -> None:
+        """Train the flows one after another by `fit_network`, member e on ``rows(e,
+        seed_e)``, each with its own early stopping (and its own checkpoint file,
+        ``<checkpoint>.member<e>`` for e ≥ 1); set ``history`` and ``member_histories``."""
+        seeds = _member_seeds(self.training.seed, network.n_ensemble)
+        histories = []
+        for e, (flow, seed) in enumerate(zip(network.members, seeds, strict=True)):
+            config = self.training
+            if e and config.checkpoint:
+                config = replace(config, checkpoint=f"{config.checkpoint}.member{e}")
+            histories.append(fit_network(flow, loss_fn, rows(e, seed), config))
+        self.history, self.member_histories = histories[0], histories
 
     def _loss_function(self, alpha: float | None):
         def loss_fn(flow: ConditionalFlow, batch: dict[str, Tensor], training: bool) -> Tensor:
@@ -492,7 +596,7 @@ class LikelihoodEstimator(EmbeddingMixin, Estimator):
         self, x: Any, theta: Any, design: Any
     ) -> tuple[LikelihoodNetwork, Tensor, Tensor, Tensor | None]:
         network = self._require_fitted()
-        parameter = next(network.flow.parameters())
+        parameter = next(network.members[0].parameters())
         x, _ = x_batch(x, self.dims, parameter)
         theta = as_batch(theta, (self.dims.theta_dim,), "theta", parameter)
         design = self._design_rows(design, parameter)
@@ -529,7 +633,7 @@ class LikelihoodEstimator(EmbeddingMixin, Estimator):
     def sample(self, n: int, *, theta: Any, design: Any = None, seed: int | None = None) -> Tensor:
         """n draws x ~ q(x|θ, d, valid): ``[n, *x_shape]`` for one θ, ``[m, n, *x_shape]`` for
         θ ``[m, theta_dim]`` (and designs ``[m, design_dim]`` or one); ``seed`` makes them
-        reproducible."""
+        reproducible.  From an ensemble, each draw comes from a member picked uniformly."""
         if not isinstance(n, int) or isinstance(n, bool) or n < 1:
             raise ValueError(f"n must be a positive integer, got {n!r}")
         network = self._require_fitted()
@@ -546,8 +650,7 @@ class LikelihoodEstimator(EmbeddingMixin, Estimator):
         single = single and theta.shape[0] == 1
         context = seeded(seed) if seed is not None else contextlib.nullcontext()
         with torch.no_grad(), context:
-            summary = network.flow.summarize(theta, design)
-            draws = network.flow.sample_given_summary(n, summary)
+            draws = network.sample(n, theta, design)
         draws = draws.reshape(theta.shape[0], n, *self.dims.x_shape)
         return draws[0] if single else draws
 
@@ -560,6 +663,41 @@ class LikelihoodEstimator(EmbeddingMixin, Estimator):
             return self.log_prob(x=as_x(x), theta=theta, design=design)
 
         return EventTerm(log_likelihood, x_obs, x_shape, design_dim=self.design_dim, model=self)
+
+
+def _member_seeds(seed: int, n_ensemble: int) -> list[int]:
+    """The seeds of the E members' initial weights and batch orders: the fit's own seed for
+    the first (so that ``n_ensemble=1`` is the single flow it always was), then seeds drawn
+    from a generator seeded by it (not seed + e, which another fit's seed would repeat)."""
+    generator = torch.Generator().manual_seed(seed)
+    return [seed] + [derived_seed(generator) for _ in range(n_ensemble - 1)]
+
+
+class _MemberRows(InMemoryRows):
+    """The rows of member e ≥ 1 in memory: the validation rows split off by the fit's seed
+    (the first member's, so every member's held-out loss is over the same rows), and the
+    training rows visited in an order drawn from the member's own seed."""
+
+    def __init__(self, tensors: dict[str, Tensor], order_seed: int):
+        super().__init__(tensors)
+        self.order_seed = order_seed
+
+    def prepare(self, config: TrainingConfig, device: torch.device) -> None:
+        super().prepare(config, device)
+        self.generator.manual_seed(self.order_seed)
+
+
+class _MemberStream(StreamedRows):
+    """The rows of member e ≥ 1 streamed from a store: the same held-out rows (a hash of
+    the fit's seed), and at epoch k the block order of epoch k + e·2³² (each epoch's order
+    is a hash of its number, so the members' orders are independent)."""
+
+    def __init__(self, source: StoredSimulations, transform: Callable, member: int):
+        super().__init__(source, transform)
+        self.member = member
+
+    def training_batches(self, epoch: int) -> Iterator[tuple[dict[str, Tensor], int]]:
+        return super().training_batches(epoch + self.member * _MEMBER_EPOCH_OFFSET)
 
 
 def _scandal_weight(score: Moments, theta: Moments) -> float:
