@@ -10,6 +10,11 @@ members share no parameter each receives the gradient of its own loss.
 * Early stopping per member on validation loss: the best weights are *copied*
   (``clone()``, never a reference into the live parameters) and restored at the
   end, so the returned model is the best epoch's.
+* Optional smoothing of that loss (``smoothing`` β > 0): early stopping, the
+  ``"plateau"`` schedule and the choice of the best epoch then follow each member's
+  exponential moving average s_k = β s_{k−1} + (1 − β) v_k (s_0 = v_0) of its validation
+  losses v_k, for losses that are themselves noisy Monte Carlo estimates (flow matching,
+  score matching: random times and noise), whose raw minimum is often a lucky epoch.
 * Gradient clipping per member (the norm of each member's gradient), so one
   member's outlier batch does not shrink the others' steps.
 * Cosine learning-rate decay over ``max_epochs``.
@@ -66,6 +71,15 @@ class TrainingConfig:
     learning rate falls when the data say the fit has stalled, not on a clock set by
     ``max_epochs``, so a fit that stops early still ends at a small learning rate.  Early
     stopping is the same for both: ``patience`` epochs without a better validation loss.
+
+    ``smoothing``: β ∈ [0, 1), the weight of the past in an exponential moving average of
+    each member's validation loss v_k, s_k = β s_{k−1} + (1 − β) v_k with s_0 = v_0.  With
+    β > 0, early stopping, the ``"plateau"`` schedule and the best epoch (the weights
+    returned) all use s_k instead of v_k: a single lucky epoch no longer sets a record the
+    next ``patience`` epochs must beat.  The average remembers about 1/(1 − β) epochs and
+    lags a steady trend by about β/(1 − β) epochs.  0 (the default) is the raw loss, as
+    without smoothing.  (sbi's ``ema_loss_decay=0.1``, the weight of the newest epoch, is
+    β = 0.9.)
     """
 
     max_epochs: int = 200
@@ -81,10 +95,18 @@ class TrainingConfig:
     progress: bool = True
     max_memory: int | None = None
     schedule: str = "cosine"
+    smoothing: float = 0.0
 
     def __post_init__(self):
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {list(SCHEDULES)}, got {self.schedule!r}")
+        valid = isinstance(self.smoothing, int | float) and not isinstance(self.smoothing, bool)
+        if not (valid and 0 <= self.smoothing < 1):
+            raise ValueError(
+                f"smoothing must be a number in [0, 1), the weight of the past epochs in the "
+                f"moving average of the validation loss (0: the raw loss; 0.9: about the last "
+                f"10 epochs), got {self.smoothing!r}"
+            )
 
 
 #: The learning-rate schedules of `TrainingConfig.schedule`.
@@ -104,16 +126,30 @@ def _scheduler(optimizer: torch.optim.Optimizer, config: TrainingConfig):
     return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.max_epochs)
 
 
+def smooth(previous: Tensor | None, validation: Tensor, smoothing: float) -> Tensor:
+    """The moving average of the validation losses ``[E]`` after this epoch's ``validation``
+    ``[E]``: s_k = β s_{k−1} + (1 − β) v_k, and s_0 = v_0 (``previous`` None); β = 0 returns
+    ``validation`` itself."""
+    if previous is None or smoothing == 0:
+        return validation
+    return smoothing * previous + (1 - smoothing) * validation
+
+
 @dataclass
 class TrainingHistory:
     """Per-epoch mean losses of every member, ``[epochs][E]``, each member's best epoch, and
-    the learning rate of each epoch ``[epochs]``."""
+    the learning rate of each epoch ``[epochs]``.
+
+    ``smoothed_validation_loss`` ``[epochs][E]`` is the moving average of the validation loss
+    that early stopping follows (`TrainingConfig.smoothing`; the raw loss when it is 0), and
+    ``best_validation_loss`` ``[E]`` its best value, at ``best_epoch``."""
 
     train_loss: list[list[float]] = field(default_factory=list)
     validation_loss: list[list[float]] = field(default_factory=list)
     best_epoch: list[int] = field(default_factory=list)
     best_validation_loss: list[float] = field(default_factory=list)
     learning_rate: list[float] = field(default_factory=list)
+    smoothed_validation_loss: list[list[float]] = field(default_factory=list)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -272,6 +308,7 @@ def fit_network(
         history = TrainingHistory(**saved["history"])
         source.restore(saved["generator"])
         start_epoch = int(saved["epoch"]) + 1
+    smoothed = _last_smoothed(history, config.smoothing, device)
 
     member_axis = {k for k, v in best_state.items() if v.ndim >= 1 and v.shape[0] == n_members}
     bar = tqdm(
@@ -301,14 +338,16 @@ def fit_network(
             scheduler.step()
         network.eval()
         validation = _mean_loss(network, loss_fn, source.validation_batches(), n_members, device)
+        smoothed = smooth(smoothed, validation, config.smoothing)
         if config.schedule == "plateau":
-            scheduler.step(float(validation.mean()))
+            scheduler.step(float(smoothed.mean()))
         train_loss = (running / seen).tolist()
         history.train_loss.append(train_loss)
         history.validation_loss.append(validation.tolist())
+        history.smoothed_validation_loss.append(smoothed.tolist())
         improved = [
-            v < best
-            for v, best in zip(validation.tolist(), history.best_validation_loss, strict=True)
+            s < best
+            for s, best in zip(smoothed.tolist(), history.best_validation_loss, strict=True)
         ]
         if any(improved):
             mask = torch.tensor(improved, device=device)
@@ -320,7 +359,7 @@ def fit_network(
             for member, better in enumerate(improved):
                 if better:
                     history.best_epoch[member] = epoch
-                    history.best_validation_loss[member] = validation[member].item()
+                    history.best_validation_loss[member] = smoothed[member].item()
         bar.set_postfix(train=f"{sum(train_loss) / n_members:.4g}", val=f"{validation.mean():.4g}")
         if checkpoint is not None:
             _save_checkpoint(
@@ -341,6 +380,21 @@ def _adam(parameters: list[nn.Parameter], config: TrainingConfig) -> torch.optim
         return torch.optim.Adam(parameters, fused=True, **options)
     except (RuntimeError, TypeError):  # older torch, or a device without the fused kernel
         return torch.optim.Adam(parameters, **options)
+
+
+def _last_smoothed(history: TrainingHistory, smoothing: float, device) -> Tensor | None:
+    """The moving average after the last finished epoch of a resumed fit (None for a fresh
+    one): the history holds it, or for a checkpoint written before smoothing was recorded,
+    the average is run again over the raw validation losses it holds."""
+    if not history.validation_loss:
+        return None
+    if len(history.smoothed_validation_loss) != len(history.validation_loss):
+        history.smoothed_validation_loss = []
+        previous = None
+        for validation in history.validation_loss:
+            previous = smooth(previous, torch.tensor(validation, device=device), smoothing)
+            history.smoothed_validation_loss.append(previous.tolist())
+    return torch.tensor(history.smoothed_validation_loss[-1], device=device)
 
 
 def _patience_exhausted(history: TrainingHistory, epoch: int, patience: int) -> bool:

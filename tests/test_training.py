@@ -183,3 +183,114 @@ def test_the_plateau_schedule_halves_the_rate_when_validation_stalls():
     assert history.learning_rate == pytest.approx(expected)
     with pytest.raises(ValueError, match="schedule must be one of"):
         TrainingConfig(schedule="linear")
+
+
+# A scripted validation curve: one lucky epoch (1), then a slow real descent towards 4 and a
+# rise from epoch 10.  Dyadic numbers and β = ½ keep every average exact in float32.
+SCRIPT = [8.0, 2.0, 8.0, 6.0, 5.0, 4.0, 4.0, 4.0, 4.0, 4.0] + [6.0] * 10
+# s_k = ½ s_{k−1} + ½ v_k: 8, 5, 6.5, 6.25, 5.625, 4.8125 (below 5: a record at epoch 5),
+# then 4.40625, …, 4.05078125 at epoch 9, decreasing to there and rising after
+SMOOTHED = [8.0, 5.0, 6.5, 6.25, 5.625, 4.8125, 4.40625, 4.203125, 4.1015625, 4.05078125]
+
+
+def scripted_fit(smoothing, patience, schedule="cosine", checkpoint=None, kill_at=None):
+    """Train a tiny network on real rows, but report SCRIPT[epoch] as its validation loss;
+    the weights at the end of every epoch are kept to check which ones are returned."""
+    torch.manual_seed(6)
+    network = EnsembleMLP(1, 1, hidden=(8,))
+    snapshots = []
+
+    def loss(network, batch, training):
+        if training:
+            return regression_loss(network, batch, training)
+        if kill_at is not None and len(snapshots) == kill_at:
+            raise KeyboardInterrupt
+        snapshots.append({k: v.clone() for k, v in network.state_dict().items()})
+        return torch.full((1,), SCRIPT[len(snapshots) - 1 + resumed_at])
+
+    resumed_at = 0
+    if checkpoint is not None and checkpoint.exists():
+        resumed_at = torch.load(checkpoint, weights_only=True)["epoch"] + 1
+    config = TrainingConfig(
+        max_epochs=len(SCRIPT),
+        batch_size=16,
+        validation_fraction=0.25,  # 16 validation rows: one batch, so the mean is exact
+        patience=patience,
+        smoothing=smoothing,
+        schedule=schedule,
+        progress=False,
+        checkpoint=None if checkpoint is None else str(checkpoint),
+    )
+    history = fit_network(network, loss, noisy_rows(), config)
+    return network, history, snapshots
+
+
+def test_early_stopping_follows_the_moving_average():
+    """Raw loss (β = 0): the lucky epoch 1 is a record no later epoch beats, so a patience
+    of 4 stops before epoch 1 + 4 + 1 = 6 and returns epoch 1's weights.  β = ½: the
+    average falls to a record at epoch 5 (4 epochs after the last, within the patience) and
+    keeps falling to epoch 9, then rises; the fit stops before epoch 9 + 4 + 1 = 14 and
+    returns epoch 9's weights."""
+    network, history, snapshots = scripted_fit(smoothing=0.0, patience=4)
+    assert len(history.validation_loss) == 6 and history.best_epoch == [1]
+    assert history.smoothed_validation_loss == history.validation_loss
+    assert history.best_validation_loss == [2.0]
+    for name, value in network.state_dict().items():
+        assert torch.equal(value, snapshots[1][name])
+
+    network, history, snapshots = scripted_fit(smoothing=0.5, patience=4)
+    assert len(history.validation_loss) == 14 and history.best_epoch == [9]
+    assert [v[0] for v in history.validation_loss] == SCRIPT[:14]
+    assert [s[0] for s in history.smoothed_validation_loss[:10]] == SMOOTHED
+    assert history.best_validation_loss == [SMOOTHED[9]]
+    for name, value in network.state_dict().items():
+        assert torch.equal(value, snapshots[9][name])
+
+
+def test_the_plateau_schedule_follows_the_moving_average():
+    """The learning rates of a "plateau" fit are those of torch's ReduceLROnPlateau fed the
+    moving average (and differ from those it gives fed the raw loss)."""
+
+    def expected(losses):
+        optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1e-3)
+        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, factor=0.5, patience=2, min_lr=1e-6
+        )
+        rates = []
+        for loss in losses:
+            rates.append(optimizer.param_groups[0]["lr"])
+            scheduler.step(loss)
+        return rates
+
+    _, history, _ = scripted_fit(smoothing=0.5, patience=8, schedule="plateau")
+    smoothed = [s[0] for s in history.smoothed_validation_loss]
+    assert history.learning_rate == expected(smoothed)
+    assert min(history.learning_rate) < 1e-3
+    assert history.learning_rate != expected(SCRIPT[: len(smoothed)])
+
+
+def test_a_killed_smoothed_fit_resumes_as_if_never_stopped(tmp_path):
+    """The moving average is carried by the checkpoint: a fit killed in epoch 7 and resumed
+    records the same averages, stops at the same epoch and returns the same weights."""
+    straight, straight_history, _ = scripted_fit(smoothing=0.5, patience=4)
+    checkpoint = tmp_path / "fit.pt"
+    with pytest.raises(KeyboardInterrupt):
+        scripted_fit(smoothing=0.5, patience=4, checkpoint=checkpoint, kill_at=7)
+    assert torch.load(checkpoint, weights_only=True)["epoch"] == 6
+    saved = torch.load(checkpoint, weights_only=True)
+    resumed, history, _ = scripted_fit(smoothing=0.5, patience=4, checkpoint=checkpoint)
+    assert history.as_dict() == straight_history.as_dict()
+    for a, b in zip(resumed.parameters(), straight.parameters(), strict=True):
+        assert torch.equal(a, b)
+    # a checkpoint written before the average was recorded: it is recomputed from the raw
+    # validation losses the history holds, to the same result
+    del saved["history"]["smoothed_validation_loss"]
+    torch.save(saved, checkpoint)
+    resumed, history, _ = scripted_fit(smoothing=0.5, patience=4, checkpoint=checkpoint)
+    assert history.as_dict() == straight_history.as_dict()
+
+
+@pytest.mark.parametrize("smoothing", [-0.1, 1.0, 1.5, math.nan, True, "0.9"])
+def test_a_bad_smoothing_is_named(smoothing):
+    with pytest.raises(ValueError, match=r"smoothing must be a number in \[0, 1\)"):
+        TrainingConfig(smoothing=smoothing)
