@@ -17,7 +17,8 @@ members share no parameter each receives the gradient of its own loss.
   score matching: random times and noise), whose raw minimum is often a lucky epoch.
 * Gradient clipping per member (the norm of each member's gradient), so one
   member's outlier batch does not shrink the others' steps.
-* Cosine learning-rate decay over ``max_epochs``.
+* The learning rate halves whenever the validation loss stalls (``schedule="plateau"``,
+  the default) or decays over ``max_epochs`` (``"cosine"``).
 * Checkpoint after every epoch (written to a temporary file and renamed, loaded
   with ``weights_only=True``): a killed fit called again with the same
   checkpoint continues from the last finished epoch.
@@ -65,12 +66,13 @@ class TrainingConfig:
     is streamed a buffer at a time (`simfer.streaming`).  None: half the machine's memory;
     0: always stream.  A `SimulationData` is in memory already and never streamed.
 
-    ``schedule``: the learning rate's.  ``"cosine"`` anneals it to 0 over ``max_epochs``.
-    ``"plateau"`` halves it whenever the validation loss (the mean over ensemble members)
-    has not improved for ``max(1, patience // 4)`` epochs, down to 10⁻³ of its start: the
-    learning rate falls when the data say the fit has stalled, not on a clock set by
-    ``max_epochs``, so a fit that stops early still ends at a small learning rate.  Early
-    stopping is the same for both: ``patience`` epochs without a better validation loss.
+    ``schedule``: the learning rate's.  ``"plateau"`` (the default) halves it whenever the
+    validation loss (the mean over ensemble members) has not improved for
+    ``max(1, patience // 4)`` epochs, down to 10⁻³ of its start: the learning rate falls
+    when the data say the fit has stalled, not on a clock set by ``max_epochs``, so a fit
+    that stops early still ends at a small learning rate.  ``"cosine"`` anneals it to 0
+    over ``max_epochs`` (the default before simfer 0.3).  Early stopping is the same for
+    both: ``patience`` epochs without a better validation loss.
 
     ``smoothing``: β ∈ [0, 1), the weight of the past in an exponential moving average of
     each member's validation loss v_k, s_k = β s_{k−1} + (1 − β) v_k with s_0 = v_0.  With
@@ -94,7 +96,7 @@ class TrainingConfig:
     checkpoint: str | None = None
     progress: bool = True
     max_memory: int | None = None
-    schedule: str = "cosine"
+    schedule: str = "plateau"
     smoothing: float = 0.0
 
     def __post_init__(self):

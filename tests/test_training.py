@@ -177,7 +177,8 @@ def test_the_plateau_schedule_halves_the_rate_when_validation_stalls():
 
     torch.manual_seed(0)
     network = EnsembleMLP(1, 1, hidden=(256, 256))
-    history = fit_network(network, regression_loss, noisy_rows(), TrainingConfig(**settings))
+    config = TrainingConfig(schedule="cosine", **settings)
+    history = fit_network(network, regression_loss, noisy_rows(), config)
     epochs = range(len(history.learning_rate))
     expected = [1.5e-3 * (1 + math.cos(math.pi * t / 150)) for t in epochs]
     assert history.learning_rate == pytest.approx(expected)
