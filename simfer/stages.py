@@ -341,6 +341,12 @@ def _loss_figure(history: Any) -> Any:
     epochs = range(1, len(history.train_loss) + 1)
     ax.plot(epochs, [sum(v) / len(v) for v in history.train_loss], label="training")
     ax.plot(epochs, [sum(v) / len(v) for v in history.validation_loss], label="validation")
+    smoothed = getattr(history, "smoothed_validation_loss", None)
+    if smoothed and smoothed != history.validation_loss:  # early stopping followed this one
+        mean = [sum(v) / len(v) for v in smoothed]
+        ax.plot(epochs, mean, linestyle="--", label="validation, moving average")
+    for best in set(history.best_epoch):  # the weights returned (per member)
+        ax.axvline(best + 1, color="0.6", linestyle=":", linewidth=1)
     ax.set_xlabel("epoch")
     ax.set_ylabel("loss (mean over members)")
     ax.legend(frameon=False)
