@@ -15,8 +15,9 @@ recorder for the run (no file is written).
 * target: sbi's final mean C2ST, c*.
 * time to c*: the training seconds of the first snapshot whose mean C2ST ≤ c* (found on a
   geometric grid of snapshot times, then refined by bisection between the last snapshot
-  above c* and the first at or below it); sbi reaches c* by definition, at the epoch of its
-  last improvement.  "stops" is the whole fit, the wait a user has before the fit returns.
+  above c* and the first at or below it); sbi's own time to c* is found by the same rule,
+  so it may come before its last improvement.  "stops" is the whole fit, the wait a user
+  has before the fit returns.
 * C2ST at the budget: each library's snapshot at half of sbi's whole fit time.
 
 Rows (one per task and library, appended as they finish) go to
@@ -24,7 +25,7 @@ benchmarks/results/time_to_accuracy.jsonl and the table to docs/benchmarks.md be
 ``time_to_accuracy`` markers; the same command resumes a run cut short.  sbi runs first on
 each task, since its final C2ST is the others' target.
 
-    .venv/bin/python benchmarks/time_to_accuracy.py            # four tasks, NPE
+    .venv/bin/python benchmarks/time_to_accuracy.py --grid 8   # six tasks, NPE, ~45 min
 """
 
 from __future__ import annotations
