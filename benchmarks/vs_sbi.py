@@ -432,13 +432,15 @@ def _random_subset(samples: torch.Tensor, n: int, seed: int) -> torch.Tensor:
 
 def simfer_estimator(method, max_epochs, flow="nsf"):
     """simfer's estimator for ``method``, unfitted: NPE, NLE and NRE with the flow size and
-    training settings of the table (FLOW, TRAINING); FMPE and NPSE with their own training
+    training settings of the table (FLOW, TRAINING; NLE with the spline window it chooses
+    to hold the data, which counts and ODE outputs need); FMPE and NPSE with their own training
     defaults (smoothed early stopping, `PosteriorEstimator`), as sbi's vector-field
     trainers keep theirs (`sbi_train_options`)."""
     settings = {**FLOW, **TRAINING, "max_epochs": max_epochs, "seed": TRAIN_SEED, "progress": False}
     if method == "NPE":
         return simfer.PosteriorEstimator(flow, **settings)
-    if method == "NLE":
+    if method == "NLE":  # simfer's own spline window (tail_bound="auto"), sbi's stays ±4
+        settings.pop("tail_bound")
         return simfer.LikelihoodEstimator("nle", flow, **settings)
     if method in VECTOR_FIELD:
         options = {"max_epochs": max_epochs, "seed": TRAIN_SEED, "progress": False}

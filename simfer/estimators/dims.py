@@ -40,6 +40,10 @@ class Dims:
         alpha: the score-term weight the fit used (RASCAL, CASCAL, ALICES, SCANDAL).
         validity: whether an NLE learnt p(valid | θ, d) from failed simulations.
         valid_fraction: the fraction of an NLE's training rows that were valid.
+        dequantized: the columns of flattened x an NLE read as integers and dequantized
+            (x + u, u ~ U(0, 1) in training); None when it modelled x as continuous.
+        tail_bound: the spline window an NLE chose with ``tail_bound="auto"`` (None: the
+            estimator's own number).
     """
 
     theta_dim: int
@@ -56,6 +60,8 @@ class Dims:
     alpha: float | None = None
     validity: bool = False
     valid_fraction: float | None = None
+    dequantized: tuple[int, ...] | None = None
+    tail_bound: float | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "x_shape", tuple(self.x_shape))
@@ -63,6 +69,8 @@ class Dims:
             value = getattr(self, name)
             if value is not None:
                 object.__setattr__(self, name, tuple(float(v) for v in value))
+        if self.dequantized is not None:
+            object.__setattr__(self, "dequantized", tuple(int(v) for v in self.dequantized))
         if self.x_kind not in ("array", "set"):
             raise ValueError(f"x_kind must be 'array' or 'set', got {self.x_kind!r}")
 
@@ -77,7 +85,7 @@ class Dims:
         """A JSON-able dict (tuples become lists)."""
         out = asdict(self)
         out["x_shape"] = list(self.x_shape)
-        for name in ("theta_ref", "fixed_design"):
+        for name in ("theta_ref", "fixed_design", "dequantized"):
             if getattr(self, name) is not None:
                 out[name] = list(getattr(self, name))
         return out
