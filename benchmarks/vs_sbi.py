@@ -51,6 +51,7 @@ the same command again and the finished cells are skipped.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import sys
@@ -142,6 +143,8 @@ QUICK_MAX_EPOCHS = 20
 FLOW = {"hidden": 64, "n_transforms": 5, "bins": 10, "tail_bound": 4.0}
 TRAINING = {"batch_size": 256, "learning_rate": 1e-3, "validation_fraction": 0.1, "patience": 20}
 TRAIN_SEED = 1
+# the observations' noise is simulated with seed + this, independent of their θ's seed
+OBSERVATION_NOISE_SEED = 7_919
 # sbi's NPE rejects its draws outside the prior's box with no floor on the acceptance
 # (simfer stops below 10⁻³); a flow that leaks all its mass would sample for ever
 SBI_MAX_SAMPLING_SECONDS = 120
@@ -152,11 +155,15 @@ CONVERGED_HEADING = "Converged: NPE, NLE and NRE against sbi and the sbibm paper
 
 # -- observations and reference posteriors -------------------------------------------------
 def observations(simulator, prior, n_obs: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """θ_j ~ prior and x_j ~ p(x|θ_j), j < n_obs, from fixed seeds (``[n_obs, …]`` each)."""
+    """θ_j ~ prior and x_j ~ p(x|θ_j), j < n_obs, from fixed seeds (``[n_obs, …]`` each).
+
+    θ and the simulator's noise come from two different seeds.  (Until 2026-12-07 both used
+    ``seed``, so the noise replayed the prior's own random numbers: on GaussianLinear x was
+    exactly 2θ, a draw from N(0, 0.4 I) instead of the prior predictive N(0, 0.2 I).)"""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         theta = prior.sample((n_obs,))
-    return theta, simulator.simulate(theta, seed=seed)
+    return theta, simulator.simulate(theta, seed=seed + OBSERVATION_NOISE_SEED)
 
 
 def _box(prior) -> tuple[torch.Tensor, torch.Tensor]:
@@ -336,12 +343,13 @@ def reference_samples(name, simulator, x_obs, n, seed, mcmc) -> torch.Tensor:
 
 def cached_references(name, simulator, x_obs, n: int, cache: Path) -> list[torch.Tensor]:
     """``n`` reference draws for each observation in ``x_obs``, cached in the folder
-    ``cache`` (``{name}_obs{j}_{n}.pt``); SLCP's are one draw from each of n chains after
-    500 warm-up sweeps."""
+    ``cache`` (``{name}_obs{j}_{n}_{digest of x_j}.pt``); SLCP's are one draw from each of
+    n chains after 500 warm-up sweeps."""
     mcmc = {"n_chains": n, "warmup_steps": 500, "thin": 1}
     references = []
     for j in range(len(x_obs)):
-        path = Path(cache) / f"{name}_obs{j}_{n}.pt"
+        digest = hashlib.sha256(x_obs[j].double().numpy().tobytes()).hexdigest()[:12]
+        path = Path(cache) / f"{name}_obs{j}_{n}_{digest}.pt"
         if path.exists():
             references.append(torch.load(path, weights_only=True))
             continue

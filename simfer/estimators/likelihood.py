@@ -382,7 +382,7 @@ class LikelihoodEstimator(EmbeddingMixin, Estimator):
                 hidden=self.hidden,
                 n_transforms=self.n_transforms,
                 bins=self.bins,
-                tail_bound=self.tail_bound if dims.tail_bound is None else dims.tail_bound,
+                tail_bound=self._window(dims),
                 activation=self.activation,
                 design_features=dims.design_dim,
                 seed=seed,
@@ -651,6 +651,13 @@ class LikelihoodEstimator(EmbeddingMixin, Estimator):
                 "dequantize='auto' or False to model x as continuous"
             )
         return columns or None
+
+    def _window(self, dims: Dims) -> float:
+        """B of the flows' splines: the one the fit chose, the number given, or for a MAF
+        (which has no splines) the least window."""
+        if dims.tail_bound is not None:
+            return dims.tail_bound
+        return AUTO_TAIL_BOUND if self.tail_bound == "auto" else self.tail_bound
 
     def _tail_bound(
         self, moments: Moments, low: Tensor, high: Tensor, dequantized: Sequence[int] | None
