@@ -110,9 +110,10 @@ def test_a_new_flow_is_the_standardised_gaussian_and_inverts(kind, features):
 
 @pytest.mark.parametrize("features", [1, 2, 5])
 def test_the_one_column_per_pass_inverse_is_nflows_inverse(features):
-    """A spline layer with random weights: its inverse equals nflows' generic autoregressive
-    inverse (all columns every pass) and undoes the forward map with the opposite
-    log-determinant."""
+    """A spline layer with random weights: its inverse (one column per pass, each pass on
+    the hidden units of degree ≤ its column, `_MadeSteps`) equals nflows' generic
+    autoregressive inverse (the whole MADE, all columns every pass) and undoes the forward
+    map with the opposite log-determinant."""
     from nflows.transforms.autoregressive import AutoregressiveTransform
 
     from simfer.nn.flows import SplineAutoregressiveTransform

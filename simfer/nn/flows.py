@@ -157,7 +157,9 @@ class SplineAutoregressiveTransform(MaskedPiecewiseRationalQuadraticAutoregressi
     The inverse (sampling) runs the conditioner D times, as any autoregressive inverse
     must, but pass i inverts only variable i, whose parameters depend on variables < i
     alone (MADE's degrees); nflows inverts all D variables in every pass, D times the
-    spline work.
+    spline work.  Pass i also computes only variable i's 3K − 1 outputs of the final layer
+    (1/D of it), and the context's terms and the masked weights are computed once for the
+    D passes, not in each (`_MadeSteps`).
     """
 
     def __init__(self, features: int, hidden_features: int, context_features: int, **options):
@@ -178,17 +180,85 @@ class SplineAutoregressiveTransform(MaskedPiecewiseRationalQuadraticAutoregressi
 
     def inverse(self, inputs: Tensor, context: Tensor | None = None):
         batch, features = inputs.shape
+        conditioner = _MadeSteps(self.autoregressive_net, context, 3 * self.num_bins - 1)
         columns: list[Tensor] = []  # the variables found so far, [batch, 1] each
         logabsdet = inputs.new_zeros(batch)
         for i in range(features):
             known = torch.cat([*columns, inputs.new_zeros(batch, features - i)], dim=1)
-            params = self.autoregressive_net(known, context).view(batch, features, -1)
             column, log_derivative = self._elementwise(
-                inputs[:, i : i + 1], params[:, i], inverse=True
+                inputs[:, i : i + 1], conditioner(known, i)[:, None], inverse=True
             )
             columns.append(column)
             logabsdet = logabsdet + log_derivative
         return torch.cat(columns, dim=1), logabsdet
+
+
+class _MadeSteps:
+    """nflows' residual MADE (no batch norm, no dropout) evaluated for one output variable
+    at a time: ``self(known, i)`` is MADE(known, context)'s parameters of variable i
+    ``[batch, width]``, exactly (up to the order of the sums).
+
+    Variable i's outputs see only the hidden units of degree ≤ i (those that see variables
+    < i), and such a unit receives only from units of degree ≤ its own, so pass i runs the
+    network on those units alone: about half of them on average, a third of the work of the
+    hidden layers.  The units are sorted by degree once, so each pass takes a leading block
+    of every weight matrix; the context's terms, the biases and the masked weights are
+    computed once for all D passes."""
+
+    def __init__(self, made: nn.Module, context: Tensor | None, width: int):
+        if not made.use_residual_blocks or any(b.use_batch_norm for b in made.blocks):
+            raise NotImplementedError("only the residual MADE without batch norm is supported")
+        if made.training and any(b.dropout.p > 0 for b in made.blocks):
+            raise NotImplementedError("dropout in training mode is not supported")
+        self.activation, self.width = made.activation, width
+        initial = made.initial_layer
+        degree = initial.mask.sum(1)  # the number of variables each hidden unit sees
+        order = torch.argsort(degree, stable=True)
+        degree = degree[order]
+        final_mask = made.final_layer.mask[:, order].view(-1, width, len(order))
+        for block in made.blocks:
+            for layer in block.linear_layers:
+                if (layer.mask[order][:, order].bool() & (degree[None] > degree[:, None])).any():
+                    raise NotImplementedError("hidden units receive from higher degrees")
+        # hidden units variable i needs: those of degree ≤ i, a leading block once sorted
+        self.needed = [int((degree <= i).sum()) for i in range(final_mask.shape[0])]
+        for i, n in enumerate(self.needed):
+            if final_mask[i, :, n:].any():
+                raise NotImplementedError("an output sees hidden units of a higher degree")
+
+        def sorted_terms(layer: nn.Module | None, bias: Tensor) -> Tensor:
+            """(the context's term of ``layer``, if any) + ``bias``, units sorted."""
+            term = bias if context is None or layer is None else layer(context) + bias
+            return term[..., order]
+
+        self.initial_weight = (initial.weight * initial.mask)[order]
+        first = made.activation(made.context_layer(context)) if context is not None else 0.0
+        self.initial_term = (first + initial.bias)[..., order]
+        self.blocks = []
+        for block in made.blocks:
+            inner, outer = block.linear_layers
+            self.blocks.append(
+                (
+                    (inner.weight * inner.mask)[order][:, order],
+                    sorted_terms(getattr(block, "context_layer", None), inner.bias),
+                    (outer.weight * outer.mask)[order][:, order],
+                    outer.bias[order],
+                )
+            )
+        final = made.final_layer
+        self.final_weight = (final.weight * final.mask)[:, order]
+        self.final_bias = final.bias
+
+    def __call__(self, known: Tensor, i: int) -> Tensor:
+        n, act = self.needed[i], self.activation
+        rows = slice(i * self.width, (i + 1) * self.width)
+        if n == 0:  # variable 0: its parameters are the biases' (and the context's) alone
+            return self.final_bias[rows].expand(known.shape[0], -1)
+        temps = torch.addmm(self.initial_term[..., :n], known, self.initial_weight[:n].T)
+        for inner, inner_term, outer, outer_bias in self.blocks:
+            hidden = torch.addmm(inner_term[..., :n], act(temps), inner[:n, :n].T)
+            temps = temps + torch.addmm(outer_bias[:n], act(hidden), outer[:n, :n].T)
+        return torch.addmm(self.final_bias[rows], temps, self.final_weight[rows, :n].T)
 
 
 class SplineCouplingTransform(PiecewiseRationalQuadraticCouplingTransform):
