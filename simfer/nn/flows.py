@@ -252,7 +252,7 @@ class _MadeSteps:
     def __call__(self, known: Tensor, i: int) -> Tensor:
         n, act = self.needed[i], self.activation
         rows = slice(i * self.width, (i + 1) * self.width)
-        if n == 0:  # variable 0: its parameters are the biases' (and the context's) alone
+        if n == 0:  # no hidden unit reaches variable 0 (nor the context): the bias alone
             return self.final_bias[rows].expand(known.shape[0], -1)
         temps = torch.addmm(self.initial_term[..., :n], known, self.initial_weight[:n].T)
         for inner, inner_term, outer, outer_bias in self.blocks:
