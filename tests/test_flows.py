@@ -135,6 +135,16 @@ def test_the_one_column_per_pass_inverse_is_nflows_inverse(features):
     again, forward_logabsdet = layer(v, context)
     assert torch.allclose(again, u, atol=1e-9)
     assert torch.allclose(forward_logabsdet, -logabsdet, atol=1e-9)
+    # each pass's blockwise conditioner is the whole MADE's block of that variable
+    from simfer.nn.flows import _MadeSteps
+
+    made, width = layer.autoregressive_net, 3 * layer.num_bins - 1
+    steps = _MadeSteps(made, context, width)
+    assert steps.blockwise
+    known = torch.randn(500, features, generator=generator).double()
+    for i in range(features):
+        whole = made(known, context)[:, i * width : (i + 1) * width]
+        assert torch.allclose(steps(known, i), whole, atol=1e-12)
 
 
 @pytest.mark.parametrize("features", [2, 3])

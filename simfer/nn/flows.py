@@ -206,25 +206,19 @@ class _MadeSteps:
     computed once for all D passes."""
 
     def __init__(self, made: nn.Module, context: Tensor | None, width: int):
-        if not made.use_residual_blocks or any(b.use_batch_norm for b in made.blocks):
-            raise NotImplementedError("only the residual MADE without batch norm is supported")
-        if made.training and any(b.dropout.p > 0 for b in made.blocks):
-            raise NotImplementedError("dropout in training mode is not supported")
-        self.activation, self.width = made.activation, width
+        self.made, self.context, self.width = made, context, width
+        self.activation = made.activation
         initial = made.initial_layer
         degree = initial.mask.sum(1)  # the number of variables each hidden unit sees
         order = torch.argsort(degree, stable=True)
         degree = degree[order]
-        final_mask = made.final_layer.mask[:, order].view(-1, width, len(order))
-        for block in made.blocks:
-            for layer in block.linear_layers:
-                if (layer.mask[order][:, order].bool() & (degree[None] > degree[:, None])).any():
-                    raise NotImplementedError("hidden units receive from higher degrees")
         # hidden units variable i needs: those of degree ≤ i, a leading block once sorted
-        self.needed = [int((degree <= i).sum()) for i in range(final_mask.shape[0])]
-        for i, n in enumerate(self.needed):
-            if final_mask[i, :, n:].any():
-                raise NotImplementedError("an output sees hidden units of a higher degree")
+        self.needed = [
+            int((degree <= i).sum()) for i in range(made.final_layer.mask.shape[0] // width)
+        ]
+        self.blockwise = _blockwise(made, order, degree, self.needed, width)
+        if not self.blockwise:  # another MADE layout: the whole network in every pass
+            return
 
         def sorted_terms(layer: nn.Module | None, bias: Tensor) -> Tensor:
             """(the context's term of ``layer``, if any) + ``bias``, units sorted."""
@@ -252,6 +246,8 @@ class _MadeSteps:
     def __call__(self, known: Tensor, i: int) -> Tensor:
         n, act = self.needed[i], self.activation
         rows = slice(i * self.width, (i + 1) * self.width)
+        if not self.blockwise:
+            return self.made(known, self.context)[:, rows]
         if n == 0:  # no hidden unit reaches variable 0 (nor the context): the bias alone
             return self.final_bias[rows].expand(known.shape[0], -1)
         temps = torch.addmm(self.initial_term[..., :n], known, self.initial_weight[:n].T)
@@ -259,6 +255,26 @@ class _MadeSteps:
             hidden = torch.addmm(inner_term[..., :n], act(temps), inner[:n, :n].T)
             temps = temps + torch.addmm(outer_bias[:n], act(hidden), outer[:n, :n].T)
         return torch.addmm(self.final_bias[rows], temps, self.final_weight[rows, :n].T)
+
+
+def _blockwise(
+    made: nn.Module, order: Tensor, degree: Tensor, needed: list[int], width: int
+) -> bool:
+    """Whether `_MadeSteps` may run ``made`` on leading blocks of its units sorted by
+    ``order`` (``degree`` sorted likewise): residual blocks without batch norm or active
+    dropout, each unit fed only by units of degree ≤ its own, and variable i's outputs
+    only by its ``needed[i]`` first units."""
+    if not made.use_residual_blocks or any(b.use_batch_norm for b in made.blocks):
+        return False
+    if made.training and any(b.dropout.p > 0 for b in made.blocks):
+        return False
+    higher = degree[None] > degree[:, None]  # [to, from]: fed by a unit of higher degree
+    for block in made.blocks:
+        for layer in block.linear_layers:
+            if (layer.mask[order][:, order].bool() & higher).any():
+                return False
+    final_mask = made.final_layer.mask[:, order].view(-1, width, len(order))
+    return not any(final_mask[i, :, n:].any() for i, n in enumerate(needed))
 
 
 class SplineCouplingTransform(PiecewiseRationalQuadraticCouplingTransform):
