@@ -507,7 +507,7 @@ def _simulate_options(options: dict[str, Any] | None, estimator: Estimator) -> d
             raise SimferError(
                 f"ratio method '{estimator.method}' contrasts x at θ with x at θ_ref: pass "
                 f"simulate_options={{'theta_ref': ..., 'gold': {method.needs_gold}}} (or use "
-                f"'nre'/'bnre', which need no reference class)"
+                f"'nre', 'bnre', 'nre_b' or 'nre_c', which need no reference class)"
             )
         if method.needs_gold and not gold:
             raise SimferError(

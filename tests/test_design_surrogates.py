@@ -258,6 +258,20 @@ def test_with_an_exact_ratio_infonce_is_pce_and_nwj_lies_in_the_nested_bracket()
     assert bool((nwj.eig >= nested.lower - 3 * nwj.stderr).all())
 
 
+def test_infonce_on_nre_b_contrasts_against_the_prior_mean_and_nwj_is_refused():
+    """NRE-B learns log p(x|θ,d)/p(x|d) only up to c(x): InfoNCE takes its ratio to a fixed
+    θ1 (the prior's mean), where c(x) and p(x|θ1,d) cancel term for term, so on the exact
+    ratio it is PCE on the exact likelihood; NWJ needs the normalised ratio and says so."""
+    kwargs = dict(n_outer=200, n_inner=50, seed=5, progress=False)
+    designs = GRID[::6]
+    nested = eig(SENSOR, PRIOR, designs, method="pce", **kwargs)
+    infonce = eig(ExactRatio(SENSOR, "nre_b"), PRIOR, designs, simulator=SENSOR, **kwargs)
+    torch.testing.assert_close(infonce.eig, nested.lower, rtol=0, atol=1e-4)
+    assert any("prior's mean" in note for note in infonce.notes)
+    with pytest.raises(ValueError, match="only up to a function of x.*'nre_c'"):
+        eig(ExactRatio(SENSOR, "nre_b"), PRIOR, designs, method="nwj", simulator=SENSOR, **kwargs)
+
+
 def test_infonce_saturates_at_log_k_plus_one_and_says_so():
     """A sharp sensor (σ₀ = 0.01: EIG ≈ 4.6 nats at d*) with K = 3 contrastive θ: InfoNCE
     cannot exceed log 4 = 1.39, comes close to it, and the notes say so; NWJ is uncapped."""

@@ -3,6 +3,7 @@
 import dataclasses
 import inspect
 import json
+import math
 
 import pyro
 import pyro.distributions as dist
@@ -12,6 +13,7 @@ import torch
 import simfer
 from simfer import ModelFileError
 from simfer.estimators.dims import Dims
+from simfer.estimators.ratio import _atoms_in_batch
 from simulators import GaltonBoard
 
 FAST = dict(hidden=(64, 64), progress=False, seed=0)
@@ -67,7 +69,9 @@ def log_ratio_mse(estimator, evaluation) -> float:
     return float(((estimate - exact) ** 2).mean())
 
 
-@pytest.mark.parametrize("method", ["carl", "rolr", "rascal", "alice", "alices", "cascal", "nre"])
+@pytest.mark.parametrize(
+    "method", ["carl", "rolr", "rascal", "alice", "alices", "cascal", "nre", "nre_b", "nre_c"]
+)
 def test_every_method_learns_the_galton_ratio(method, data, evaluation):
     estimator = simfer.RatioEstimator(method, max_epochs=20, **FAST).fit(
         data.subset(slice(0, 4000))
@@ -91,6 +95,66 @@ def test_bnre_is_balanced(data, evaluation, board):
     )
     balance = float(torch.sigmoid(joint).mean() + torch.sigmoid(marginal).mean())
     assert abs(balance - 1) < 0.05
+
+
+def exact_marginal_log_ratio(board, x, theta, grid_points=801):
+    """log p(x|θ) − log p(x) ``[batch]``, p(x) = ∫ p(x|θ') p(θ') dθ' by the midpoint rule
+    over the prior's box (p(x|θ') is smooth in θ', so 801 points are exact to ~1e-6)."""
+    low, high = (float(v) for v in (board.prior().low, board.prior().high))
+    edges = torch.linspace(low, high, grid_points + 1, dtype=torch.float64)
+    nodes = ((edges[1:] + edges[:-1]) / 2)[:, None]
+    x = x.double()
+    log_p_x = torch.stack(
+        [board.log_likelihood(x, node.expand(len(x), 1)) for node in nodes]
+    ).logsumexp(0) - math.log(grid_points)
+    return board.log_likelihood(x, theta.double()) - log_p_x
+
+
+def test_nre_c_learns_the_normalised_ratio_and_nre_b_refuses_it(data, board, tmp_path):
+    """NRE-C's extra class pins log r̂ to log p(x|θ)/p(x) itself; NRE-B's loss is blind to
+    any c(x) added to it, so it answers ratios between θ (and posteriors) but refuses the
+    marginal, and its posterior term differs from log r̂(x|θ, θ1) by a constant in θ."""
+    subset = data.subset(slice(0, 4000))
+    nre_c = simfer.RatioEstimator("nre_c", max_epochs=20, **FAST).fit(subset)
+    fresh = simfer.simulate(board, board.prior(), 2000, seed=12, executor="serial", progress=False)
+    exact = exact_marginal_log_ratio(board, fresh.x, fresh.theta).float()
+    learnt = nre_c.log_ratio(x=fresh.x, theta=fresh.theta, reference="marginal")
+    assert float(((learnt - exact) ** 2).mean()) < 0.7 * float((exact**2).mean())
+
+    nre_c.save(tmp_path / "nre_c.pt")
+    loaded = simfer.load(tmp_path / "nre_c.pt")
+    assert (loaded.num_atoms, loaded.gamma) == (10, 1.0)
+    again = loaded.log_ratio(x=fresh.x, theta=fresh.theta, reference="marginal")
+    torch.testing.assert_close(again, learnt)
+
+    nre_b = simfer.RatioEstimator("nre_b", num_atoms=5, max_epochs=3, **FAST).fit(subset)
+    with pytest.raises(ValueError, match="only up to a function of x.*nre_c"):
+        nre_b.log_ratio(x=fresh.x[:3], theta=fresh.theta[:3], reference="marginal")
+    x_obs, theta = fresh.x[:1], torch.linspace(-0.8, 0.8, 9)[:, None]
+    term = nre_b.event_term(board.prior(), x_obs)
+    values = term.log_likelihood(x_obs.expand(9, -1), theta, None)
+    between = nre_b.log_ratio(x=x_obs, theta=theta, reference=theta[:1])
+    torch.testing.assert_close(values - values[0], between, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("blocks", [1, 2])
+@pytest.mark.parametrize("num_atoms", [2, 3, 10])
+def test_atoms_never_pair_an_x_with_its_own_theta_twice(blocks, num_atoms):
+    """K per batch: the shifts 0 … blocks·K − 1 are distinct modulo the batch size (shift 0
+    is the one true pair; every other is a θ drawn independently of x), K ≤ num_atoms and
+    K = num_atoms once the batch holds blocks·num_atoms rows; NRE-B always has a contrast."""
+    for batch in range(2, 3 * blocks * num_atoms):
+        k = _atoms_in_batch(num_atoms, batch, blocks)
+        assert 1 <= k <= num_atoms and (blocks > 1 or k >= 2)
+        assert blocks * k <= batch
+        assert k == num_atoms or batch < blocks * num_atoms
+
+
+def test_ratio_estimator_rejects_bad_atoms_and_gamma():
+    with pytest.raises(ValueError, match="num_atoms"):
+        simfer.RatioEstimator("nre_b", num_atoms=1)
+    with pytest.raises(ValueError, match="gamma"):
+        simfer.RatioEstimator("nre_c", gamma=0.0)
 
 
 def test_gold_beats_the_classifier_at_equal_budget(data, evaluation):

@@ -380,17 +380,28 @@ def _contrastive(report: str) -> Callable[[Source, Distribution, Tensor, _Option
 
     def run(source: Source, prior: Distribution, designs: Tensor, o: _Options) -> EIGResult:
         estimator, k = source.model, designs.shape[0]
-        marginal = not _needs_reference(estimator)
+        method = RATIO_METHODS[estimator.method]
+        marginal = method.normalised and not method.needs_reference
         if report == "nwj" and not marginal:
+            learns = (
+                "log p(x|θ,d)/p(x|d) only up to a function of x"
+                if not method.needs_reference
+                else "its ratio to θ_ref, which carries the unknown factor p(x|d)/p(x|θ_ref,d)"
+            )
             raise ValueError(
-                f"method 'nwj' needs the marginal ratio log p(x|θ,d)/p(x|d), which a "
-                f"'{estimator.method}' estimator does not learn: its ratio to θ_ref carries "
-                f"the unknown factor p(x|d)/p(x|θ_ref,d), and normalising it over the "
+                f"method 'nwj' needs the marginal ratio log p(x|θ,d)/p(x|d), and a "
+                f"'{estimator.method}' estimator learns {learns}: normalising it over the "
                 f"contrastive θ turns NWJ into the nested estimate, which is no longer a "
                 f"bound. Use method='infonce' (a lower bound for any ratio, capped at "
-                f"log(n_inner + 1)), or train RatioEstimator('nre') or ('bnre') for NWJ"
+                f"log(n_inner + 1)), or train RatioEstimator('nre'), ('bnre') or ('nre_c') "
+                f"for NWJ"
             )
-        reference = "marginal" if marginal else list(estimator.dims.theta_ref)
+        if marginal:
+            reference = "marginal"
+        elif method.needs_reference:
+            reference = list(estimator.dims.theta_ref)
+        else:  # NRE-B: a fixed θ1 = the prior's mean cancels its unknown function of x
+            reference = prior.mean.tolist()
         draws = _draws(source, prior, k, o, inner=True)
         estimate = contrastive_monte_carlo(
             experiment_model(ratio_model(source, reference), source),
@@ -406,7 +417,12 @@ def _contrastive(report: str) -> Callable[[Source, Distribution, Tensor, _Option
         infonce, nested = estimate.mean[0], estimate.mean[1]
         column = 2 if report == "nwj" else 0
         chosen, stderr = estimate.mean[column], estimate.stderr[column]
-        against = "the marginal p(x|d)" if marginal else f"θ_ref = {reference}"
+        if marginal:
+            against = "the marginal p(x|d)"
+        elif method.needs_reference:
+            against = f"θ_ref = {reference}"
+        else:
+            against = f"θ1 = the prior's mean {reference}"
         notes = [
             f"outer x drawn from {source.x_from}; the critic is log r̂(x|θ,d) of "
             f"{source.name} ('{estimator.method}', against {against}): {report} is a lower "
@@ -419,11 +435,6 @@ def _contrastive(report: str) -> Callable[[Source, Distribution, Tensor, _Option
         return _result(designs, chosen, stderr, chosen, nested, report, o, notes)
 
     return run
-
-
-def _needs_reference(estimator: Any) -> bool:
-    """Whether a ratio estimator learns ratios to θ_ref (not to the marginal p(x|d))."""
-    return RATIO_METHODS[estimator.method].needs_reference
 
 
 # -- Barber–Agakov: a posterior estimator ----------------------------------------------------

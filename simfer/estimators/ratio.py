@@ -6,8 +6,13 @@ single-parameterized, g(x, θ0); otherwise θ1 is an input too.  The score of th
 model, t̂(x|θ0) = ∇θ0 log r̂(x|θ0,θ1), is its autograd gradient, which the
 score-augmented losses (RASCAL, CASCAL, ALICES) regress on the joint score.
 
-The NRE family (``nre``, ``bnre``) learns log p(x|θ)/p(x) from (θ, x) pairs
-without gold or a reference class; log r̂(x|θ0,θ1) is then g(x,θ0) − g(x,θ1).
+The NRE family learns log p(x|θ)/p(x) from (θ, x) pairs without gold or a reference
+class; log r̂(x|θ0,θ1) is then g(x,θ0) − g(x,θ1).  ``nre`` and ``bnre`` contrast each
+pair with one pair whose θ comes from another row of the batch; ``nre_b`` and ``nre_c``
+with K "atoms" per x (θ of K − 1 other rows; NRE-C adds K more, all independent of x).
+NRE-B pins g only up to a function c(x), which cancels in every posterior and every
+ratio between two θ but not in log p(x|θ)/p(x) itself, so ``reference="marginal"``
+is refused for it; NRE-C's extra class fixes c(x) = 0.
 
 Every evaluation names its reference: ``log_ratio(x=, theta=, reference=θ1)`` is
 log r̂(x|θ, θ1) for every method (a single-parameterized estimator chains through its
@@ -72,21 +77,25 @@ class _Member:
     log_r: Tensor | None = None  # [batch]: log r̂(x|θ0, θ1) (reference-class methods)
     score: Tensor | None = None  # [batch, d]: t̂(x|θ0)
     score_ref: Tensor | None = None  # [batch, d]: t̂(x|θ1)
-    joint: Tensor | None = None  # [batch]: g(x, θ) on (θ, x) pairs (contrastive methods)
-    marginal: Tensor | None = None  # [batch]: g(x, θ') with θ' from another row
+    joint: Tensor | None = None  # [batch] (or [batch, K] atoms): g(x, θ), column 0 the true θ
+    marginal: Tensor | None = None  # [batch] (or [batch, K]): g(x, θ') with θ' of other rows
     weight: Tensor | None = None  # [batch]: bootstrap weights while training
 
 
 @dataclass(frozen=True)
 class RatioMethod:
-    """A ratio method: its loss ``(member, batch, alpha, bnre_lambda) → scalar`` and what
-    it needs from the data (gold, the joint score, the reference class of
-    ``simulate(..., theta_ref=...)``)."""
+    """A ratio method: its loss ``(member, batch, alpha, options) → scalar`` (``options``
+    the estimator's ``bnre_lambda`` and ``gamma``), what it needs from the data (gold, the
+    joint score, the reference class of ``simulate(..., theta_ref=...)``), how many blocks
+    of K atoms per x it contrasts (0: one rolled pair, NRE-A/BNRE), and whether its
+    log r̂ to the marginal p(x) is normalised (every method but NRE-B)."""
 
-    loss: Callable[[_Member, dict[str, Tensor], float | None, float], Tensor]
+    loss: Callable[[_Member, dict[str, Tensor], float | None, dict[str, float]], Tensor]
     needs_gold: bool
     needs_score: bool
     needs_reference: bool
+    atom_blocks: int = 0
+    normalised: bool = True
 
 
 def _gold_score(m: _Member, batch: dict[str, Tensor]) -> dict[str, Tensor | None]:
@@ -101,7 +110,7 @@ def _gold_score(m: _Member, batch: dict[str, Tensor]) -> dict[str, Tensor | None
 def _ratio_and_score(loss: Callable[..., Tensor]) -> Callable[..., Tensor]:
     """A loss on the log ratio and the score with both gold targets (RASCAL, ALICES)."""
 
-    def member_loss(m: _Member, b: dict[str, Tensor], alpha: float | None, lam: float) -> Tensor:
+    def member_loss(m: _Member, b: dict[str, Tensor], alpha: float | None, o: dict) -> Tensor:
         return loss(
             m.log_r,
             b["from_reference"],
@@ -117,13 +126,13 @@ def _ratio_and_score(loss: Callable[..., Tensor]) -> Callable[..., Tensor]:
 
 METHODS: dict[str, RatioMethod] = {
     "carl": RatioMethod(
-        lambda m, b, alpha, lam: losses.carl(m.log_r, b["from_reference"], weight=m.weight),
+        lambda m, b, alpha, o: losses.carl(m.log_r, b["from_reference"], weight=m.weight),
         needs_gold=False,
         needs_score=False,
         needs_reference=True,
     ),
     "rolr": RatioMethod(
-        lambda m, b, alpha, lam: losses.rolr(
+        lambda m, b, alpha, o: losses.rolr(
             m.log_r, b["from_reference"], b["joint_log_ratio"], weight=m.weight
         ),
         needs_gold=True,
@@ -131,7 +140,7 @@ METHODS: dict[str, RatioMethod] = {
         needs_reference=True,
     ),
     "alice": RatioMethod(
-        lambda m, b, alpha, lam: losses.alice(m.log_r, b["joint_log_ratio"], weight=m.weight),
+        lambda m, b, alpha, o: losses.alice(m.log_r, b["joint_log_ratio"], weight=m.weight),
         needs_gold=True,
         needs_score=False,
         needs_reference=True,
@@ -140,7 +149,7 @@ METHODS: dict[str, RatioMethod] = {
         _ratio_and_score(losses.rascal), needs_gold=True, needs_score=True, needs_reference=True
     ),
     "cascal": RatioMethod(
-        lambda m, b, alpha, lam: losses.cascal(
+        lambda m, b, alpha, o: losses.cascal(
             m.log_r, b["from_reference"], m.score, b["joint_score"], alpha, **_gold_score(m, b)
         ),
         needs_gold=True,
@@ -151,16 +160,31 @@ METHODS: dict[str, RatioMethod] = {
         _ratio_and_score(losses.alices), needs_gold=True, needs_score=True, needs_reference=True
     ),
     "nre": RatioMethod(
-        lambda m, b, alpha, lam: losses.nre_a(m.joint, m.marginal, weight=m.weight),
+        lambda m, b, alpha, o: losses.nre_a(m.joint, m.marginal, weight=m.weight),
         needs_gold=False,
         needs_score=False,
         needs_reference=False,
     ),
     "bnre": RatioMethod(
-        lambda m, b, alpha, lam: losses.bnre(m.joint, m.marginal, lam, weight=m.weight),
+        lambda m, b, alpha, o: losses.bnre(m.joint, m.marginal, o["bnre_lambda"], weight=m.weight),
         needs_gold=False,
         needs_score=False,
         needs_reference=False,
+    ),
+    "nre_b": RatioMethod(
+        lambda m, b, alpha, o: losses.nre_b(m.joint, weight=m.weight),
+        needs_gold=False,
+        needs_score=False,
+        needs_reference=False,
+        atom_blocks=1,
+        normalised=False,
+    ),
+    "nre_c": RatioMethod(
+        lambda m, b, alpha, o: losses.nre_c(m.joint, m.marginal, o["gamma"], weight=m.weight),
+        needs_gold=False,
+        needs_score=False,
+        needs_reference=False,
+        atom_blocks=2,
     ),
 }
 
@@ -179,6 +203,28 @@ def poisson_one_weights(rows: Tensor, seed: int, members: int) -> Tensor:
         for e in range(members)
     ]
     return torch.from_numpy(np.stack(weights, axis=1).astype(np.float64))
+
+
+def _atom_logits(
+    network: RatioNetwork, summary: Tensor, theta: Tensor, shifts: range, design: Tensor | None
+) -> Tensor:
+    """g(s(x_i), θ_{i−s}) ``[E, batch, len(shifts)]``: for each shift s, θ ``[batch, d]``
+    rolled by s over the (shuffled) batch, so s = 0 is the pair drawn jointly and every
+    s ≢ 0 (mod batch) a parameter drawn independently of x_i; s(x) is computed once."""
+    n, k = theta.shape[0], len(shifts)
+    rolled = torch.cat([torch.roll(theta, s, dims=0) for s in shifts])
+    repeated = None if design is None else design.repeat(k, 1)
+    logits = network.head(summary.repeat(k, 1), rolled, design=repeated)  # [E, k·batch]
+    return logits.view(logits.shape[0], k, n).transpose(1, 2)
+
+
+def _atoms_in_batch(num_atoms: int, batch: int, blocks: int) -> int:
+    """K for a batch of ``batch`` rows: ``num_atoms``, fewer when the batch cannot give
+    each x ``blocks``·K − 1 parameters of other rows (a short last batch), and never
+    below 2 for NRE-B (one block), whose loss needs a contrast; the optimum r̂ = r holds
+    for every K."""
+    k = min(num_atoms, max(batch // blocks, 1))
+    return max(k, 2) if blocks == 1 else k
 
 
 def _member_leaf(theta: Tensor, n_members: int, requires_grad: bool) -> Tensor:
@@ -249,13 +295,18 @@ class RatioEstimator(EmbeddingMixin, Estimator):
     Args:
         method: ``carl``, ``rolr``, ``rascal``, ``alice``, ``alices``, ``cascal`` (gold
             mining, need the reference class of ``simfer.simulate(..., theta_ref=...)``),
-            or ``nre``, ``bnre`` (contrastive, no reference class needed).
+            or ``nre``, ``bnre``, ``nre_b``, ``nre_c`` (contrastive, no reference class
+            needed; ``nre_b`` learns log p(x|θ)/p(x) only up to a function of x, enough for
+            posteriors and ratios between θ, see the module docstring).
         hidden: the widths of the hidden layers, e.g. (128, 128, 128) (the default); an
             int w means three layers of width w.
         n_ensemble: number of members trained together.
         alpha: weight of the score term (RASCAL, CASCAL, ALICES); None chooses
             `losses.default_score_weight` from the training data's joint scores.
         bnre_lambda: balancing weight of BNRE.
+        num_atoms: K, the parameters each x is contrasted with in NRE-B and NRE-C (the
+            true one and K − 1 others; 10 as in sbi and the sbibm paper's NRE).
+        gamma: γ of NRE-C, the odds of a set holding the true θ (1 as in sbi).
         bootstrap: give each ensemble member its own Poisson(1) bootstrap weights of the
             rows (bagging), so the members' spread reflects the finite simulation budget
             and not only their random initialisation.
@@ -275,6 +326,8 @@ class RatioEstimator(EmbeddingMixin, Estimator):
         n_ensemble: int = 1,
         alpha: float | None = None,
         bnre_lambda: float = 100.0,
+        num_atoms: int = 10,
+        gamma: float = 1.0,
         bootstrap: bool = True,
         embedding: nn.Module | dict | None = None,
         **training: Any,
@@ -284,12 +337,18 @@ class RatioEstimator(EmbeddingMixin, Estimator):
             raise ValueError(f"unknown ratio method {method!r}; choose one of {sorted(METHODS)}")
         if n_ensemble < 1:
             raise ValueError("n_ensemble must be at least 1")
+        if int(num_atoms) != num_atoms or num_atoms < 2:
+            raise ValueError(f"num_atoms must be a whole number >= 2, got {num_atoms!r}")
+        if not (math.isfinite(gamma) and gamma > 0):
+            raise ValueError(f"gamma must be finite and > 0, got {gamma!r}")
         super().__init__(**training)
         self.method = method
         self.hidden = mlp_widths(hidden)
         self.n_ensemble = int(n_ensemble)
         self.alpha = alpha
         self.bnre_lambda = float(bnre_lambda)
+        self.num_atoms = int(num_atoms)
+        self.gamma = float(gamma)
         self.bootstrap = bool(bootstrap)
         self._init_embedding(embedding)
         check_no_ensemble(self.n_ensemble, self.embedding)
@@ -301,6 +360,8 @@ class RatioEstimator(EmbeddingMixin, Estimator):
             "n_ensemble": self.n_ensemble,
             "alpha": self.alpha,
             "bnre_lambda": self.bnre_lambda,
+            "num_atoms": self.num_atoms,
+            "gamma": self.gamma,
             "bootstrap": self.bootstrap,
             "embedding": self._embedding_hyperparameter(),
         }
@@ -540,7 +601,8 @@ class RatioEstimator(EmbeddingMixin, Estimator):
         return self
 
     def _loss_function(self, alpha: float | None):
-        method, lam = METHODS[self.method], self.bnre_lambda
+        method = METHODS[self.method]
+        options = {"bnre_lambda": self.bnre_lambda, "gamma": self.gamma}
 
         def loss_fn(network: RatioNetwork, batch: dict[str, Tensor], training: bool) -> Tensor:
             n_members = network.n_members
@@ -548,9 +610,15 @@ class RatioEstimator(EmbeddingMixin, Estimator):
             design = batch.get("design")
             summary = network.summarize(batch["x"])
             outputs: dict[str, Tensor] = {}
-            if not method.needs_reference:  # contrastive: (θ, x) pairs against shuffled θ
-                outputs["joint"] = network.head(summary, batch["theta"], design=design)
-                shuffled = torch.roll(batch["theta"], 1, dims=0)  # x keeps its own design
+            theta = batch["theta"]
+            if method.atom_blocks:  # K atoms per x: the true θ and θ of other rows
+                k = _atoms_in_batch(self.num_atoms, theta.shape[0], method.atom_blocks)
+                for block, name in enumerate(("joint", "marginal")[: method.atom_blocks]):
+                    shifts = range(block * k, (block + 1) * k)
+                    outputs[name] = _atom_logits(network, summary, theta, shifts, design)
+            elif not method.needs_reference:  # contrastive: (θ, x) pairs against shuffled θ
+                outputs["joint"] = network.head(summary, theta, design=design)
+                shuffled = torch.roll(theta, 1, dims=0)  # x keeps its own design
                 outputs["marginal"] = network.head(summary, shuffled, design=design)
             else:
                 theta_ref = batch.get("theta_ref")
@@ -573,7 +641,7 @@ class RatioEstimator(EmbeddingMixin, Estimator):
                     **{k: v[e] for k, v in outputs.items()},
                     weight=None if bootstrap is None else bootstrap[:, e],
                 )
-                loss = method.loss(member, batch, alpha, lam)
+                loss = method.loss(member, batch, alpha, options)
                 per_member.append(loss.to(batch["theta"].dtype))  # ROLR computes in float64
             return torch.stack(per_member)
 
@@ -613,7 +681,7 @@ class RatioEstimator(EmbeddingMixin, Estimator):
         head = network.head
         name = type(self).__name__
         if reference is None:
-            if not METHODS[self.method].needs_reference:
+            if METHODS[self.method].normalised and not METHODS[self.method].needs_reference:
                 hint = ", or 'marginal' for log p(x|θ)/p(x)"
             elif self.dims.theta_ref is not None:
                 hint = f" (this estimator was trained against θ_ref = {list(self.dims.theta_ref)})"
@@ -648,6 +716,18 @@ class RatioEstimator(EmbeddingMixin, Estimator):
     ) -> Tensor:
         """log r̂(x|θ, θ1, d) of every member, ``[E, batch]`` (arguments as in `log_ratio`);
         differentiable when θ (or x) requires grad."""
+        if isinstance(reference, str) and not METHODS[self.method].normalised:
+            raise ValueError(
+                f"a '{self.method}' estimator learns log p(x|θ)/p(x) only up to a function of "
+                f"x, so its ratio to the marginal p(x) is not defined: pass reference=θ1 for "
+                f"log p(x|θ)/p(x|θ1), or train RatioEstimator('nre_c'), whose extra class "
+                f"fixes the normalisation"
+            )
+        return self._ensemble(x, theta, reference, design)
+
+    def _ensemble(self, x: Any, theta: Any, reference: Any, design: Any) -> Tensor:
+        """`log_ratio_ensemble` without its check: the posterior's term of an NRE-B takes
+        its unnormalised g(x, θ), whose c(x) is the same for every θ."""
         network, x, theta, reference, design = self._inputs(x, theta, reference, design)
         inputs = [x, theta] + ([reference] if isinstance(reference, Tensor) else [])
         with torch.set_grad_enabled(
@@ -670,7 +750,7 @@ class RatioEstimator(EmbeddingMixin, Estimator):
             x: ``[batch, *x_shape]`` or one x (sets as in `simfer.estimators.embedding`).
             theta: θ ``[batch, theta_dim]`` or one.
             reference: θ1 ``[batch, theta_dim]`` or one (often ``est.theta_ref``); or
-                ``"marginal"`` (NRE/BNRE only) for log p(x|θ, d)/p(x|d).
+                ``"marginal"`` (NRE, BNRE, NRE-C) for log p(x|θ, d)/p(x|d).
             design: for a model trained with designs, ``[batch, design_dim]`` or one.
             return_std: also return the ensemble members' standard deviation.
 
@@ -717,8 +797,6 @@ class RatioEstimator(EmbeddingMixin, Estimator):
         reference = self._term_reference(prior)
 
         def log_likelihood(x: Tensor, theta: Tensor, design: Tensor | None) -> Tensor:
-            return self.log_ratio_ensemble(
-                x=as_x(x), theta=theta, reference=reference, design=design
-            ).mean(0)
+            return self._ensemble(as_x(x), theta, reference, design).mean(0)
 
         return EventTerm(log_likelihood, x_obs, x_shape, design_dim=self.design_dim, model=self)
