@@ -239,6 +239,25 @@ def test_gold_methods_get_the_in_memory_constants(board_store):
             )
 
 
+def test_a_streamed_bounded_npe_standardises_the_logit_of_theta_as_in_memory(board_store):
+    """With ``bounded=True`` the network sees z = logit of θ in the prior's box: the streamed
+    fit keeps the same box and standardises z, not θ, exactly as the fit in memory."""
+    path, data = board_store
+    settings = dict(FAST, max_epochs=1, hidden=16, n_transforms=2, bounded=True)
+    streamed = simfer.PosteriorEstimator(max_memory=0, **settings).fit(path, PRIOR)
+    in_memory = simfer.PosteriorEstimator(**settings).fit(data, PRIOR)
+    box = (tuple(PRIOR.low.tolist()), tuple(PRIOR.high.tolist()))
+    assert streamed.dims.theta_box == in_memory.dims.theta_box == box
+    # θ ~ U(low, high) makes z logistic, of standard deviation π/√3 = 1.81 (θ's own: 0.58)
+    theta_std = "_transform._transforms.0.standardize.std"
+    assert float(in_memory.network.state_dict()[theta_std]) == pytest.approx(math.pi / 3**0.5, 0.1)
+    state = in_memory.network.state_dict()
+    for name in [k for k in state if k.endswith(("standardize.mean", "standardize.std"))]:
+        torch.testing.assert_close(
+            streamed.network.state_dict()[name], state[name], rtol=1e-5, atol=1e-6
+        )
+
+
 def test_a_streamed_npe_learns_as_well_as_one_in_memory(tmp_path):
     """On GaussianLinear (2-D) the streamed and the in-memory NPE reach the same held-out
     log q(θ|x), within the spread of two fits that differ only in their batch order."""

@@ -44,6 +44,8 @@ class Dims:
             (x + u, u ~ U(0, 1) in training); None when it modelled x as continuous.
         tail_bound: the spline window an NLE chose with ``tail_bound="auto"`` (None: the
             estimator's own number).
+        theta_box: ``(low, high)``, the prior's box that a ``bounded=True`` posterior
+            estimator mapped θ from onto R^d (`simfer.prior.LogitBox`); None: θ as it is.
     """
 
     theta_dim: int
@@ -62,6 +64,7 @@ class Dims:
     valid_fraction: float | None = None
     dequantized: tuple[int, ...] | None = None
     tail_bound: float | None = None
+    theta_box: tuple[tuple[float, ...], tuple[float, ...]] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "x_shape", tuple(self.x_shape))
@@ -71,6 +74,10 @@ class Dims:
                 object.__setattr__(self, name, tuple(float(v) for v in value))
         if self.dequantized is not None:
             object.__setattr__(self, "dequantized", tuple(int(v) for v in self.dequantized))
+        if self.theta_box is not None:
+            low, high = self.theta_box
+            box = (tuple(float(v) for v in low), tuple(float(v) for v in high))
+            object.__setattr__(self, "theta_box", box)
         if self.x_kind not in ("array", "set"):
             raise ValueError(f"x_kind must be 'array' or 'set', got {self.x_kind!r}")
 
@@ -88,6 +95,8 @@ class Dims:
         for name in ("theta_ref", "fixed_design", "dequantized"):
             if getattr(self, name) is not None:
                 out[name] = list(getattr(self, name))
+        if self.theta_box is not None:
+            out["theta_box"] = [list(side) for side in self.theta_box]
         return out
 
     @classmethod

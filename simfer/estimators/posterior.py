@@ -20,7 +20,10 @@ a `SimferError` quoting that rate when fewer than ``min_acceptance`` of the prop
 land inside (the flow then has little to say about this x: usually x lies far from the
 training simulations).  `log_prob` is −∞ outside the support and, with
 ``leakage_correction=True``, renormalised inside by the estimated acceptance,
-log q(θ|x) − log P_q(θ ∈ support | x).
+log q(θ|x) − log P_q(θ ∈ support | x).  With ``bounded=True`` and a `BoxUniform` prior
+nothing leaks: the estimator learns the density of z = logit((θ − low)/(high − low)) on
+R^d (`simfer.prior.LogitBox`), every draw maps back inside the box, and
+log q(θ|x) = log q_z(z(θ)|x) + log |det ∂z/∂θ|.
 
 Three methods learn q(θ|x), one row each of `METHODS`:
 
@@ -79,7 +82,9 @@ from ..nn.flows import (
 from ..nn.ode import DIVERGENCES, ContinuousFlow, TrainingNoise, vector_field_layers
 from ..prior import (
     BoxUniform,
+    LogitBox,
     as_prior,
+    check_in_support,
     describe_prior,
     distribution_device,
     inside_support,
@@ -210,6 +215,9 @@ class PosteriorEstimator(EmbeddingMixin, Estimator):
             flattened and standardised; set-valued x needs one.
         min_acceptance: `sample` raises when fewer than this fraction of its proposals fall
             inside the prior's support.
+        bounded: learn q on R^d through the logit of the prior's box (`fit` then needs a
+            `BoxUniform` prior): every draw lies inside the prior, with no rejection, where
+            a flow on θ itself may leak mass out of the box when simulations are few.
         ode_tolerance: absolute and relative tolerance of the ODE solver of fmpe and npse
             (`simfer.nn.ode.odeint`), in standardised units of θ.
         divergence: how fmpe and npse's ``log_prob`` takes the divergence of the velocity:
@@ -237,6 +245,7 @@ class PosteriorEstimator(EmbeddingMixin, Estimator):
         activation: str = "silu",
         embedding: nn.Module | dict | None = None,
         min_acceptance: float = 1e-3,
+        bounded: bool = False,
         ode_tolerance: float = 1e-4,
         divergence: str = "auto",
         **training: Any,
@@ -270,6 +279,7 @@ class PosteriorEstimator(EmbeddingMixin, Estimator):
         self.tail_bound = float(tail_bound)
         self.activation = check_activation(activation)
         self.min_acceptance = float(min_acceptance)
+        self.bounded = bool(bounded)
         self._init_embedding(embedding)
         self.prior: Distribution | None = None
         self.acceptance_rate: float | Tensor | None = None
@@ -285,6 +295,7 @@ class PosteriorEstimator(EmbeddingMixin, Estimator):
             "activation": self.activation,
             "embedding": self._embedding_hyperparameter(),
             "min_acceptance": self.min_acceptance,
+            "bounded": self.bounded,
             "ode_tolerance": self.ode_tolerance,
             "divergence": self.divergence,
         }
@@ -315,16 +326,14 @@ class PosteriorEstimator(EmbeddingMixin, Estimator):
                 f"({data.n_invalid} of {len(data)} rows failed)"
             )
         data = data.subset(keep)
-        theta = data.theta
         x, x_dims = self._training_x(data)
-        if prior is not None:
-            self.prior = as_prior(prior, data.theta_dim)
-            self.prior_description = describe_prior(self.prior)
+        box = self._set_prior(prior, data.theta_dim)
+        theta = data.theta if box is None else self._to_real(box, data.theta)
         if self.embedding is not None:
             x_dim = self._embedding_features(x)
         else:
             x_dim = x.shape[1]
-        self.dims = Dims(**x_dims, x_dim=x_dim, n_train=len(data))
+        self.dims = Dims(**x_dims, x_dim=x_dim, n_train=len(data), theta_box=box)
         tensors = {"theta": theta, "x": x}
         if design_column(data) is not None:
             tensors["design"] = data.design.to(theta.dtype)
@@ -346,6 +355,7 @@ class PosteriorEstimator(EmbeddingMixin, Estimator):
                 keep &= ~data.from_reference
             return keep
 
+        box = self._set_prior(prior, None)  # θ's width is checked against it below
         stats = {"theta": Moments(), "x": Moments(), "design": Moments()}
         first = None
         for data, _ in source.buffers():
@@ -353,7 +363,7 @@ class PosteriorEstimator(EmbeddingMixin, Estimator):
             if len(data) == 0:
                 continue
             first = data if first is None else first
-            stats["theta"].add(data.theta)
+            stats["theta"].add(data.theta if box is None else self._to_real(box, data.theta))
             if not data.is_set and self.embedding is None:
                 stats["x"].add(data.x)
             if data.design is not None:
@@ -365,16 +375,15 @@ class PosteriorEstimator(EmbeddingMixin, Estimator):
                 f"'{source.path}' ({n} of {len(source)} rows)"
             )
         x_dims = streamed_x_dims(self, first, stats["design"])
+        if prior is not None:
+            as_prior(prior, first.theta_dim)
         varying = x_dims["design_dim"] > 0
         embedded = self.embedding is not None
-        if prior is not None:
-            self.prior = as_prior(prior, first.theta_dim)
-            self.prior_description = describe_prior(self.prior)
         if embedded:
             x_dim = self._embedding_features(x_column(first, True))
         else:
             x_dim = int(stats["x"].mean.numel())
-        self.dims = Dims(**x_dims, x_dim=x_dim, n_train=n)
+        self.dims = Dims(**x_dims, x_dim=x_dim, n_train=n, theta_box=box)
         network = self._build(self.dims)
         stats["theta"].fit(network.input_standardize)
         if network.context_standardize is not None:
@@ -384,7 +393,8 @@ class PosteriorEstimator(EmbeddingMixin, Estimator):
 
         def rows(data: SimulationData, _: Tensor) -> dict[str, Tensor | RaggedSets]:
             data = data.subset(own(data))
-            columns = {"theta": data.theta, "x": x_column(data, embedded)}
+            theta = data.theta if box is None else self._to_real(box, data.theta)
+            columns = {"theta": theta, "x": x_column(data, embedded)}
             if varying:
                 columns["design"] = data.design.to(data.theta.dtype)
             return columns
@@ -394,6 +404,38 @@ class PosteriorEstimator(EmbeddingMixin, Estimator):
             network, self._loss_function(), StreamedRows(source, rows), self.training
         )
         return self
+
+    def _set_prior(self, prior: Distribution | None, theta_dim: int):
+        """Keep the fit's prior (saved with the model when a `BoxUniform`); with
+        ``bounded=True`` return its box ``(low, high)``, which it must be."""
+        if prior is not None:
+            self.prior = as_prior(prior, theta_dim)
+            self.prior_description = describe_prior(self.prior)
+        if not self.bounded:
+            return None
+        if not isinstance(self.prior, BoxUniform):
+            raise SimferError(
+                f"bounded=True maps θ from the prior's box onto R^d: fit(data, prior) needs a "
+                f"BoxUniform prior, got {'none' if prior is None else type(prior).__name__} "
+                f"(use bounded=False for an unbounded prior)"
+            )
+        return (tuple(self.prior.low.tolist()), tuple(self.prior.high.tolist()))
+
+    def _to_real(self, box, theta: Tensor) -> Tensor:
+        """z = `LogitBox` (θ) ``[N, D]`` of training θ, which must lie in the box."""
+        check_in_support(self.prior, theta, "the training θ")
+        return LogitBox(*box).to_real(theta)
+
+    @property
+    def _box(self) -> LogitBox | None:
+        box = None if self.dims is None else self.dims.theta_box
+        return None if box is None else LogitBox(*box)
+
+    def _draw(self, network: Network, n: int, context: Tensor) -> Tensor:
+        """n draws ``[n, theta_dim]`` of q(θ|x) for one context ``[1, C]`` (mapped back
+        into the box when the network learnt z = logit(θ))."""
+        draws = network.sample_given_summary(n, context)[0]
+        return draws if self._box is None else self._box.to_box(draws)
 
     def _loss_function(self):
         loss = METHODS[self.method].loss
@@ -461,7 +503,15 @@ class PosteriorEstimator(EmbeddingMixin, Estimator):
         with torch.set_grad_enabled(grad):
             _, context, _ = self._context(x, design)
             theta, summary = pair_rows({"theta": theta, "x": context})
-            log_q = network.log_prob_given_summary(theta, summary)
+            box = self._box
+            if box is None:
+                log_q = network.log_prob_given_summary(theta, summary)
+            else:  # q(θ) = q_z(z(θ)) |det ∂z/∂θ| inside the box, 0 outside
+                z = box.to_real(theta)
+                log_q = network.log_prob_given_summary(z, summary) + box.log_abs_det(theta)
+                low, high = (torch.tensor(v).to(theta) for v in self.dims.theta_box)
+                inside = ((theta >= low) & (theta <= high)).all(-1)
+                log_q = torch.where(inside, log_q, torch.full_like(log_q, -math.inf))
             if prior is not None:
                 log_q = torch.where(
                     inside_support(prior, theta), log_q, torch.full_like(log_q, -math.inf)
@@ -469,7 +519,7 @@ class PosteriorEstimator(EmbeddingMixin, Estimator):
                 if leakage_correction:
                     if not bool((context == context[:1]).all()):
                         raise ValueError("leakage_correction needs one observation x")
-                    draws = network.sample_given_summary(n_estimate, context[:1])[0]
+                    draws = self._draw(network, n_estimate, context[:1])
                     rate = float(inside_support(prior, draws).double().mean())
                     if rate == 0:
                         raise SimferError(
@@ -513,7 +563,7 @@ class PosteriorEstimator(EmbeddingMixin, Estimator):
 
     def _sample_one(self, network, context, n, prior, batch_size) -> tuple[Tensor, float]:
         if prior is None:
-            return network.sample_given_summary(n, context)[0], 1.0
+            return self._draw(network, n, context), 1.0
         kept, n_kept, n_drawn = [], 0, 0
         budget = math.ceil(n / self.min_acceptance)
         while n_kept < n:
@@ -530,7 +580,7 @@ class PosteriorEstimator(EmbeddingMixin, Estimator):
                     f"the flow leaks nearly all its mass out of the prior at this x (is x far "
                     f"from the training simulations?)"
                 )
-            proposals = network.sample_given_summary(k, context)[0]
+            proposals = self._draw(network, k, context)
             inside = inside_support(prior, proposals)
             kept.append(proposals[inside])
             n_kept += int(inside.sum())
