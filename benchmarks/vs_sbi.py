@@ -883,6 +883,8 @@ def main(argv=None) -> None:
             row.update(train_seconds=seconds, epochs=epochs)
             if library == "simfer":  # the loop's rule, to tell rows of older defaults apart
                 row.update(schedule=model.training.schedule, smoothing=model.training.smoothing)
+                if method in RATIO:
+                    row["activation"] = model.activation
             scores, infos = [], []
             for j in range(args.n_obs):
                 n = n_time if j == 0 else n_c2st

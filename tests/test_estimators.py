@@ -150,6 +150,31 @@ def test_atoms_never_pair_an_x_with_its_own_theta_twice(blocks, num_atoms):
         assert k == num_atoms or batch < blocks * num_atoms
 
 
+def test_the_nre_family_defaults_to_relu_and_older_model_files_keep_silu(data, tmp_path):
+    """ReLU by default for the classifiers of the NRE family, SiLU for gold mining (its
+    score must be smooth); a model file written before the choice existed lacks it and
+    was trained with SiLU, which `load` restores, outputs and all."""
+    assert simfer.RatioEstimator("nre_b").activation == "relu"
+    assert simfer.RatioEstimator("alices").activation == "silu"
+    assert simfer.RatioEstimator("nre", activation="ELU").activation == "elu"
+    with pytest.raises(ValueError, match="unknown activation 'gelu'"):
+        simfer.RatioEstimator("nre", activation="gelu")
+    old = simfer.RatioEstimator("nre", activation="silu", max_epochs=1, **FAST)
+    old.fit(data.subset(slice(0, 1000))).save(tmp_path / "old.pt")
+    payload = torch.load(tmp_path / "old.pt", weights_only=True)
+    hyperparameters = json.loads(payload["hyperparameters"])
+    del hyperparameters["activation"]
+    payload["hyperparameters"] = json.dumps(hyperparameters)
+    torch.save(payload, tmp_path / "older.pt")
+    loaded = simfer.load(tmp_path / "older.pt")
+    assert loaded.activation == "silu"
+    x, theta = data.x[:50], data.theta[:50]
+    torch.testing.assert_close(
+        loaded.log_ratio(x=x, theta=theta, reference="marginal"),
+        old.log_ratio(x=x, theta=theta, reference="marginal"),
+    )
+
+
 def test_ratio_estimator_rejects_bad_atoms_and_gamma():
     with pytest.raises(ValueError, match="num_atoms"):
         simfer.RatioEstimator("nre_b", num_atoms=1)

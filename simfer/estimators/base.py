@@ -56,6 +56,10 @@ class Estimator:
     """Base class: subclasses define ``_build(dims)`` → network and ``_fit(data)``."""
 
     training_keys: ClassVar[tuple[str, ...]] = tuple(TrainingConfig.__dataclass_fields__)
+    #: hyperparameters added after model files were first written, with the value every
+    #: older file was trained with: `load` fills them in when a file lacks them, so a
+    #: later change of the constructor's default never changes an old model's network
+    file_defaults: ClassVar[dict[str, Any]] = {}
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -263,7 +267,8 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> Estimat
     cls = _REGISTRY[kind]
     training = json.loads(payload["training"])
     training["device"] = str(device)
-    estimator = cls(**json.loads(payload["hyperparameters"]), **training)
+    hyperparameters = {**cls.file_defaults, **json.loads(payload["hyperparameters"])}
+    estimator = cls(**hyperparameters, **training)
     estimator.dims = Dims.from_json(json.loads(payload["dims"]), path=path, format_version=version)
     history = json.loads(payload["history"])
     estimator.history = None if history is None else TrainingHistory(**history)

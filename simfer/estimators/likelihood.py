@@ -114,7 +114,8 @@ from ..data import SimulationData
 from ..errors import SimferError
 from ..inference import EventTerm
 from ..nn import EnsembleMLP, Standardize
-from ..nn.flows import FLOWS, ConditionalFlow, build_flow, check_activation, conditioner_layers
+from ..nn.flows import FLOWS, ConditionalFlow, build_flow, conditioner_layers
+from ..nn.mlp import check_activation
 from ..prior import as_prior, describe_prior
 from ..seeding import derived_seed, seeded
 from ..streaming import Moments, StoredSimulations, StreamedRows

@@ -71,14 +71,8 @@ from ..errors import SimferError
 from ..inference import EventTerm
 from ..nn.diffusion import VPDiffusion
 from ..nn.flow_matching import FlowMatching
-from ..nn.flows import (
-    ACTIVATIONS,
-    FLOWS,
-    ConditionalFlow,
-    build_flow,
-    check_activation,
-    conditioner_layers,
-)
+from ..nn.flows import FLOWS, ConditionalFlow, build_flow, conditioner_layers
+from ..nn.mlp import ACTIVATIONS, check_activation
 from ..nn.ode import DIVERGENCES, ContinuousFlow, TrainingNoise, vector_field_layers
 from ..prior import (
     BoxUniform,

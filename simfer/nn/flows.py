@@ -68,7 +68,6 @@ import math
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from nflows.distributions import StandardNormal
 from nflows.flows import Flow
 from nflows.nn.nets import ResidualNet
@@ -84,13 +83,11 @@ from nflows.transforms import (
 from torch import Tensor, nn
 
 from ..seeding import seeded  # re-exported: `simfer.nn.flows.seeded` predates simfer.seeding
-from .mlp import Standardize
+from .mlp import ACTIVATIONS, Standardize, check_activation
 from .splines import rational_quadratic_spline
 
 __all__ = [
-    "ACTIVATIONS",
     "FLOWS",
-    "check_activation",
     "ConditionalFlow",
     "SplineAutoregressiveTransform",
     "SplineCouplingTransform",
@@ -101,15 +98,6 @@ __all__ = [
 ]
 
 FLOWS = ("nsf", "nsf-coupling", "maf")
-ACTIVATIONS = {"silu": F.silu, "relu": F.relu, "elu": F.elu, "tanh": torch.tanh}
-
-
-def check_activation(name: str) -> str:
-    """The lower-cased activation name, or a ValueError that lists the choices."""
-    name = str(name).lower()
-    if name not in ACTIVATIONS:
-        raise ValueError(f"unknown activation {name!r}; choose one of {list(ACTIVATIONS)}")
-    return name
 
 
 @torch.no_grad()

@@ -6,6 +6,8 @@ h ↦ h W_e + b_e for each member e.  Members share no parameter, so the sum of
 their losses has independent gradients per member, and Adam (elementwise) trains
 E networks at the cost of one wide one.  E = 1 is the plain MLP.
 
+The activations a network of simfer may use are `ACTIVATIONS`, one home for all of them.
+
 `Standardize` stores the affine map (v − μ)/σ learnt from the training data as
 buffers, so it travels with the weights when a model is saved and loaded.
 """
@@ -16,9 +18,27 @@ import math
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["EnsembleLinear", "EnsembleMLP", "Standardize", "mlp_widths"]
+__all__ = [
+    "ACTIVATIONS",
+    "EnsembleLinear",
+    "EnsembleMLP",
+    "Standardize",
+    "check_activation",
+    "mlp_widths",
+]
+
+ACTIVATIONS = {"silu": F.silu, "relu": F.relu, "elu": F.elu, "tanh": torch.tanh}
+
+
+def check_activation(name: str) -> str:
+    """The lower-cased activation name, or a ValueError that lists the choices."""
+    name = str(name).lower()
+    if name not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {name!r}; choose one of {list(ACTIVATIONS)}")
+    return name
 
 
 class Standardize(nn.Module):
@@ -57,7 +77,8 @@ class EnsembleLinear(nn.Module):
 
 
 class EnsembleMLP(nn.Module):
-    """E MLPs ``in_features → hidden… → out_features`` with SiLU activations.
+    """E MLPs ``in_features → hidden… → out_features`` with one of `ACTIVATIONS` (SiLU by
+    default) between the layers.
 
     Input ``[batch, in]`` (shared by all members) or ``[E, batch, in]``; output
     ``[E, batch, out]``.
@@ -69,9 +90,11 @@ class EnsembleMLP(nn.Module):
         out_features: int,
         hidden: Sequence[int] = (128, 128, 128),
         n_members: int = 1,
+        activation: str = "silu",
     ):
         super().__init__()
         self.n_members = n_members
+        self.activation = ACTIVATIONS[check_activation(activation)]
         sizes = [in_features, *hidden, out_features]
         self.layers = nn.ModuleList(
             EnsembleLinear(n_members, a, b) for a, b in zip(sizes[:-1], sizes[1:], strict=True)
@@ -83,7 +106,7 @@ class EnsembleMLP(nn.Module):
         for i, layer in enumerate(self.layers):
             h = layer(h)
             if i < len(self.layers) - 1:
-                h = nn.functional.silu(h)
+                h = self.activation(h)
         return h
 
 
