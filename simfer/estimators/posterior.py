@@ -573,6 +573,12 @@ class PosteriorEstimator(EmbeddingMixin, Estimator):
                     f"inside the prior's support, below min_acceptance={self.min_acceptance:g}: "
                     f"the flow leaks nearly all its mass out of the prior at this x (is x far "
                     f"from the training simulations?)"
+                    + (
+                        ""
+                        if self.bounded or not isinstance(prior, BoxUniform)
+                        else "; PosteriorEstimator(bounded=True) learns q inside the box and "
+                        "never leaks"
+                    )
                 )
             proposals = self._draw(network, k, context)
             inside = inside_support(prior, proposals)
