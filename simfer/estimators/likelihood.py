@@ -100,7 +100,7 @@ import copy
 import math
 import numbers
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -117,12 +117,13 @@ from ..nn import EnsembleMLP, Standardize
 from ..nn.flows import FLOWS, ConditionalFlow, build_flow, conditioner_layers
 from ..nn.mlp import check_activation
 from ..prior import as_prior, describe_prior
-from ..seeding import derived_seed, seeded
+from ..seeding import seeded
 from ..streaming import Moments, StoredSimulations, StreamedRows
-from ..training import InMemoryRows, RowSource, TrainingConfig, TrainingHistory, fit_network
+from ..training import RowSource, TrainingHistory, fit_network
 from .base import Estimator
 from .dims import Dims
 from .embedding import EmbeddingMixin, design_column, observed_x, summarize, x_batch
+from .members import MemberRows, MemberStream, fit_members, member_seeds
 from .rows import (
     TrainingData,
     as_batch,
@@ -148,8 +149,6 @@ METHODS = ("nle", "scandal")
 VALIDITY_TRAINING = {"batch_size": 64, "learning_rate": 3e-3}
 # the least spline window of tail_bound="auto": B = 4 holds all but 6·10⁻⁵ of a Gaussian
 AUTO_TAIL_BOUND = 4.0
-# A streamed member e ≥ 1 visits the blocks in the order of epoch k + e·2³² at its epoch k.
-_MEMBER_EPOCH_OFFSET = 2**32
 
 
 # -- the loss, as pure functions -------------------------------------------------------------
@@ -392,7 +391,7 @@ class LikelihoodEstimator(EmbeddingMixin, Estimator):
                 design_features=dims.design_dim,
                 seed=seed,
             )
-            for seed in _member_seeds(self.training.seed, self.n_ensemble)
+            for seed in member_seeds(self.training.seed, self.n_ensemble)
         ]
         validity = None
         if dims.validity:
@@ -480,7 +479,7 @@ class LikelihoodEstimator(EmbeddingMixin, Estimator):
         self.network = network
 
         def member_rows(e: int, seed: int) -> dict[str, Tensor] | RowSource:
-            return tensors if e == 0 else _MemberRows(tensors, seed)
+            return tensors if e == 0 else MemberRows(tensors, seed)
 
         self._fit_members(network, self._loss_function(alpha), member_rows)
         if learn_validity:
@@ -596,7 +595,7 @@ class LikelihoodEstimator(EmbeddingMixin, Estimator):
         self.network = network
 
         def member_rows(e: int, _: int) -> RowSource:
-            return StreamedRows(source, rows) if e == 0 else _MemberStream(source, rows, e)
+            return StreamedRows(source, rows) if e == 0 else MemberStream(source, rows, e)
 
         self._fit_members(network, self._loss_function(alpha), member_rows)
         if learn_validity:
@@ -624,16 +623,9 @@ class LikelihoodEstimator(EmbeddingMixin, Estimator):
         loss_fn: Callable,
         rows: Callable[[int, int], dict[str, Tensor] | RowSource],
     ) -> None:
-        """Train the flows one after another by `fit_network`, member e on ``rows(e,
-        seed_e)``, each with its own early stopping (and its own checkpoint file,
-        ``<checkpoint>.member<e>`` for e ≥ 1); set ``history`` and ``member_histories``."""
-        seeds = _member_seeds(self.training.seed, network.n_ensemble)
-        histories = []
-        for e, (flow, seed) in enumerate(zip(network.members, seeds, strict=True)):
-            config = self.training
-            if e and config.checkpoint:
-                config = replace(config, checkpoint=f"{config.checkpoint}.member{e}")
-            histories.append(fit_network(flow, loss_fn, rows(e, seed), config))
+        """Train the flows one after another (`fit_members`); set ``history`` and
+        ``member_histories``."""
+        histories = fit_members(network.members, loss_fn, rows, self.training)
         self.history, self.member_histories = histories[0], histories
 
     def _dequantized_columns(self, integer: Tensor | None) -> tuple[int, ...] | None:
@@ -823,41 +815,6 @@ class _Dequantizer:
             (x.shape[0], len(self.columns)), generator=self.generator, device=x.device
         ).to(x.dtype)
         return x + u
-
-
-def _member_seeds(seed: int, n_ensemble: int) -> list[int]:
-    """The seeds of the E members' initial weights and batch orders: the fit's own seed for
-    the first (so that ``n_ensemble=1`` is the single flow it always was), then seeds drawn
-    from a generator seeded by it (not seed + e, which another fit's seed would repeat)."""
-    generator = torch.Generator().manual_seed(seed)
-    return [seed] + [derived_seed(generator) for _ in range(n_ensemble - 1)]
-
-
-class _MemberRows(InMemoryRows):
-    """The rows of member e ≥ 1 in memory: the validation rows split off by the fit's seed
-    (the first member's, so every member's held-out loss is over the same rows), and the
-    training rows visited in an order drawn from the member's own seed."""
-
-    def __init__(self, tensors: dict[str, Tensor], order_seed: int):
-        super().__init__(tensors)
-        self.order_seed = order_seed
-
-    def prepare(self, config: TrainingConfig, device: torch.device) -> None:
-        super().prepare(config, device)
-        self.generator.manual_seed(self.order_seed)
-
-
-class _MemberStream(StreamedRows):
-    """The rows of member e ≥ 1 streamed from a store: the same held-out rows (a hash of
-    the fit's seed), and at epoch k the block order of epoch k + e·2³² (each epoch's order
-    is a hash of its number, so the members' orders are independent)."""
-
-    def __init__(self, source: StoredSimulations, transform: Callable, member: int):
-        super().__init__(source, transform)
-        self.member = member
-
-    def training_batches(self, epoch: int) -> Iterator[tuple[dict[str, Tensor], int]]:
-        return super().training_batches(epoch + self.member * _MEMBER_EPOCH_OFFSET)
 
 
 def _scandal_weight(score: Moments, theta: Moments) -> float:
