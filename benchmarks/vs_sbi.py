@@ -114,6 +114,17 @@ RATIO = {"NRE": "nre", "NRE-B": "nre_b"}  # the benchmark's ratio rows: simfer's
 VECTOR_FIELD = ("FMPE", "NPSE")
 CONVERGED_METHODS += [(lib, m) for m in VECTOR_FIELD for lib in ("simfer", "sbi")]
 DIRECT = ("NPE", *VECTOR_FIELD)  # sampled without MCMC
+# --npe-ensemble E: the moonshot table, simfer's PosteriorEstimator(n_ensemble=E) (method
+# "NPE-E", sampled directly like NPE) beside the paper's NPE figures
+MOONSHOT_NAME = "moonshot"
+MOONSHOT_HEADING = "Moonshot: an NPE ensemble at 10^4 simulations against the paper's NPE"
+
+
+def is_direct(method: str) -> bool:
+    """Whether ``method`` is sampled without MCMC (NPE, its ensembles, FMPE, NPSE)."""
+    return method in DIRECT or method.startswith("NPE-")
+
+
 # --converged trains with no cap: each library stops by its own early-stopping rule (20
 # epochs without a validation improvement); this bound is never reached
 NO_CAP = 100_000
@@ -456,6 +467,8 @@ def simfer_estimator(method, max_epochs, flow="nsf"):
     settings = {**FLOW, **TRAINING, "max_epochs": max_epochs, "seed": TRAIN_SEED, "progress": False}
     if method == "NPE":
         return simfer.PosteriorEstimator(flow, **settings)
+    if method.startswith("NPE-"):  # an ensemble of NPE flows
+        return simfer.PosteriorEstimator(flow, n_ensemble=int(method[4:]), **settings)
     if method == "NLE":  # simfer's own spline window (tail_bound="auto"), sbi's stays ±4
         settings.pop("tail_bound")
         return simfer.LikelihoodEstimator("nle", flow, **settings)
@@ -475,7 +488,7 @@ def train_simfer(method, data, prior, max_epochs, flow="nsf"):
 
 
 def sample_simfer(method, estimator, prior, x_obs, n, seed, mcmc):
-    if method in DIRECT:
+    if is_direct(method):
         return estimator.sample(n, x=x_obs, seed=seed), {"acceptance": estimator.acceptance_rate}
     posterior = estimator.posterior(prior, x_obs)
     samples = posterior.sample(
@@ -641,14 +654,15 @@ def render(rows: list[dict], simulators: list[str], budgets: list[int], meta: di
     for sim in simulators:
         if meta.get("converged"):
             for method in kinds:
-                figures = PAPER.get(sim, {}).get(method)
+                paper = "NPE" if method.startswith("NPE-") else method
+                figures = PAPER.get(sim, {}).get(paper)
                 if figures is None:
                     continue
                 texts = [
                     f"{figures[PAPER_BUDGETS.index(b)]:.2f}" if b in PAPER_BUDGETS else "—"
                     for b in budgets
                 ]
-                lines.append(f"| {SIM_LABEL[sim]} | paper {method} | " + " | ".join(texts) + " |")
+                lines.append(f"| {SIM_LABEL[sim]} | paper {paper} | " + " | ".join(texts) + " |")
         for library, method in methods:
             texts = [
                 cell_text(
@@ -754,6 +768,11 @@ def main(argv=None) -> None:
         action="store_true",
         help="no epoch cap, NRE rows, the paper's figures; its own log and table",
     )
+    parser.add_argument(
+        "--npe-ensemble",
+        type=int,
+        help="with --converged: only simfer's NPE ensemble of this many flows, in its own table",
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--markdown", default=str(ROOT / "docs" / "benchmarks.md"))
     parser.add_argument("--jsonl", help="default benchmarks/results/{vs_sbi,converged}.jsonl")
@@ -770,6 +789,11 @@ def main(argv=None) -> None:
 
     methods = CONVERGED_METHODS if args.converged else METHODS
     table, heading = (CONVERGED_NAME, CONVERGED_HEADING) if args.converged else (NAME, HEADING)
+    if args.npe_ensemble:
+        if not args.converged:
+            parser.error("--npe-ensemble needs --converged")
+        methods = [("simfer", f"NPE-{args.npe_ensemble}")]
+        table, heading = MOONSHOT_NAME, MOONSHOT_HEADING
     jsonl = args.jsonl or str(ROOT / "benchmarks" / "results" / f"{table}.jsonl")
 
     def max_epochs(budget):
