@@ -19,7 +19,8 @@ Paths and figures (``device`` is the GPU; every row is also run on ``--baseline`
   likelihood, N = M = 2000) over ``--designs`` candidate designs;
 * sbi on the same device (if installed): NPE training throughput and draws per second;
 * portability: every estimator trained on the device, saved, loaded on the CPU, gives the
-  same outputs (max |difference| of log-densities / log-ratios on fixed inputs).
+  same outputs (max |difference| of log-densities / log-ratios on fixed inputs); NPE, NLE,
+  ALICES, SALLY, NRE-B, a bounded NPE ensemble and FMPE (`PORTABLE`).
 
     .venv/bin/python benchmarks/gpu.py                            # on a GPU machine
     .venv/bin/python benchmarks/gpu.py --device cpu --small \
@@ -188,6 +189,10 @@ def sbi_npe(device: str, args, data) -> dict:
     }
 
 
+#: the estimators `portability` trains on the device and reloads on the CPU
+PORTABLE = ("NPE", "NLE", "ALICES", "SALLY", "NRE-B", "NPE-3 bounded", "FMPE")
+
+
 def portability(device: str, args, data) -> dict:
     """Train on ``device``, save, load on the CPU: the same outputs on fixed inputs."""
     board = GaltonBoard()
@@ -216,6 +221,25 @@ def portability(device: str, args, data) -> dict:
                 "SALLY",
                 simfer.ScoreEstimator(max_epochs=1, device=device, progress=False),
                 lambda e: e.score(x=x),
+            ),
+            (
+                "NRE-B",
+                simfer.RatioEstimator("nre_b", max_epochs=1, device=device, progress=False),
+                lambda e: e.log_ratio(x=x, theta=theta, reference=[0.0]),
+            ),
+            (
+                "NPE-3 bounded",
+                simfer.PosteriorEstimator(
+                    "nsf", n_ensemble=3, bounded=True, max_epochs=1, device=device, progress=False
+                ),
+                lambda e: e.log_prob(theta=theta, x=x),
+            ),
+            (
+                "FMPE",
+                simfer.PosteriorEstimator(
+                    method="fmpe", max_epochs=1, device=device, progress=False
+                ),
+                lambda e: e.log_prob(theta=theta, x=x),
             ),
         ):
             estimator.fit(data, prior)
@@ -266,7 +290,7 @@ def render(rows: list[dict], meta: dict) -> str:
                 f"{n} save→CPU load max |Δ|",
                 lambda r, n=n: r["figures"]["max_abs_difference"][n],
             )
-            for n in ("NPE", "NLE", "ALICES", "SALLY")
+            for n in PORTABLE
         ],
     ]
     for path, label, get in figures:
