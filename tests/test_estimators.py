@@ -14,6 +14,7 @@ import simfer
 from simfer import ModelFileError
 from simfer.estimators.dims import Dims
 from simfer.estimators.ratio import _atoms_in_batch
+from simfer.nn.mlp import EnsembleMLP
 from simulators import GaltonBoard
 
 FAST = dict(hidden=(64, 64), progress=False, seed=0)
@@ -173,6 +174,28 @@ def test_the_nre_family_defaults_to_relu_and_older_model_files_keep_silu(data, t
         loaded.log_ratio(x=x, theta=theta, reference="marginal"),
         old.log_ratio(x=x, theta=theta, reference="marginal"),
     )
+
+
+def test_a_residual_ratio_network_starts_linear_and_learns(data, evaluation):
+    """``residual=True``: each block's closing layer starts within ±10⁻³, so the untrained
+    network is the linear map last(first(h)) up to the blocks' small outputs; trained as
+    NRE-B on the Galton board it learns the ratio as the plain MLP does."""
+    torch.manual_seed(0)
+    mlp = EnsembleMLP(3, 1, (50,) * 5, n_members=2, activation="relu", residual=True)
+    h = torch.randn(64, 3)
+    with torch.no_grad():
+        linear = mlp.layers[-1](mlp.layers[0](h.expand(2, 64, 3)))
+        # a closing layer sums 50 activations of order 1 with weights of at most 10⁻³ and
+        # random signs: of order √50·10⁻³ per unit, against the linear map's output of
+        # order 1, so the two agree to a few 10⁻³ (the plain MLP's init differs by O(1))
+        assert float((mlp(h) - linear).abs().max()) < 0.02
+    with pytest.raises(ValueError, match=r"1 \+ 2·blocks hidden layers of one width"):
+        simfer.RatioEstimator("nre", residual=True, hidden=(50, 50))
+    estimator = simfer.RatioEstimator(
+        "nre_b", residual=True, max_epochs=20, **dict(FAST, hidden=(50,) * 5)
+    ).fit(data.subset(slice(0, 4000)))
+    trivial = float((evaluation[2] ** 2).mean())
+    assert log_ratio_mse(estimator, evaluation) < 0.7 * trivial
 
 
 def test_ratio_estimator_rejects_bad_atoms_and_gamma():

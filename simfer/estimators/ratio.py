@@ -49,7 +49,7 @@ from ..data import RaggedSets, SimulationData
 from ..errors import SimferError
 from ..inference import EventTerm
 from ..nn import EnsembleMLP, Standardize
-from ..nn.mlp import check_activation, mlp_widths
+from ..nn.mlp import check_activation, check_residual_widths, mlp_widths
 from ..prior import describe_prior
 from ..seeding import seeded
 from ..streaming import Moments, StoredSimulations, StreamedRows, hashed_uniform
@@ -254,6 +254,7 @@ class RatioNetwork(nn.Module):
         embedding=None,
         design_dim=0,
         activation="silu",
+        residual=False,
     ):
         super().__init__()
         self.n_members = n_members
@@ -265,7 +266,7 @@ class RatioNetwork(nn.Module):
             self.design_standardize = Standardize(design_dim)
         self.design_dim = design_dim
         in_features = x_dim + theta_dim * (2 if double else 1) + design_dim
-        self.mlp = EnsembleMLP(in_features, 1, hidden, n_members, activation)
+        self.mlp = EnsembleMLP(in_features, 1, hidden, n_members, activation, residual)
 
     def summarize(self, x: Tensor) -> Tensor:
         """s(x) ``[batch, x_dim]``: x ``[batch, x_dim]`` standardised, or the embedding of x."""
@@ -328,6 +329,8 @@ class RatioEstimator(EmbeddingMixin, Estimator):
             simulations, NRE-B: C2ST 0.77 against SiLU's 0.85), and ``"silu"`` for the
             methods that mine gold, whose score t̂ = ∇θ log r̂ must be smooth (a ReLU
             network's is piecewise constant).
+        residual: a residual network (`simfer.nn.mlp.EnsembleMLP`): ``hidden`` is then 1 +
+            2·blocks layers of one width, e.g. ``(50,) * 5``, sbi's classifier.
         bootstrap: give each ensemble member its own Poisson(1) bootstrap weights of the
             rows (bagging), so the members' spread reflects the finite simulation budget
             and not only their random initialisation.
@@ -352,6 +355,7 @@ class RatioEstimator(EmbeddingMixin, Estimator):
         num_atoms: int = 10,
         gamma: float = 1.0,
         activation: str | None = None,
+        residual: bool = False,
         bootstrap: bool = True,
         embedding: nn.Module | dict | None = None,
         **training: Any,
@@ -375,6 +379,9 @@ class RatioEstimator(EmbeddingMixin, Estimator):
         self.gamma = float(gamma)
         self.activation = METHODS[method].activation if activation is None else activation
         self.activation = check_activation(self.activation)
+        self.residual = bool(residual)
+        if self.residual:
+            check_residual_widths(self.hidden)
         self.bootstrap = bool(bootstrap)
         self._init_embedding(embedding)
         check_no_ensemble(self.n_ensemble, self.embedding)
@@ -389,6 +396,7 @@ class RatioEstimator(EmbeddingMixin, Estimator):
             "num_atoms": self.num_atoms,
             "gamma": self.gamma,
             "activation": self.activation,
+            "residual": self.residual,
             "bootstrap": self.bootstrap,
             "embedding": self._embedding_hyperparameter(),
         }
@@ -417,6 +425,7 @@ class RatioEstimator(EmbeddingMixin, Estimator):
             self._embedding_module(dims.is_set),
             dims.design_dim,
             self.activation,
+            self.residual,
         )
 
     # -- training ---------------------------------------------------------------------------

@@ -27,6 +27,7 @@ __all__ = [
     "EnsembleMLP",
     "Standardize",
     "check_activation",
+    "check_residual_widths",
     "mlp_widths",
 ]
 
@@ -80,6 +81,11 @@ class EnsembleMLP(nn.Module):
     """E MLPs ``in_features → hidden… → out_features`` with one of `ACTIVATIONS` (SiLU by
     default) between the layers.
 
+    With ``residual=True`` the hidden widths are 1 + 2B equal widths w: a first layer to w,
+    then B residual blocks h ↦ h + L₂(a(L₁(a(h)))) and a last layer from h (the residual
+    network of nflows and of sbi's classifiers).  Each block's L₂ starts near zero (weights
+    and biases from U(±10⁻³)), so the network starts close to a linear map.
+
     Input ``[batch, in]`` (shared by all members) or ``[E, batch, in]``; output
     ``[E, batch, out]``.
     """
@@ -91,23 +97,46 @@ class EnsembleMLP(nn.Module):
         hidden: Sequence[int] = (128, 128, 128),
         n_members: int = 1,
         activation: str = "silu",
+        residual: bool = False,
     ):
         super().__init__()
         self.n_members = n_members
         self.activation = ACTIVATIONS[check_activation(activation)]
+        self.residual = bool(residual)
+        if self.residual:
+            check_residual_widths(hidden)
         sizes = [in_features, *hidden, out_features]
         self.layers = nn.ModuleList(
             EnsembleLinear(n_members, a, b) for a, b in zip(sizes[:-1], sizes[1:], strict=True)
         )
+        if self.residual:
+            with torch.no_grad():
+                for closing in self.layers[2:-1:2]:
+                    closing.weight.uniform_(-1e-3, 1e-3)
+                    closing.bias.uniform_(-1e-3, 1e-3)
 
     def forward(self, h: Tensor) -> Tensor:
         if h.ndim == 2:
             h = h.expand(self.n_members, *h.shape)
+        if self.residual:
+            h = self.layers[0](h)
+            for opening, closing in zip(self.layers[1:-1:2], self.layers[2:-1:2], strict=True):
+                h = h + closing(self.activation(opening(self.activation(h))))
+            return self.layers[-1](h)
         for i, layer in enumerate(self.layers):
             h = layer(h)
             if i < len(self.layers) - 1:
                 h = self.activation(h)
         return h
+
+
+def check_residual_widths(hidden: Sequence[int]) -> None:
+    """A ValueError unless ``hidden`` is 1 + 2·blocks layers of one width (residual)."""
+    if len(set(hidden)) != 1 or len(hidden) % 2 == 0:
+        raise ValueError(
+            f"a residual network needs 1 + 2·blocks hidden layers of one width, e.g. "
+            f"(50, 50, 50, 50, 50) for two blocks; got {tuple(hidden)}"
+        )
 
 
 def mlp_widths(hidden: int | Sequence[int], depth: int = 3) -> tuple[int, ...]:
