@@ -126,6 +126,18 @@ def _ratio_and_score(loss: Callable[..., Tensor]) -> Callable[..., Tensor]:
     return member_loss
 
 
+def _nre_family(loss: Callable[..., Tensor], **contrasts: Any) -> RatioMethod:
+    """A method of the NRE family: (θ, x) pairs only, no gold, no reference class, ReLU."""
+    return RatioMethod(
+        loss,
+        needs_gold=False,
+        needs_score=False,
+        needs_reference=False,
+        activation="relu",
+        **contrasts,
+    )
+
+
 METHODS: dict[str, RatioMethod] = {
     "carl": RatioMethod(
         lambda m, b, alpha, o: losses.carl(m.log_r, b["from_reference"], weight=m.weight),
@@ -161,36 +173,18 @@ METHODS: dict[str, RatioMethod] = {
     "alices": RatioMethod(
         _ratio_and_score(losses.alices), needs_gold=True, needs_score=True, needs_reference=True
     ),
-    "nre": RatioMethod(
-        lambda m, b, alpha, o: losses.nre_a(m.joint, m.marginal, weight=m.weight),
-        needs_gold=False,
-        needs_score=False,
-        needs_reference=False,
-        activation="relu",
+    "nre": _nre_family(lambda m, b, alpha, o: losses.nre_a(m.joint, m.marginal, weight=m.weight)),
+    "bnre": _nre_family(
+        lambda m, b, alpha, o: losses.bnre(m.joint, m.marginal, o["bnre_lambda"], weight=m.weight)
     ),
-    "bnre": RatioMethod(
-        lambda m, b, alpha, o: losses.bnre(m.joint, m.marginal, o["bnre_lambda"], weight=m.weight),
-        needs_gold=False,
-        needs_score=False,
-        needs_reference=False,
-        activation="relu",
-    ),
-    "nre_b": RatioMethod(
+    "nre_b": _nre_family(
         lambda m, b, alpha, o: losses.nre_b(m.joint, weight=m.weight),
-        needs_gold=False,
-        needs_score=False,
-        needs_reference=False,
         atom_blocks=1,
         normalised=False,
-        activation="relu",
     ),
-    "nre_c": RatioMethod(
+    "nre_c": _nre_family(
         lambda m, b, alpha, o: losses.nre_c(m.joint, m.marginal, o["gamma"], weight=m.weight),
-        needs_gold=False,
-        needs_score=False,
-        needs_reference=False,
         atom_blocks=2,
-        activation="relu",
     ),
 }
 
