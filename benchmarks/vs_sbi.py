@@ -834,6 +834,9 @@ def main(argv=None) -> None:
         "status": " (running)",
         "wall_minutes": 0.0,
     }
+    # a resumed run times only this sitting; the cells it resumes carry their own times
+    sitting = f" in this sitting, which resumed {len(done)} finished cells" if done else ""
+    meta["status"] = sitting + meta["status"]
     markdown = Path(args.markdown)
     t0 = time.perf_counter()
 
@@ -948,7 +951,7 @@ def main(argv=None) -> None:
             assert data.n_invalid == 0
             for library, method in todo:
                 run_cell(name, budget, library, method, data, prepared[name])
-    meta["status"] = ""
+    meta["status"] = sitting
     meta["wall_minutes"] = (time.perf_counter() - t0) / 60
     text = render(rows, *shown_cells(), meta)
     write_markdown(markdown, text, table, heading)

@@ -595,6 +595,25 @@ def test_c2st_is_one_half_for_one_distribution_and_one_for_disjoint_ones():
         c2st(torch.zeros(20, 2), torch.zeros(20, 3))
 
 
+def test_c2st_scores_a_sample_far_out_as_distinguishable_not_as_perfect():
+    """A diverged MCMC chain (sbi's NRE on LotkaVolterra ran every chain out to ~10³⁸) is
+    disjoint from the reference: the Bayes accuracy is 1.  In float32 the classifier's
+    Adam state overflowed, every logit became NaN and the score was exactly ½; a handful of
+    such points among good ones must only move the score by their share, ½·10/1000."""
+    generator = torch.Generator().manual_seed(1)
+    reference = torch.randn(500, 2, generator=generator)
+    for scale in (1e30, 1e37):
+        far = scale * (1 + torch.rand(500, 2, generator=generator))
+        assert c2st(reference, far) > 0.99
+    n = 1000
+    mostly_good = torch.randn(n, 2, generator=generator)
+    mostly_good[:10] = 1e37
+    score = c2st(torch.randn(n, 2, generator=generator), mostly_good)
+    assert abs(score - (0.5 + 0.5 * 10 / n)) < 4 * math.sqrt(0.25 / (2 * n))
+    with pytest.raises(FloatingPointError, match="diverged MCMC chain"):
+        c2st(reference, torch.full((500, 2), 1e200, dtype=torch.float64))
+
+
 # -- the documentation's examples run --------------------------------------------------------
 def test_the_examples_in_docs_flows_run(monkeypatch, tmp_path):
     """Run every ```python block of docs/flows.md in order, in one namespace."""

@@ -18,7 +18,11 @@ learning rate 10⁻³, mini-batches of 200 and an L2 penalty of 10⁻⁴ (scikit
 ``tol`` for ``n_iter_no_change`` epochs in a row (scikit-learn's rule) or for at most
 ``max_epochs``; then KFold cross-validation with ``n_folds`` shuffled folds.  It is
 written in torch (scikit-learn is not a dependency of simfer) and trains the fold
-classifiers together, as one batched ensemble; each stops on its own criterion.
+classifiers together, as one batched ensemble; each stops on its own criterion.  It
+trains in float32, and in float64 (scikit-learn's precision) when a point lies more than
+10⁶ standard units out, where float32 overflows: a diverged MCMC chain at 10³⁸ once made
+every classifier NaN, and NaN logits predict one class, an accuracy of exactly ½.  Beyond
+10¹⁰⁰ it raises ``FloatingPointError``.
 """
 
 from __future__ import annotations
@@ -33,6 +37,11 @@ from ..errors import ShapeError
 from ..nn.mlp import EnsembleLinear
 
 __all__ = ["c2st"]
+
+# How many standard units out each precision trains soundly: Adam squares gradients that
+# grow with the input, and a float32 classifier on a sample at 10^38 scored exactly 0.5
+# (NaN logits all vote "P"); a float64 one stops learning near 10^154.
+_REACH = {torch.float32: 1e6, torch.float64: 1e100}
 
 
 class _FoldClassifiers(nn.Module):
@@ -66,6 +75,15 @@ def _as_sample(name: str, value) -> Tensor:
     return value
 
 
+def _standardised(p: Tensor, q: Tensor, z_score: bool) -> Tensor:
+    """P and Q stacked ``[n + m, d]``, z-scored by P's moments when ``z_score``."""
+    if z_score:
+        mean, std = p.mean(0), p.std(0)
+        std = torch.where(std > 0, std, torch.ones_like(std))
+        p, q = (p - mean) / std, (q - mean) / std
+    return torch.cat([p, q])
+
+
 def c2st(
     samples_p,
     samples_q,
@@ -85,8 +103,8 @@ def c2st(
     """Cross-validated accuracy of a classifier between ``samples_p`` (the reference,
     ``[n, d]``) and ``samples_q`` (``[m, d]``): 0.5 for one distribution, 1 for disjoint
     ones.  See the module docstring for the protocol (sbibm's) and its defaults."""
-    p = _as_sample("samples_p", samples_p).to(device, torch.float32)
-    q = _as_sample("samples_q", samples_q).to(device, torch.float32)
+    p = _as_sample("samples_p", samples_p)
+    q = _as_sample("samples_q", samples_q)
     if p.shape[1] != q.shape[1]:
         raise ShapeError(f"the samples have {p.shape[1]} and {q.shape[1]} dimensions")
     if n_folds < 2:
@@ -94,14 +112,19 @@ def c2st(
     n = p.shape[0] + q.shape[0]
     if min(p.shape[0], q.shape[0]) < 1 or n < 2 * n_folds:
         raise ValueError(f"{p.shape[0]} and {q.shape[0]} points are too few for {n_folds} folds")
-    if z_score:
-        mean, std = p.mean(0), p.std(0)
-        std = torch.where(std > 0, std, torch.ones_like(std))
-        p, q = (p - mean) / std, (q - mean) / std
+    for dtype, reach in _REACH.items():
+        data = _standardised(p.to(device, dtype), q.to(device, dtype), z_score)
+        if float(data.abs().max()) <= reach:
+            break
+    else:
+        raise FloatingPointError(
+            f"the samples reach {float(data.abs().max()):.3g} standard deviations of "
+            "samples_p, too far for the classifier's arithmetic; a sample this far from the "
+            "reference (a diverged MCMC chain?) is no posterior to score"
+        )
     d = p.shape[1]
     hidden = (10 * d, 10 * d) if hidden is None else tuple(int(h) for h in hidden)
-    data = torch.cat([p, q])
-    labels = torch.cat([torch.zeros(p.shape[0]), torch.ones(q.shape[0])]).to(device)
+    labels = torch.cat([torch.zeros(p.shape[0]), torch.ones(q.shape[0])]).to(device, data.dtype)
 
     generator = torch.Generator(device).manual_seed(seed)
     folds = torch.tensor_split(torch.randperm(n, generator=generator, device=device), n_folds)
@@ -111,7 +134,7 @@ def c2st(
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        network = _FoldClassifiers(n_folds, d, hidden).to(device)
+        network = _FoldClassifiers(n_folds, d, hidden).to(device, data.dtype)
     optimizer = torch.optim.Adam(network.parameters(), lr=learning_rate)
     weights = [layer.weight for layer in network.layers]
     best = torch.full((n_folds,), math.inf, device=device)
