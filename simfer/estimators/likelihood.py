@@ -123,7 +123,7 @@ from ..training import RowSource, TrainingHistory, fit_network
 from .base import Estimator
 from .dims import Dims
 from .embedding import EmbeddingMixin, design_column, observed_x, summarize, x_batch
-from .members import MemberRows, MemberStream, fit_members, member_seeds
+from .members import MemberRows, MemberStream, fit_members, member_seeds, mixture_draws
 from .rows import (
     TrainingData,
     as_batch,
@@ -245,15 +245,13 @@ class LikelihoodNetwork(nn.Module):
         member picked uniformly, so member e makes about n/E of them."""
         if self.n_ensemble == 1:
             return self.flow.sample_given_summary(n, self.flow.summarize(theta, design))
-        pick = torch.randint(self.n_ensemble, (theta.shape[0], n), device=theta.device)
-        draws = theta.new_empty(theta.shape[0], n, self.flows[0].features)
-        for e, flow in enumerate(self.flows):
-            rows, slots = torch.nonzero(pick == e, as_tuple=True)
-            if len(rows) == 0:
-                continue
+
+        def draw(e: int, rows: Tensor) -> Tensor:
+            flow = self.flows[e]
             summary = flow.summarize(theta[rows], None if design is None else design[rows])
-            draws[rows, slots] = flow.sample_given_summary(1, summary)[:, 0].to(draws.dtype)
-        return draws
+            return flow.sample_given_summary(1, summary)[:, 0]
+
+        return mixture_draws(self.n_ensemble, theta.shape[0], n, draw, theta.device)
 
 
 class LikelihoodEstimator(EmbeddingMixin, Estimator):

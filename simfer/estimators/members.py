@@ -6,7 +6,8 @@ The members differ by their seed: member 0 keeps the fit's own seed (so ``n_ense
 is the single network it always was), the others get seeds drawn from a generator seeded
 by it (`member_seeds`).  Every member holds out the same validation rows, so their held-out
 losses compare, and visits the training rows in its own order (`MemberRows` in memory,
-`MemberStream` from a store).
+`MemberStream` from a store).  A draw from the mixture picks its member uniformly
+(`mixture_draws`), so member e makes about n/E of n draws.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from ..seeding import derived_seed
 from ..streaming import StoredSimulations, StreamedRows
 from ..training import InMemoryRows, RowSource, TrainingConfig, TrainingHistory, fit_network
 
-__all__ = ["MemberRows", "MemberStream", "fit_members", "member_seeds"]
+__all__ = ["MemberRows", "MemberStream", "fit_members", "mixture_draws", "member_seeds"]
 
 # A streamed member e ≥ 1 visits the blocks in the order of epoch k + e·2³² at its epoch k.
 _MEMBER_EPOCH_OFFSET = 2**32
@@ -79,3 +80,23 @@ def fit_members(
             member_config = replace(config, checkpoint=f"{config.checkpoint}.member{e}")
         histories.append(fit_network(member, loss_fn, rows(e, seed), member_config))
     return histories
+
+
+def mixture_draws(
+    n_members: int, n_rows: int, n: int, draw: Callable[[int, Tensor], Tensor], device=None
+) -> Tensor:
+    """n draws ``[n_rows, n, D]`` from the equal-weight mixture of ``n_members`` members at
+    each of ``n_rows`` conditions: each draw picks its member uniformly, and
+    ``draw(e, rows)`` returns member e's draws ``[len(rows), D]``, one at each condition
+    ``rows`` (repeated where several of a row's draws picked e)."""
+    pick = torch.randint(n_members, (n_rows, n), device=device)
+    draws = None
+    for e in range(n_members):
+        rows, slots = torch.nonzero(pick == e, as_tuple=True)
+        if len(rows) == 0:
+            continue
+        drawn = draw(e, rows)
+        if draws is None:
+            draws = drawn.new_empty(n_rows, n, drawn.shape[-1])
+        draws[rows, slots] = drawn.to(draws.dtype)
+    return draws

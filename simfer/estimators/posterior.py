@@ -89,7 +89,7 @@ from ..streaming import Moments, StoredSimulations, StreamedRows
 from .base import Estimator
 from .dims import Dims
 from .embedding import EmbeddingMixin, design_column, observed_x, x_batch
-from .members import MemberRows, MemberStream, fit_members, member_seeds
+from .members import MemberRows, MemberStream, fit_members, member_seeds, mixture_draws
 from .rows import (
     TrainingData,
     as_batch,
@@ -219,17 +219,13 @@ class PosteriorEnsemble(nn.Module):
 
     def sample_given_summary(self, n: int, context: Tensor) -> Tensor:
         """n draws ``[M, n, D]`` for each context ``[M, C]``; member e makes about n/E."""
-        pick = torch.randint(len(self.members), (context.shape[0], n), device=context.device)
-        draws = None
-        for e, member in enumerate(self.members):
-            rows, slots = torch.nonzero(pick == e, as_tuple=True)
-            if len(rows) == 0:
-                continue
-            drawn = member.sample_given_summary(1, context[rows])[:, 0]
-            if draws is None:
-                draws = drawn.new_empty(context.shape[0], n, drawn.shape[-1])
-            draws[rows, slots] = drawn
-        return draws
+        return mixture_draws(
+            len(self.members),
+            context.shape[0],
+            n,
+            lambda e, rows: self.members[e].sample_given_summary(1, context[rows])[:, 0],
+            context.device,
+        )
 
 
 class PosteriorEstimator(EmbeddingMixin, Estimator):
