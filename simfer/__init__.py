@@ -6,6 +6,7 @@ from . import design, diagnostics, inference, losses, streaming
 from .data import SimulationData
 from .design import ExperimentLoop
 from .errors import (
+    ExtrapolationWarning,
     GoldNotAvailableError,
     InvalidSimulationWarning,
     LikelihoodNotAvailableError,
@@ -38,6 +39,7 @@ __all__ = [
     "GoldNotAvailableError",
     "HistogramLikelihood",
     "InvalidSimulationWarning",
+    "ExtrapolationWarning",
     "LikelihoodNotAvailableError",
     "LikelihoodEstimator",
     "ModelFileError",

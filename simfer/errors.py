@@ -17,6 +17,7 @@ __all__ = [
     "StoreError",
     "ModelFileError",
     "InvalidSimulationWarning",
+    "ExtrapolationWarning",
 ]
 
 
@@ -54,3 +55,8 @@ class ModelFileError(SimferError):
 
 class InvalidSimulationWarning(UserWarning):
     """Some simulations returned NaN or inf (or raised) and were flagged invalid."""
+
+
+class ExtrapolationWarning(UserWarning):
+    """Posterior draws lie where the prior, and so the training data, almost never puts θ:
+    the surrogate extrapolates there, and MCMC chains may have run away on it."""

@@ -10,6 +10,7 @@ bounds |δ|/σ ≤ √(2·KL) and |r − 1| ≤ 2√KL.
 """
 
 import math
+import warnings
 from pathlib import Path
 
 import pytest
@@ -250,6 +251,35 @@ def test_slice_sampler_time_budget_and_bad_starts():
 
     with pytest.raises(SimferError, match="not finite"):
         slice_sample(nowhere, torch.zeros(4, 2), 10)
+
+
+def test_chains_that_run_away_on_an_extrapolating_surrogate_are_warned_of():
+    """sbi's NRE on LotkaVolterra grew without bound in θ, and every chain ran out to ~10³⁸
+    under its LogNormal prior.  Here ℓ = 3θ does the same: the LogNormal's tail,
+    exp(−(log θ)²/2), cannot hold exp(3θ), so the "posterior" is improper and the chains
+    leave the prior's reach.  A proper posterior in the prior's bulk warns of nothing."""
+    prior = torch.distributions.Independent(
+        torch.distributions.LogNormal(torch.zeros(2), torch.ones(2)), 1
+    )
+
+    def runaway(x, theta):
+        return 3 * theta.sum(-1)
+
+    posterior = posterior_from_likelihood(runaway, prior, torch.zeros(1))
+    with pytest.warns(simfer.ExtrapolationWarning, match="beyond the prior's reach"):
+        posterior.sample(100, seed=0, n_chains=20, warmup=10)
+    assert posterior.diagnostics["beyond_reach"] > 0.5
+    low, high = posterior.reach()
+    assert bool((low < 0).all()) and bool((high > 20).all())  # 10⁴ LogNormal draws: e^3.9
+
+    def bulk(x, theta):
+        return -2 * ((theta.log() - 0.3) ** 2).sum(-1)
+
+    posterior = posterior_from_likelihood(bulk, prior, torch.zeros(1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", simfer.ExtrapolationWarning)
+        posterior.sample(400, seed=0, n_chains=20, warmup=50)
+    assert posterior.diagnostics["beyond_reach"] == 0.0
 
 
 def test_posterior_input_errors(gaussian):

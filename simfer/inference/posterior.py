@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -36,7 +37,7 @@ import torch
 from torch import Tensor
 from torch.distributions import Distribution, biject_to
 
-from ..errors import ShapeError, SimferError
+from ..errors import ExtrapolationWarning, ShapeError, SimferError
 from ..prior import BoxUniform, as_prior, distribution_device, inside_support
 from ..seeding import seeded
 from .slice import slice_sample
@@ -45,6 +46,11 @@ from .term import EventLogLikelihood, EventTerm
 __all__ = ["Posterior", "posterior_from_likelihood"]
 
 METHODS = ("direct", "slice", "nuts", "hmc", "rejection")
+
+# MCMC draws are checked against the range of this many prior draws (see `Posterior.reach`),
+# and more than this fraction beyond it is warned of (`ExtrapolationWarning`).
+REACH_DRAWS = 10_000
+REACH_WARNING = 0.01
 
 
 class Posterior:
@@ -100,6 +106,7 @@ class Posterior:
         self.default_method = default_method
         self.max_rows = int(max_rows)
         self.diagnostics: dict[str, Any] = {}
+        self._reach: tuple[Tensor, Tensor] | None = None
 
     @classmethod
     def from_term(
@@ -313,6 +320,7 @@ class Posterior:
                     **options,
                 )
                 self.diagnostics = {"method": method, **info}
+                self._check_reach(samples)
                 return samples
             chains = n_chains or self._default_chains(n)
             init = self._initial_points(chains, self.x_obs, self.design_obs)
@@ -327,7 +335,9 @@ class Posterior:
                 **options,
             )
             self.diagnostics = {"method": "slice", **result.summary()}
-            return result.chains.transpose(0, 1).reshape(-1, self.theta_dim)[:n]
+            draws = result.chains.transpose(0, 1).reshape(-1, self.theta_dim)[:n]
+            self._check_reach(draws)
+            return draws
 
     def sample_batched(
         self,
@@ -371,7 +381,42 @@ class Posterior:
             )
         self.diagnostics = {"method": "slice", **result.summary()}
         draws = result.chains.reshape(m, chains, -1, self.theta_dim).transpose(1, 2)
-        return draws.reshape(m, -1, self.theta_dim)[:, :n]
+        draws = draws.reshape(m, -1, self.theta_dim)[:, :n]
+        self._check_reach(draws)
+        return draws
+
+    def reach(self) -> tuple[Tensor, Tensor]:
+        """``(low, high)``, each ``[theta_dim]``: per coordinate, the range of 10⁴ prior draws
+        widened by its own width on each side.  A surrogate trained on prior draws has seen
+        no θ beyond it, and a posterior that puts its mass there rests on extrapolation.
+        Drawn once, with a fixed seed and without touching the global random state."""
+        if self._reach is None:
+            devices = [self._prior_device] if self._prior_device.type == "cuda" else []
+            with torch.random.fork_rng(devices=devices):
+                torch.manual_seed(0)
+                theta = self.prior.sample((REACH_DRAWS,)).to(self.device)
+            low, high = theta.min(0).values, theta.max(0).values
+            self._reach = (low - (high - low), high + (high - low))
+        return self._reach
+
+    def _check_reach(self, draws: Tensor) -> None:
+        """Record in ``diagnostics["beyond_reach"]`` the fraction of MCMC draws ``[..., d]``
+        beyond `reach`, and warn when it exceeds 1 %."""
+        low, high = self.reach()
+        beyond = float(((draws < low) | (draws > high)).any(-1).float().mean())
+        self.diagnostics["beyond_reach"] = beyond
+        if beyond > REACH_WARNING:
+            farthest = float(draws.abs().max())
+            warnings.warn(
+                f"{beyond:.1%} of the posterior draws lie beyond the prior's reach (the "
+                "range of 10⁴ prior draws, widened by its width on each side; |θ| up to "
+                f"{farthest:.3g}): the surrogate was trained where the prior puts θ and "
+                "extrapolates there, and the MCMC chains may have run away on it (R̂ "
+                f"{self.diagnostics.get('r_hat_max', float('nan')):.3g}).  Check x_obs "
+                "against the training data, or train on simulations that cover these θ.",
+                ExtrapolationWarning,
+                stacklevel=3,
+            )
 
     def _method(self, method: str | None, n_observations: int | None = None) -> str:
         single = (n_observations or self.n_observations) == 1
