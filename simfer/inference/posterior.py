@@ -514,6 +514,8 @@ class Posterior:
             self._prior_device = self.device
         if self.model is not None and hasattr(self.model, "to"):
             self.model.to(self.device)
+        if self._reach is not None:
+            self._reach = tuple(bound.to(self.device) for bound in self._reach)
         return self
 
     def __repr__(self) -> str:
