@@ -20,9 +20,12 @@ Metric: the mean squared error of log r̂(x|θ0, θ1 = 0) against the exact
 with a grid of θ0 in [-0.9, 0.9]); for SALLY the MSE of t̂(x) against the exact score at
 θ = 0 and the learned against the exact Fisher information.
 
-Results are printed and appended as they come to a JSON-lines file, and the markdown
-table in docs/benchmarks.md (between the gold-mining markers) is rewritten after every
-training, so an interrupted run still leaves its numbers.  See benchmarks/README.md.
+Results are printed and appended as they come to benchmarks/results/gold_mining.jsonl,
+and the markdown table in docs/benchmarks.md (between the gold-mining markers) is
+rewritten after every training, so an interrupted run still leaves its numbers.  The same
+command resumes a run cut short, cell by cell (a cell is a budget, library and method;
+the latest row of each is shown, among the rows of the same settings); ``--rerun
+simfer:nre`` trains chosen cells again and ``--fresh`` starts over.  See benchmarks/README.md.
 
     .venv/bin/python benchmarks/gold_mining.py --quick        # 10^3, 10^4, fewer epochs
     .venv/bin/python benchmarks/gold_mining.py                # 10^3, 10^4, 10^5
@@ -48,6 +51,7 @@ sys.path.insert(0, str(ROOT))
 
 import simfer  # noqa: E402
 from benchmarks._common import (  # noqa: E402
+    JsonLines,
     NullTracker,
     fmt,
     run_header,
@@ -267,8 +271,8 @@ def _cell(result) -> str:
 
 
 def render(results: list[dict], budgets: list[int], meta: dict) -> str:
-    def find(library, method, budget):
-        for r in results:
+    def find(library, method, budget):  # the latest row of the cell
+        for r in reversed(results):
             if (r["library"], r["method"], r["budget"]) == (library, method, budget):
                 return r
         return None
@@ -379,7 +383,11 @@ def main(argv=None) -> None:
     parser.add_argument("--n-score", type=int, default=20_000)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--markdown", default=str(ROOT / "docs" / "benchmarks.md"))
-    parser.add_argument("--jsonl", default="/tmp/gold_mining_results.jsonl")
+    parser.add_argument("--jsonl", default=str(ROOT / "benchmarks/results/gold_mining.jsonl"))
+    parser.add_argument(
+        "--rerun", nargs="*", default=[], help="cells to train again: 'library:method'"
+    )
+    parser.add_argument("--fresh", action="store_true", help="discard the earlier results")
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
@@ -421,16 +429,32 @@ def main(argv=None) -> None:
     print(f"settings: {json.dumps(meta['settings'])}", flush=True)
     print(f"trivial MSE (log r̂ = 0): {evaluation.trivial:.4g}", flush=True)
     print(f"exact Fisher information at 0: {evaluation.exact_fisher:.4g}", flush=True)
-    results: list[dict] = []
-    jsonl = Path(args.jsonl)
+    log = JsonLines(args.jsonl)
+    if args.fresh and log.path.exists():
+        log.path.unlink()
+    # rows of a run with other settings (--quick, another seed …) are not this run's cells
+    setup = {
+        "settings": meta["settings"],
+        **{k: getattr(args, k) for k in ("seed", "n_eval_x", "n_grid", "n_score")},
+    }
+    results: list[dict] = [r for r in log.rows() if r.get("setup") == setup]
+    rerun = set(args.rerun)
+    done = {
+        (r["budget"], r["library"], r["method"])
+        for r in results
+        if "error" not in r and f"{r['library']}:{r['method']}" not in rerun
+    }
+    if done:  # a resumed run times only this sitting; its cells carry their own times
+        resumed = f" in this sitting, which resumed {len(done)} finished cells"
+        meta["status"] = resumed + meta["status"]
+    sitting = meta["status"].removesuffix(" (running)")
     markdown = Path(args.markdown)
     t0 = time.perf_counter()
 
     def record(result, budget):
         result = {"budget": budget, **result}
         results.append(result)
-        with jsonl.open("a") as f:
-            f.write(json.dumps(result) + "\n")
+        log.append({**result, "setup": setup})
         shown = {k: (round(v, 5) if isinstance(v, float) else v) for k, v in result.items()}
         print(json.dumps(shown), flush=True)
         meta["wall_minutes"] = (time.perf_counter() - t0) / 60
@@ -438,6 +462,8 @@ def main(argv=None) -> None:
 
     def attempt(library, method, budget, function):
         if library in skip or method in skip or f"{library}:{method}" in skip:
+            return
+        if (budget, library, method) in done:
             return
         try:
             record(function(), budget)
@@ -459,7 +485,9 @@ def main(argv=None) -> None:
             progress=False,
         )
         assert data.n_invalid == 0
-        record({"library": "reference", "method": "trivial", "trivial": evaluation.trivial}, budget)
+        if (budget, "reference", "trivial") not in done:
+            trivial = {"library": "reference", "method": "trivial", "trivial": evaluation.trivial}
+            record(trivial, budget)
         theta_sbi, x_sbi = sbi_pairs(data)
         arrays = madminer_arrays(data)
         # headline comparisons first, so a run cut short still has them
@@ -518,7 +546,7 @@ def main(argv=None) -> None:
             )
         for library, method in order:
             attempt(library, method, budget, runs[library, method])
-    meta["status"] = ""
+    meta["status"] = sitting
     meta["wall_minutes"] = (time.perf_counter() - t0) / 60
     table = render(results, budgets, meta)
     write_markdown(markdown, table, NAME, HEADING)
