@@ -15,7 +15,8 @@ and trains on exactly those (θ, x) pairs
   ``slice_np_vectorized`` MCMC;
 
 with the same flow size (5 spline transforms of 10 bins, 64 hidden units, 2 residual
-blocks, tail bound 4 in standardised units), batch size 256, learning rate 10⁻³, gradient
+blocks, tail bound 4 in standardised units), batch size 256 (the ratio methods: each
+library's own, simfer's NRE family 128 and sbi's 200), learning rate 10⁻³, gradient
 clipping at norm 5, 10 % validation, early stopping after 20 epochs without improvement
 and the same cap on epochs.  What differs is in benchmarks/README.md.
 
@@ -475,7 +476,8 @@ def simfer_estimator(method, max_epochs, flow="nsf"):
     if method in VECTOR_FIELD:
         options = {"max_epochs": max_epochs, "seed": TRAIN_SEED, "progress": False}
         return simfer.PosteriorEstimator(method=method.lower(), **options)
-    settings = {k: v for k, v in settings.items() if k not in FLOW}
+    # the ratio estimators keep their own minibatch size (the NRE family's is 128)
+    settings = {k: v for k, v in settings.items() if k not in FLOW and k != "batch_size"}
     return simfer.RatioEstimator(RATIO[method], **settings)
 
 
@@ -524,9 +526,11 @@ def sbi_train_options(max_epochs, method="NPE") -> dict:
     cap = {"max_num_epochs": max_epochs - 1, "show_train_summary": False}  # epochs 0 … max
     if method in VECTOR_FIELD:
         return cap
+    # the ratio methods keep sbi's own minibatch of 200, as simfer's keep theirs
+    batch = {} if method in RATIO else {"training_batch_size": TRAINING["batch_size"]}
     return {
         **cap,
-        "training_batch_size": TRAINING["batch_size"],
+        **batch,
         "learning_rate": TRAINING["learning_rate"],
         "validation_fraction": TRAINING["validation_fraction"],
         "stop_after_epochs": TRAINING["patience"],
@@ -640,6 +644,12 @@ def render(rows: list[dict], simulators: list[str], budgets: list[int], meta: di
             "a moving average (β = 0.9) of the validation loss, sbi's patience 20 on its "
             "moving average (ema_loss_decay 0.1)."
             if any(m in VECTOR_FIELD for _, m in methods)
+            else ""
+        )
+        + (
+            " NRE and NRE-B train in minibatches of each library's own default (simfer's NRE "
+            f"family 128, sbi 200); NPE and NLE in {TRAINING['batch_size']}."
+            if any(m in RATIO for _, m in methods)
             else ""
         )
         + (
@@ -911,7 +921,7 @@ def main(argv=None) -> None:
             if library == "simfer":  # the loop's rule, to tell rows of older defaults apart
                 row.update(schedule=model.training.schedule, smoothing=model.training.smoothing)
                 if method in RATIO:
-                    row["activation"] = model.activation
+                    row.update(activation=model.activation, batch_size=model.training.batch_size)
             scores, infos = [], []
             for j in range(args.n_obs):
                 n = n_time if j == 0 else n_c2st

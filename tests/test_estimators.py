@@ -176,6 +176,18 @@ def test_the_nre_family_defaults_to_relu_and_older_model_files_keep_silu(data, t
     )
 
 
+def test_the_nre_family_trains_in_minibatches_of_128_unless_told_otherwise():
+    """The NRE family's classifiers default to minibatches of 128 (measured in the converged
+    benchmark), the gold-mining methods keep TrainingConfig's 256, and a batch size given
+    by the user wins."""
+    default = simfer.training.TrainingConfig().batch_size
+    for method in ("nre", "bnre", "nre_b", "nre_c"):
+        assert simfer.RatioEstimator(method).training.batch_size == 128
+    for method in ("carl", "alices", "rascal"):
+        assert simfer.RatioEstimator(method).training.batch_size == default
+    assert simfer.RatioEstimator("nre_b", batch_size=64).training.batch_size == 64
+    assert simfer.RatioEstimator("alices", batch_size=64).training.batch_size == 64
+
 def test_a_residual_ratio_network_starts_linear_and_learns(data, evaluation):
     """``residual=True``: each block's closing layer starts within ±10⁻³, so the untrained
     network is the linear map last(first(h)) up to the blocks' small outputs; trained as

@@ -88,8 +88,8 @@ class RatioMethod:
     the estimator's ``bnre_lambda`` and ``gamma``), what it needs from the data (gold, the
     joint score, the reference class of ``simulate(..., theta_ref=...)``), how many blocks
     of K atoms per x it contrasts (0: one rolled pair, NRE-A/BNRE), whether its
-    log r̂ to the marginal p(x) is normalised (every method but NRE-B), and its network's
-    default activation."""
+    log r̂ to the marginal p(x) is normalised (every method but NRE-B), its network's
+    default activation, and its default minibatch size (None: `TrainingConfig`'s)."""
 
     loss: Callable[[_Member, dict[str, Tensor], float | None, dict[str, float]], Tensor]
     needs_gold: bool
@@ -98,6 +98,7 @@ class RatioMethod:
     atom_blocks: int = 0
     normalised: bool = True
     activation: str = "silu"
+    batch_size: int | None = None
 
 
 def _gold_score(m: _Member, batch: dict[str, Tensor]) -> dict[str, Tensor | None]:
@@ -127,13 +128,15 @@ def _ratio_and_score(loss: Callable[..., Tensor]) -> Callable[..., Tensor]:
 
 
 def _nre_family(loss: Callable[..., Tensor], **contrasts: Any) -> RatioMethod:
-    """A method of the NRE family: (θ, x) pairs only, no gold, no reference class, ReLU."""
+    """A method of the NRE family: (θ, x) pairs only, no gold, no reference class, ReLU,
+    minibatches of 128."""
     return RatioMethod(
         loss,
         needs_gold=False,
         needs_score=False,
         needs_reference=False,
         activation="relu",
+        batch_size=128,
         **contrasts,
     )
 
@@ -333,7 +336,9 @@ class RatioEstimator(EmbeddingMixin, Estimator):
             ``embedding(x [batch, max_n, features], mask [batch, max_n]) → [batch, k]``.
             Load a model trained with one by ``RatioEstimator.load(path, embedding=...)``.
         **training: settings of `simfer.training.TrainingConfig` (max_epochs, batch_size,
-            learning_rate, validation_fraction, patience, device, checkpoint, …).
+            learning_rate, validation_fraction, patience, device, checkpoint, …).  The NRE
+            family (nre, bnre, nre_b, nre_c) defaults to ``batch_size=128``, the others to
+            TrainingConfig's 256; a setting given here always wins.
     """
 
     file_defaults: ClassVar[dict[str, Any]] = {"activation": "silu"}  # before NRE took ReLU
@@ -363,7 +368,8 @@ class RatioEstimator(EmbeddingMixin, Estimator):
             raise ValueError(f"num_atoms must be a whole number >= 2, got {num_atoms!r}")
         if not (math.isfinite(gamma) and gamma > 0):
             raise ValueError(f"gamma must be finite and > 0, got {gamma!r}")
-        super().__init__(**training)
+        batch_size = METHODS[method].batch_size
+        super().__init__(**({} if batch_size is None else {"batch_size": batch_size}) | training)
         self.method = method
         self.hidden = mlp_widths(hidden)
         self.n_ensemble = int(n_ensemble)
