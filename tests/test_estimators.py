@@ -188,6 +188,7 @@ def test_the_nre_family_trains_in_minibatches_of_128_unless_told_otherwise():
     assert simfer.RatioEstimator("nre_b", batch_size=64).training.batch_size == 64
     assert simfer.RatioEstimator("alices", batch_size=64).training.batch_size == 64
 
+
 def test_a_residual_ratio_network_starts_linear_and_learns(data, evaluation):
     """``residual=True``: each block's closing layer starts within ±10⁻³, so the untrained
     network is the linear map last(first(h)) up to the blocks' small outputs; trained as
