@@ -266,9 +266,11 @@ def test_chains_that_run_away_on_an_extrapolating_surrogate_are_warned_of():
         return 3 * theta.sum(-1)
 
     posterior = posterior_from_likelihood(runaway, prior, torch.zeros(1))
-    with pytest.warns(simfer.ExtrapolationWarning, match="beyond the prior's reach"):
+    with pytest.warns(simfer.ExtrapolationWarning, match=r"beyond the prior's reach.*R̂"):
         posterior.sample(100, seed=0, n_chains=20, warmup=10)
     assert posterior.diagnostics["beyond_reach"] > 0.5
+    with pytest.warns(simfer.ExtrapolationWarning, match="run away on it.  Check"):
+        posterior.sample(40, seed=0, n_chains=20, warmup=10)  # 2 per chain: no R̂
     low, high = posterior.reach()
     assert bool((low < 0).all()) and bool((high > 20).all())  # 10⁴ LogNormal draws: e^3.9
 

@@ -407,13 +407,15 @@ class Posterior:
         self.diagnostics["beyond_reach"] = beyond
         if beyond > REACH_WARNING:
             farthest = float(draws.abs().max())
+            r_hat = self.diagnostics.get("r_hat_max")  # None with < 4 draws per chain
+            r_hat = "" if r_hat is None else f" (R̂ {r_hat:.3g})"
             warnings.warn(
                 f"{beyond:.1%} of the posterior draws lie beyond the prior's reach (the "
                 "range of 10⁴ prior draws, widened by its width on each side; |θ| up to "
                 f"{farthest:.3g}): the surrogate was trained where the prior puts θ and "
-                "extrapolates there, and the MCMC chains may have run away on it (R̂ "
-                f"{self.diagnostics.get('r_hat_max', float('nan')):.3g}).  Check x_obs "
-                "against the training data, or train on simulations that cover these θ.",
+                f"extrapolates there, and the MCMC chains may have run away on it{r_hat}.  "
+                "Check x_obs against the training data, or train on simulations that "
+                "cover these θ.",
                 ExtrapolationWarning,
                 stacklevel=3,
             )
