@@ -121,6 +121,12 @@ def run_meta(script: str, argv: list[str] | None, threads: int, *libraries: str)
     }
 
 
+def sitting(n_resumed: int) -> str:
+    """The wall-time qualifier of a run that resumed ``n_resumed`` finished cells: it times
+    only this sitting, and the cells it resumed carry their own times ("" for a new run)."""
+    return f" in this sitting, which resumed {n_resumed} finished cells" if n_resumed else ""
+
+
 def run_header(meta: dict) -> list[str]:
     """The two lines every table starts with: the command, then date, machine, versions
     and wall time (``meta`` holds command, date, machine, versions, wall_minutes, status)."""

@@ -56,6 +56,7 @@ from benchmarks._common import (  # noqa: E402
     fmt,
     run_header,
     run_meta,
+    sitting,
     write_markdown,
 )
 from simulators import GaltonBoard  # noqa: E402
@@ -444,10 +445,7 @@ def main(argv=None) -> None:
         for r in results
         if "error" not in r and f"{r['library']}:{r['method']}" not in rerun
     }
-    if done:  # a resumed run times only this sitting; its cells carry their own times
-        resumed = f" in this sitting, which resumed {len(done)} finished cells"
-        meta["status"] = resumed + meta["status"]
-    sitting = meta["status"].removesuffix(" (running)")
+    meta["status"] = sitting(len(done)) + meta["status"]
     markdown = Path(args.markdown)
     t0 = time.perf_counter()
 
@@ -546,7 +544,7 @@ def main(argv=None) -> None:
             )
         for library, method in order:
             attempt(library, method, budget, runs[library, method])
-    meta["status"] = sitting
+    meta["status"] = sitting(len(done))
     meta["wall_minutes"] = (time.perf_counter() - t0) / 60
     table = render(results, budgets, meta)
     write_markdown(markdown, table, NAME, HEADING)

@@ -73,6 +73,7 @@ from benchmarks._common import (  # noqa: E402
     fmt,
     run_header,
     run_meta,
+    sitting,
     write_markdown,
 )
 from simfer.diagnostics import c2st  # noqa: E402
@@ -844,9 +845,7 @@ def main(argv=None) -> None:
         "status": " (running)",
         "wall_minutes": 0.0,
     }
-    # a resumed run times only this sitting; the cells it resumes carry their own times
-    sitting = f" in this sitting, which resumed {len(done)} finished cells" if done else ""
-    meta["status"] = sitting + meta["status"]
+    meta["status"] = sitting(len(done)) + meta["status"]
     markdown = Path(args.markdown)
     t0 = time.perf_counter()
 
@@ -961,7 +960,7 @@ def main(argv=None) -> None:
             assert data.n_invalid == 0
             for library, method in todo:
                 run_cell(name, budget, library, method, data, prepared[name])
-    meta["status"] = sitting
+    meta["status"] = sitting(len(done))
     meta["wall_minutes"] = (time.perf_counter() - t0) / 60
     text = render(rows, *shown_cells(), meta)
     write_markdown(markdown, text, table, heading)

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
@@ -89,7 +89,8 @@ class RatioMethod:
     joint score, the reference class of ``simulate(..., theta_ref=...)``), how many blocks
     of K atoms per x it contrasts (0: one rolled pair, NRE-A/BNRE), whether its
     log r̂ to the marginal p(x) is normalised (every method but NRE-B), its network's
-    default activation, and its default minibatch size (None: `TrainingConfig`'s)."""
+    default activation, and the training settings it uses unless the user gives them
+    (those of `simfer.training.TrainingConfig` otherwise), as `PosteriorMethod`'s."""
 
     loss: Callable[[_Member, dict[str, Tensor], float | None, dict[str, float]], Tensor]
     needs_gold: bool
@@ -98,7 +99,7 @@ class RatioMethod:
     atom_blocks: int = 0
     normalised: bool = True
     activation: str = "silu"
-    batch_size: int | None = None
+    training: dict[str, Any] = field(default_factory=dict)
 
 
 def _gold_score(m: _Member, batch: dict[str, Tensor]) -> dict[str, Tensor | None]:
@@ -136,7 +137,7 @@ def _nre_family(loss: Callable[..., Tensor], **contrasts: Any) -> RatioMethod:
         needs_score=False,
         needs_reference=False,
         activation="relu",
-        batch_size=128,
+        training={"batch_size": 128},
         **contrasts,
     )
 
@@ -368,8 +369,7 @@ class RatioEstimator(EmbeddingMixin, Estimator):
             raise ValueError(f"num_atoms must be a whole number >= 2, got {num_atoms!r}")
         if not (math.isfinite(gamma) and gamma > 0):
             raise ValueError(f"gamma must be finite and > 0, got {gamma!r}")
-        batch_size = METHODS[method].batch_size
-        super().__init__(**({} if batch_size is None else {"batch_size": batch_size}) | training)
+        super().__init__(**{**METHODS[method].training, **training})
         self.method = method
         self.hidden = mlp_widths(hidden)
         self.n_ensemble = int(n_ensemble)
