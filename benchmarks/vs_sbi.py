@@ -116,10 +116,21 @@ RATIO = {"NRE": "nre", "NRE-B": "nre_b"}  # the benchmark's ratio rows: simfer's
 VECTOR_FIELD = ("FMPE", "NPSE")
 CONVERGED_METHODS += [(lib, m) for m in VECTOR_FIELD for lib in ("simfer", "sbi")]
 DIRECT = ("NPE", *VECTOR_FIELD)  # sampled without MCMC
+# and gold mining, simfer's alone (sbi has none), on the tasks whose simulator gives gold
+# (`Simulator.has_gold`): SCANDAL, NLE plus the joint-score term, on the same simulations
+# with their gold; ALICES, log r̂(x|θ, θ_ref) against a reference class at θ_ref, the
+# prior's mean, which takes half of the budget's simulations (`simulate(theta_ref=...)`)
+GOLD = ("SCANDAL", "ALICES")
+CONVERGED_METHODS += [("simfer", m) for m in GOLD]
 # --npe-ensemble E: the moonshot table, simfer's PosteriorEstimator(n_ensemble=E) (method
 # "NPE-E", sampled directly like NPE) beside the paper's NPE figures
 MOONSHOT_NAME = "moonshot"
 MOONSHOT_HEADING = "Moonshot: an NPE ensemble at 10^4 simulations against the paper's NPE"
+
+
+def applies(name: str, method: str) -> bool:
+    """Whether ``method`` runs on the task ``name``: the gold rows need a simulator with gold."""
+    return method not in GOLD or SIMULATORS[name]().has_gold
 
 
 def is_direct(method: str) -> bool:
@@ -474,12 +485,15 @@ def simfer_estimator(method, max_epochs, flow="nsf"):
     if method == "NLE":  # simfer's own spline window (tail_bound="auto"), sbi's stays ±4
         settings.pop("tail_bound")
         return simfer.LikelihoodEstimator("nle", flow, **settings)
+    if method == "SCANDAL":  # NLE's flow and window, plus the joint-score term
+        settings.pop("tail_bound")
+        return simfer.LikelihoodEstimator("scandal", flow, **settings)
     if method in VECTOR_FIELD:
         options = {"max_epochs": max_epochs, "seed": TRAIN_SEED, "progress": False}
         return simfer.PosteriorEstimator(method=method.lower(), **options)
     # the ratio estimators keep their own minibatch size (the NRE family's is 128)
     settings = {k: v for k, v in settings.items() if k not in FLOW and k != "batch_size"}
-    return simfer.RatioEstimator(RATIO[method], **settings)
+    return simfer.RatioEstimator(RATIO.get(method, method.lower()), **settings)
 
 
 def train_simfer(method, data, prior, max_epochs, flow="nsf"):
@@ -654,6 +668,14 @@ def render(rows: list[dict], simulators: list[str], budgets: list[int], meta: di
             else ""
         )
         + (
+            " SCANDAL and ALICES mine gold, where the simulator gives it (simfer only; sbi has "
+            "no gold mining): SCANDAL is NLE's flow on the same simulations with their joint "
+            "scores; ALICES learns log r̂(x|θ, θ_ref) against a reference class at θ_ref = the "
+            "prior's mean, drawn from half of the budget's simulations."
+            if any(m in GOLD for _, m in methods)
+            else ""
+        )
+        + (
             " The paper's rows are the sbibm figures (10 observations, sbi's defaults)."
             if meta.get("converged")
             else ""
@@ -675,6 +697,8 @@ def render(rows: list[dict], simulators: list[str], budgets: list[int], meta: di
                 ]
                 lines.append(f"| {SIM_LABEL[sim]} | paper {paper} | " + " | ".join(texts) + " |")
         for library, method in methods:
+            if not applies(sim, method):
+                continue
             texts = [
                 cell_text(
                     cell(sim, b, library, method),
@@ -688,8 +712,9 @@ def render(rows: list[dict], simulators: list[str], budgets: list[int], meta: di
 
     lines += [
         "",
-        f"Seconds to draw {meta['n_time']:,} posterior samples at one observation (NPE: "
-        "direct, with rejection against the prior's support; NLE: slice-sampling MCMC, "
+        f"Seconds to draw {meta['n_time']:,} posterior samples at one observation (NPE, "
+        "FMPE, NPSE: direct, with rejection against the prior's support; the likelihood and "
+        "ratio methods: slice-sampling MCMC, "
         f"{meta['mcmc']['n_chains']} chains, {meta['mcmc']['warmup_steps']} warm-up steps, "
         f"thinning {meta['mcmc']['thin']}):",
         "",
@@ -698,6 +723,8 @@ def render(rows: list[dict], simulators: list[str], budgets: list[int], meta: di
     ]
     for sim in simulators:
         for library, method in methods:
+            if not applies(sim, method):
+                continue
             texts = []
             for b in budgets:
                 r = cell(sim, b, library, method)
@@ -717,17 +744,19 @@ def render(rows: list[dict], simulators: list[str], budgets: list[int], meta: di
             x = a["sample_seconds"] / c["sample_seconds"]
         return f"{x:.2f}"
 
-    lines += [
-        "",
-        "simfer against sbi from the same run: C2ST difference simfer − sbi (negative: simfer "
-        "closer to the reference), training seconds per epoch simfer / sbi (equal epochs, "
-        "equal batches), sampling time simfer / sbi:",
-        "",
-        "| simulator | method | quantity | " + " | ".join(f"n = {b:,}" for b in budgets) + " |",
-        "| --- | --- | --- |" + " --- |" * len(budgets),
-    ]
+    compared = [m for m in kinds if ("sbi", m) in methods and ("simfer", m) in methods]
+    if compared:  # the methods both libraries ran (not the moonshot's, nor gold mining)
+        lines += [
+            "",
+            "simfer against sbi from the same run: C2ST difference simfer − sbi (negative: simfer "
+            "closer to the reference), training seconds per epoch simfer / sbi (equal epochs, "
+            "equal batches), sampling time simfer / sbi:",
+            "",
+            "| simulator | method | quantity | " + " | ".join(f"n = {b:,}" for b in budgets) + " |",
+            "| --- | --- | --- |" + " --- |" * len(budgets),
+        ]
     for sim in simulators:
-        for method in kinds:
+        for method in compared:
             for key, label in (
                 ("c2st", "C2ST simfer − sbi"),
                 ("epoch", "s/epoch simfer / sbi"),
@@ -921,6 +950,10 @@ def main(argv=None) -> None:
                 row.update(schedule=model.training.schedule, smoothing=model.training.smoothing)
                 if method in RATIO:
                     row.update(activation=model.activation, batch_size=model.training.batch_size)
+                if method in GOLD:
+                    row["alpha"] = model.alpha_used
+                if data.theta_ref is not None:
+                    row["theta_ref"] = data.theta_ref[0].tolist()
             scores, infos = [], []
             for j in range(args.n_obs):
                 n = n_time if j == 0 else n_c2st
@@ -944,7 +977,9 @@ def main(argv=None) -> None:
             todo = [
                 (lib, m)
                 for lib, m in methods
-                if (name, budget, lib, m) not in done and not ({lib, m, f"{lib}:{m}"} & skip)
+                if (name, budget, lib, m) not in done
+                and not ({lib, m, f"{lib}:{m}"} & skip)
+                and applies(name, m)
             ]
             if not todo:
                 continue
@@ -954,12 +989,24 @@ def main(argv=None) -> None:
             if not warmed:
                 warm_up(simulator, prior)
                 warmed = True
-            data = simfer.simulate(
-                simulator, prior, budget, seed=budget, executor="serial", progress=False
-            )
-            assert data.n_invalid == 0
+            datasets = {}
             for library, method in todo:
-                run_cell(name, budget, library, method, data, prepared[name])
+                # the budget's simulations (seed = n), with gold for SCANDAL (the same θ and
+                # x), with half of them drawn at θ_ref for ALICES
+                key = (method in GOLD, method == "ALICES")
+                if key not in datasets:
+                    datasets[key] = simfer.simulate(
+                        simulator,
+                        prior,
+                        budget,
+                        seed=budget,
+                        gold=key[0],
+                        theta_ref=prior.mean if key[1] else None,
+                        executor="serial",
+                        progress=False,
+                    )
+                    assert datasets[key].n_invalid == 0
+                run_cell(name, budget, library, method, datasets[key], prepared[name])
     meta["status"] = sitting(len(done))
     meta["wall_minutes"] = (time.perf_counter() - t0) / 60
     text = render(rows, *shown_cells(), meta)
