@@ -948,6 +948,7 @@ def main(argv=None) -> None:
             row.update(train_seconds=seconds, epochs=epochs)
             if library == "simfer":  # the loop's rule, to tell rows of older defaults apart
                 row.update(schedule=model.training.schedule, smoothing=model.training.smoothing)
+                row["floor_gain"] = simfer.training.FLOOR_GAIN  # the plateau's end (2026-12-08)
                 if method in RATIO:
                     row.update(activation=model.activation, batch_size=model.training.batch_size)
                 if method in GOLD:

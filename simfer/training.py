@@ -18,7 +18,8 @@ members share no parameter each receives the gradient of its own loss.
 * Gradient clipping per member (the norm of each member's gradient), so one
   member's outlier batch does not shrink the others' steps.
 * The learning rate halves whenever the validation loss stalls (``schedule="plateau"``,
-  the default) or decays over ``max_epochs`` (``"cosine"``).
+  the default) or decays over ``max_epochs`` (``"cosine"``); a plateau fit that has sat at
+  the floor rate for ``patience`` epochs without a relative gain of 10⁻⁴ ends there.
 * Checkpoint after every epoch (written to a temporary file and renamed, loaded
   with ``weights_only=True``): a killed fit called again with the same
   checkpoint continues from the last finished epoch.
@@ -72,7 +73,9 @@ class TrainingConfig:
     when the data say the fit has stalled, not on a clock set by ``max_epochs``, so a fit
     that stops early still ends at a small learning rate.  ``"cosine"`` anneals it to 0
     over ``max_epochs`` (the default before simfer 0.3).  Early stopping is the same for
-    both: ``patience`` epochs without a better validation loss.
+    both: ``patience`` epochs without a better validation loss; and with ``"plateau"``, a
+    fit whose rate has sat at the floor for ``patience`` epochs ends once those epochs
+    gained less than `FLOOR_GAIN` (10⁻⁴) of the validation loss's size.
 
     ``smoothing``: β ∈ [0, 1), the weight of the past in an exponential moving average of
     each member's validation loss v_k, s_k = β s_{k−1} + (1 − β) v_k with s_0 = v_0.  With
@@ -115,6 +118,9 @@ class TrainingConfig:
 SCHEDULES = ("cosine", "plateau")
 #: ``"plateau"``: the factor of each cut and the floor, relative to the starting rate.
 PLATEAU_FACTOR, PLATEAU_FLOOR = 0.5, 1e-3
+#: ``"plateau"``: once the rate has sat at its floor for ``patience`` epochs, the fit ends if
+#: those epochs lowered the mean validation loss by less than this fraction of its size.
+FLOOR_GAIN = 1e-4
 
 
 def _scheduler(optimizer: torch.optim.Optimizer, config: TrainingConfig):
@@ -320,8 +326,11 @@ def fit_network(
         unit="epoch",
         disable=not config.progress,
     )
+    floor = config.learning_rate * PLATEAU_FLOOR
     for epoch in bar:
         if _patience_exhausted(history, epoch, config.patience):
+            break
+        if config.schedule == "plateau" and _settled_at_floor(history, config.patience, floor):
             break
         network.train()
         history.learning_rate.append(optimizer.param_groups[0]["lr"])
@@ -401,6 +410,21 @@ def _last_smoothed(history: TrainingHistory, smoothing: float, device) -> Tensor
 
 def _patience_exhausted(history: TrainingHistory, epoch: int, patience: int) -> bool:
     return all(best >= 0 and epoch - best > patience for best in history.best_epoch)
+
+
+def _settled_at_floor(history: TrainingHistory, patience: int, floor: float) -> bool:
+    """Whether the last ``patience`` epochs all ran at the plateau schedule's ``floor`` and
+    lowered the mean (smoothed) validation loss v by less than `FLOOR_GAIN` · |v|.
+
+    Early stopping alone waits for ``patience`` epochs with no new best at all.  A loss with
+    no noise in its targets (exact gold, say) can set a new best by 10⁻⁷ every epoch at the
+    floor, steps 10³ times smaller than the first ones, and would never stop; such a fit has
+    settled, and its best weights are returned as usual."""
+    rates = history.learning_rate[-patience:]
+    if len(history.smoothed_validation_loss) <= patience or max(rates) > floor * (1 + 1e-6):
+        return False
+    means = [sum(v) / len(v) for v in history.smoothed_validation_loss[-patience - 1 :]]
+    return means[0] - min(means[1:]) < FLOOR_GAIN * abs(means[0])
 
 
 _KINDS = {"memory": "held in memory", "stream": "streamed from a store"}

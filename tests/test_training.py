@@ -270,6 +270,45 @@ def test_the_plateau_schedule_follows_the_moving_average():
     assert history.learning_rate != expected(SCRIPT[: len(smoothed)])
 
 
+def test_a_plateau_fit_that_only_creeps_at_the_floor_rate_ends():
+    """Validation losses that set a new best in every epoch, each by 2⁻²⁰ (10⁻⁶ of their
+    size), as a loss with noise-free targets can: early stopping alone would never end the
+    fit.  The plateau schedule counts each epoch as a stall (under its 10⁻⁴ relative
+    threshold) and halves the rate down to its floor, 10⁻³ of the start; ``patience`` epochs
+    there end the fit, whose last epoch is its best.  The cosine schedule has no floor and
+    runs to ``max_epochs``."""
+    creep = [1 + (400 - k) * 2**-20 for k in range(400)]  # exact in float32
+
+    def fit(schedule):
+        torch.manual_seed(7)
+        network = EnsembleMLP(1, 1, hidden=(8,))
+        epochs = []
+
+        def loss(network, batch, training):
+            if training:
+                return regression_loss(network, batch, training)
+            epochs.append(None)
+            return torch.full((1,), creep[len(epochs) - 1])
+
+        config = TrainingConfig(
+            max_epochs=len(creep),
+            batch_size=16,
+            validation_fraction=0.25,  # one validation batch: the mean is the scripted value
+            learning_rate=1e-3,
+            patience=4,
+            schedule=schedule,
+            progress=False,
+        )
+        return fit_network(network, loss, noisy_rows(), config)
+
+    history = fit("plateau")
+    n, rates = len(history.validation_loss), history.learning_rate
+    assert history.best_epoch == [n - 1]  # every epoch was a new best
+    assert rates[-4:] == [pytest.approx(1e-6)] * 4 and rates[-5] > 1.5e-6
+    assert n < 60  # ten halvings, two stalled epochs each, then four at the floor
+    assert len(fit("cosine").validation_loss) == len(creep)
+
+
 def test_a_killed_smoothed_fit_resumes_as_if_never_stopped(tmp_path):
     """The moving average is carried by the checkpoint: a fit killed in epoch 7 and resumed
     records the same averages, stops at the same epoch and returns the same weights."""
