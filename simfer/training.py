@@ -417,9 +417,9 @@ def _settled_at_floor(history: TrainingHistory, patience: int, floor: float) -> 
     lowered the mean (smoothed) validation loss v by less than `FLOOR_GAIN` · |v|.
 
     Early stopping alone waits for ``patience`` epochs with no new best at all.  A loss with
-    no noise in its targets (exact gold, say) can set a new best by 10⁻⁷ every epoch at the
-    floor, steps 10³ times smaller than the first ones, and would never stop; such a fit has
-    settled, and its best weights are returned as usual."""
+    no noise in its targets (exact gold, say) can set a new best by 10⁻⁶ of itself in every
+    epoch at the floor, whose steps are 10³ times smaller than the first ones, and never
+    stop; such a fit has settled, and its best weights are returned as usual."""
     rates = history.learning_rate[-patience:]
     if len(history.smoothed_validation_loss) <= patience or max(rates) > floor * (1 + 1e-6):
         return False
