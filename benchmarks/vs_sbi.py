@@ -52,6 +52,7 @@ the same command again and the finished cells are skipped.
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import math
@@ -128,9 +129,14 @@ MOONSHOT_NAME = "moonshot"
 MOONSHOT_HEADING = "Moonshot: an NPE ensemble at 10^4 simulations against the paper's NPE"
 
 
+@functools.cache
+def _has_gold(name: str) -> bool:
+    return SIMULATORS[name]().has_gold
+
+
 def applies(name: str, method: str) -> bool:
     """Whether ``method`` runs on the task ``name``: the gold rows need a simulator with gold."""
-    return method not in GOLD or SIMULATORS[name]().has_gold
+    return method not in GOLD or _has_gold(name)
 
 
 def is_direct(method: str) -> bool:

@@ -123,13 +123,18 @@ PLATEAU_FACTOR, PLATEAU_FLOOR = 0.5, 1e-3
 FLOOR_GAIN = 1e-4
 
 
+def _floor_rate(config: TrainingConfig) -> float:
+    """The lowest learning rate of the ``"plateau"`` schedule."""
+    return config.learning_rate * PLATEAU_FLOOR
+
+
 def _scheduler(optimizer: torch.optim.Optimizer, config: TrainingConfig):
     if config.schedule == "plateau":
         return torch.optim.lr_scheduler.ReduceLROnPlateau(
             optimizer,
             factor=PLATEAU_FACTOR,
             patience=max(1, config.patience // 4),
-            min_lr=config.learning_rate * PLATEAU_FLOOR,
+            min_lr=_floor_rate(config),
         )
     return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.max_epochs)
 
@@ -326,7 +331,7 @@ def fit_network(
         unit="epoch",
         disable=not config.progress,
     )
-    floor = config.learning_rate * PLATEAU_FLOOR
+    floor = _floor_rate(config)
     for epoch in bar:
         if _patience_exhausted(history, epoch, config.patience):
             break

@@ -194,8 +194,10 @@ SCRIPT = [8.0, 2.0, 8.0, 6.0, 5.0, 4.0, 4.0, 4.0, 4.0, 4.0] + [6.0] * 10
 SMOOTHED = [8.0, 5.0, 6.5, 6.25, 5.625, 4.8125, 4.40625, 4.203125, 4.1015625, 4.05078125]
 
 
-def scripted_fit(smoothing, patience, schedule="cosine", checkpoint=None, kill_at=None):
-    """Train a tiny network on real rows, but report SCRIPT[epoch] as its validation loss;
+def scripted_fit(
+    smoothing, patience, schedule="cosine", checkpoint=None, kill_at=None, script=SCRIPT
+):
+    """Train a tiny network on real rows, but report script[epoch] as its validation loss;
     the weights at the end of every epoch are kept to check which ones are returned."""
     torch.manual_seed(6)
     network = EnsembleMLP(1, 1, hidden=(8,))
@@ -207,13 +209,13 @@ def scripted_fit(smoothing, patience, schedule="cosine", checkpoint=None, kill_a
         if kill_at is not None and len(snapshots) == kill_at:
             raise KeyboardInterrupt
         snapshots.append({k: v.clone() for k, v in network.state_dict().items()})
-        return torch.full((1,), SCRIPT[len(snapshots) - 1 + resumed_at])
+        return torch.full((1,), script[len(snapshots) - 1 + resumed_at])
 
     resumed_at = 0
     if checkpoint is not None and checkpoint.exists():
         resumed_at = torch.load(checkpoint, weights_only=True)["epoch"] + 1
     config = TrainingConfig(
-        max_epochs=len(SCRIPT),
+        max_epochs=len(script),
         batch_size=16,
         validation_fraction=0.25,  # 16 validation rows: one batch, so the mean is exact
         patience=patience,
@@ -279,34 +281,13 @@ def test_a_plateau_fit_that_only_creeps_at_the_floor_rate_ends():
     runs to ``max_epochs``."""
     creep = [1 + (400 - k) * 2**-20 for k in range(400)]  # exact in float32
 
-    def fit(schedule):
-        torch.manual_seed(7)
-        network = EnsembleMLP(1, 1, hidden=(8,))
-        epochs = []
-
-        def loss(network, batch, training):
-            if training:
-                return regression_loss(network, batch, training)
-            epochs.append(None)
-            return torch.full((1,), creep[len(epochs) - 1])
-
-        config = TrainingConfig(
-            max_epochs=len(creep),
-            batch_size=16,
-            validation_fraction=0.25,  # one validation batch: the mean is the scripted value
-            learning_rate=1e-3,
-            patience=4,
-            schedule=schedule,
-            progress=False,
-        )
-        return fit_network(network, loss, noisy_rows(), config)
-
-    history = fit("plateau")
+    _, history, _ = scripted_fit(0.0, patience=4, schedule="plateau", script=creep)
     n, rates = len(history.validation_loss), history.learning_rate
     assert history.best_epoch == [n - 1]  # every epoch was a new best
     assert rates[-4:] == [pytest.approx(1e-6)] * 4 and rates[-5] > 1.5e-6
     assert n < 60  # ten halvings, two stalled epochs each, then four at the floor
-    assert len(fit("cosine").validation_loss) == len(creep)
+    _, history, _ = scripted_fit(0.0, patience=4, schedule="cosine", script=creep)
+    assert len(history.validation_loss) == len(creep)
 
 
 def test_a_killed_smoothed_fit_resumes_as_if_never_stopped(tmp_path):
